@@ -1,0 +1,1 @@
+"""Latency measurement of loaded runners. Torch-free."""

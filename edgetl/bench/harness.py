@@ -1,0 +1,43 @@
+"""The timed loop: inputs allocated once, warm-up, then runs until both a count and a time are reached."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgetl.bench.stats import summarize
+from edgetl.runtime import Runner
+
+
+@dataclass(frozen=True)
+class LatencyPlan:
+    """How long to measure."""
+
+    warmup: int = 20
+    min_runs: int = 100
+    min_time_s: float = 3.0
+    max_runs: int = 2000
+
+
+def time_runs(runner: Runner, batch: np.ndarray, plan: LatencyPlan, update=None) -> np.ndarray:
+    """Per-call latencies in ms of `runner.run(batch)` (the runtime's synchronous call)."""
+    for _ in range(plan.warmup):
+        runner.run(batch)
+    samples: list[int] = []
+    started = time.perf_counter_ns()
+    deadline = started + int(plan.min_time_s * 1e9)
+    while len(samples) < plan.max_runs and (len(samples) < plan.min_runs or time.perf_counter_ns() < deadline):
+        t0 = time.perf_counter_ns()
+        runner.run(batch)
+        samples.append(time.perf_counter_ns() - t0)
+        if update:
+            update(1)
+    return np.asarray(samples, dtype=np.float64) / 1e6
+
+
+def measure_latency(runner: Runner, batch: np.ndarray, plan: LatencyPlan, update=None) -> dict:
+    """Latency statistics (ms) plus the run count for one runner and input batch."""
+    samples = time_runs(runner, np.ascontiguousarray(batch, dtype=np.float32), plan, update)
+    return {**summarize(samples), "runs": int(samples.size)}

@@ -1,0 +1,75 @@
+"""The `edgetl` command: parse, call the library, print, exit with 0 / 1 / 2. Never a traceback for user errors."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from edgetl import __version__
+from edgetl.errors import EdgetlError
+
+
+def _handle_errors(command):
+    """Turn typed errors into one clear paragraph and the error's exit code."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except EdgetlError as exc:
+            click.echo(f"edgetl: {exc.kind}: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("edgetl: interrupted. Completed stages are kept; run the same command again to resume.",
+                       err=True)
+            sys.exit(130)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgetl")
+def main() -> None:
+    """Fine-tune, compress, export, verify and benchmark vision models for edge devices."""
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
+              help="Run directory (default: runs/<recipe name>/).")
+@click.option("--quiet", "-q", is_flag=True, help="Print only errors and the final summary line.")
+@_handle_errors
+def build(recipe: Path, out: Path | None, quiet: bool) -> None:
+    """Build RECIPE: fine-tune, export, verify and benchmark, reusing unchanged stages."""
+    from edgetl.pipeline import build as run_build
+    from edgetl.progress import Reporter
+
+    summary = run_build(recipe, out=out, reporter=Reporter(enabled=not quiet))
+    for artifact in summary["artifacts"]:
+        latency = artifact["latency_ms"]
+        click.echo(f"{artifact['name']:<12} {artifact['path']:<28} acc {artifact['val_accuracy']:6.2f}%  "
+                   f"p50 {latency['p50']:7.2f} ms  {artifact['size_bytes'] / 1e6:6.2f} MB")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
+@_handle_errors
+def check(recipe: Path) -> None:
+    """Validate RECIPE and its dataset (every image decoded) without training."""
+    from edgetl.data import default_cache_dir, resolve_dataset, scan_dataset
+    from edgetl.recipe import load_recipe
+
+    parsed = load_recipe(recipe)
+    data = parsed.data
+    root = resolve_dataset(data.dataset, str(parsed.resolve_path(data.path)) if data.path else None, data.url,
+                           data.sha256, default_cache_dir(), recipe_file=str(recipe))
+    index = scan_dataset(root, train_dir=data.train_dir, val_dir=data.val_dir, val_fraction=data.val_fraction,
+                         seed=data.seed, skip_bad_images=data.skip_bad_images)
+    click.echo(f"{recipe}: ok. {len(index.classes)} classes ({', '.join(index.classes)}), {len(index.train)} train / "
+               f"{len(index.val)} val images, {len(index.bad_images)} bad images skipped, "
+               f"{sum(index.converted.values())} converted to RGB.")
+
+
+if __name__ == "__main__":
+    main()

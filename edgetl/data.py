@@ -1,0 +1,671 @@
+"""Dataset discovery and image loading: scan an ImageFolder tree, validate every image, fetch datasets into the cache.
+
+Torch-free on purpose (stdlib, numpy, Pillow only) so the CLI can check a dataset before any heavy import.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import lzma
+import math
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from edgetl.errors import DataError, StorageError
+from edgetl.fsutil import atomic_path, replace_dir, sha256_file
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+_MAX_LISTED_BAD = 20
+_DOWNLOAD_TIMEOUT_S = 60
+_CHUNK = 1 << 20
+# Modes whose pixels carry transparency; they are flattened onto white rather than having alpha dropped,
+# because dropping alpha exposes whatever (often black) colour the encoder stored under transparent pixels.
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+# Archive entries that are packaging noise, not dataset content (macOS Finder zips add __MACOSX/).
+_ARCHIVE_JUNK = frozenset({"__MACOSX"})
+# A single top-level folder with one of these names is a split, not a wrapper folder, so it must not be stripped.
+_SPLIT_NAMES = frozenset({"train", "val"})
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of the dataset: absolute path and class index."""
+
+    path: str
+    label: int
+
+
+@dataclass
+class DatasetIndex:
+    """Result of scanning a dataset: classes, train/val samples and what was skipped or converted."""
+
+    root: str
+    classes: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    val_source: str
+    bad_images: list[dict] = field(default_factory=list)
+    converted: dict[str, int] = field(default_factory=dict)
+    ignored_files: list[str] = field(default_factory=list)
+
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        """Images per class in each split: {"train": {cls: n}, "val": {cls: n}}."""
+        return {name: _count(samples, self.classes) for name, samples in (("train", self.train), ("val", self.val))}
+
+    def to_json(self) -> dict:
+        """JSON-serialisable form (class_counts is included for reports and ignored by from_json)."""
+        return {
+            "root": self.root,
+            "classes": list(self.classes),
+            "train": [{"path": s.path, "label": s.label} for s in self.train],
+            "val": [{"path": s.path, "label": s.label} for s in self.val],
+            "val_source": self.val_source,
+            "bad_images": [dict(b) for b in self.bad_images],
+            "converted": dict(self.converted),
+            "ignored_files": list(self.ignored_files),
+            "class_counts": self.class_counts(),
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict) -> DatasetIndex:
+        """Rebuild an index written by to_json."""
+        try:
+            return cls(
+                root=str(obj["root"]),
+                classes=[str(c) for c in obj["classes"]],
+                train=[Sample(str(s["path"]), int(s["label"])) for s in obj["train"]],
+                val=[Sample(str(s["path"]), int(s["label"])) for s in obj["val"]],
+                val_source=str(obj["val_source"]),
+                bad_images=[{"path": str(b["path"]), "reason": str(b["reason"])} for b in obj.get("bad_images", [])],
+                converted={str(k): int(v) for k, v in obj.get("converted", {}).items()},
+                ignored_files=[str(p) for p in obj.get("ignored_files", [])],
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DataError(f"The saved dataset index is malformed ({type(exc).__name__}: {exc}). Delete the "
+                            "index file and run again so the dataset is rescanned.") from exc
+
+
+def _count(samples: Iterable[Sample], classes: list[str]) -> dict[str, int]:
+    counts = dict.fromkeys(classes, 0)
+    for s in samples:
+        counts[classes[s.label]] += 1
+    return counts
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Image decoding
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _BadImageError(Exception):
+    """Internal: an image cannot be decoded; carries a short human-readable reason."""
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open an image file, fully decode it, return it in RGB."""
+    try:
+        return _decode(path)[1]
+    except _BadImageError as exc:
+        raise DataError(f"Cannot read image {path}: {exc}. Fix or replace the file, or remove it from the "
+                        "dataset.") from None
+
+
+def check_image(path: str) -> tuple[str | None, str | None]:
+    """Fully decode one image; return (original_mode, None) if fine or (None, reason) if bad."""
+    try:
+        return _decode(path)[0], None
+    except _BadImageError as exc:
+        return None, str(exc)
+
+
+def _decode(path: str | Path) -> tuple[str, Image.Image]:
+    """Decode `path` to RGB and return (original mode, RGB image); raise _BadImageError with a reason otherwise."""
+    _check_not_empty(path)
+    try:
+        # The context manager closes the file even when decoding fails halfway; the RGB result is a new image
+        # created inside the block, so nothing returned still refers to the file.
+        with Image.open(path) as im:
+            _check_pixel_limit(im)
+            im.load()  # full decode: verify() alone does not notice a truncated JPEG
+            return im.mode, _to_rgb(im)
+    except _BadImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise _BadImageError(f"decompression bomb refused by Pillow ({exc})") from None
+    except UnidentifiedImageError:
+        raise _BadImageError("not an image Pillow can read (unrecognised or corrupt header)") from None
+    except FileNotFoundError:
+        raise _BadImageError("file not found (deleted during the scan, or a broken symlink)") from None
+    except PermissionError:
+        raise _BadImageError("permission denied") from None
+    except Exception as exc:  # Pillow's plugins raise many exception types on malformed input
+        raise _BadImageError(f"truncated or corrupt image data ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_not_empty(path: str | Path) -> None:
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        raise _BadImageError("file not found (deleted during the scan, or a broken symlink)") from None
+    except OSError as exc:
+        raise _BadImageError(f"cannot stat file ({exc.strerror or exc})") from None
+    if size == 0:
+        raise _BadImageError("empty file (0 bytes)")
+
+
+def _check_pixel_limit(im: Image.Image) -> None:
+    """Refuse images over Image.MAX_IMAGE_PIXELS, read at call time so a caller's setting is respected."""
+    # Pillow itself only raises above twice the limit and merely warns above it; catching that warning would need
+    # warnings.catch_warnings, which is not thread-safe, so the limit is enforced here instead.
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = im.width * im.height
+    if limit is not None and pixels > limit:
+        raise _BadImageError(f"decompression bomb refused: {im.width}x{im.height} = {pixels} pixels exceeds the "
+                             f"limit of {limit} (PIL.Image.MAX_IMAGE_PIXELS)")
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any decoded Pillow image to RGB, flattening transparency onto white."""
+    if im.mode in _SIXTEEN_BIT_MODES or im.mode in ("I", "F"):
+        return Image.fromarray(_gray_to_uint8(np.asarray(im))).convert("RGB")
+    try:
+        if im.mode in _ALPHA_MODES or "transparency" in im.info:
+            return _flatten_on_white(im.convert("RGBA"))
+        return im.convert("RGB")
+    except ValueError as exc:
+        raise _BadImageError(f"unsupported pixel mode {im.mode} ({exc})") from None
+
+
+def _flatten_on_white(rgba: Image.Image) -> Image.Image:
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _gray_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Scale high-bit-depth gray to 8 bit by value range rather than clipping (clipping turns most pixels white)."""
+    values = arr.astype(np.float64)
+    if arr.dtype.kind == "u" and arr.dtype.itemsize == 2:
+        scaled = values / 257.0  # exact map of 0..65535 onto 0..255
+    elif arr.dtype.kind == "f" and values.size and values.min() >= 0.0 and values.max() <= 1.0:
+        scaled = values * 255.0
+    elif arr.dtype.kind == "i" and values.size and values.min() >= 0 and values.max() <= 65535:
+        scaled = values / 257.0  # mode "I" usually holds 16-bit data (older Pillow opened 16-bit PNGs this way)
+    else:
+        scaled = _stretch(values)  # signed or wider data has no standard range: use the image's own
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _stretch(values: np.ndarray) -> np.ndarray:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return np.zeros_like(values)
+    low, high = float(finite.min()), float(finite.max())
+    if high <= low:
+        return np.zeros_like(values)
+    return (np.nan_to_num(values, nan=low, posinf=high, neginf=low) - low) * (255.0 / (high - low))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dataset scanning
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def scan_dataset(root: str | Path, *, train_dir: str = "train", val_dir: str | None = "val",
+                 val_fraction: float = 0.2, seed: int = 0, skip_bad_images: bool = False,
+                 workers: int = 4, progress: Callable[[int, int], None] | None = None) -> DatasetIndex:
+    """Scan an ImageFolder dataset, validate every image and build the train/val index."""
+    root_path = Path(os.path.abspath(os.path.expanduser(root)))
+    train_path = _require_layout(root_path, train_dir)
+    classes = _list_classes(train_path)
+    val_path = root_path / val_dir if val_dir and (root_path / val_dir).is_dir() else None
+    if val_path is None:
+        _check_val_fraction(val_fraction, train_path)
+    split_dirs = {"train": train_path} | ({"val": val_path} if val_path else {})
+    files, ignored = _find_images(split_dirs, classes)
+    results = _check_all([p for by_class in files.values() for paths in by_class.values() for p in paths],
+                         workers, progress)
+    files, bad = _handle_bad_images(files, results, split_dirs, root_path, skip_bad_images)
+    if val_path is None:
+        files["train"], files["val"] = _split_stratified(files["train"], train_path, val_fraction, seed)
+    return DatasetIndex(
+        root=str(root_path),
+        classes=classes,
+        train=_samples(files["train"], classes),
+        val=_samples(files["val"], classes),
+        val_source="split" if val_path is None else "folder",
+        bad_images=bad,
+        converted=_count_converted(results),
+        ignored_files=ignored,
+    )
+
+
+def _check_val_fraction(val_fraction: float, train_path: Path) -> None:
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"data.val_fraction must be between 0 and 1 (exclusive), got {val_fraction}: it is the "
+                        f"share of each class in {train_path} held out for validation because no val folder exists.")
+
+
+def _find_images(split_dirs: dict[str, Path], classes: list[str]) -> tuple[dict[str, dict[str, list[str]]], list[str]]:
+    """List every split's images per class (checking class folders match and are non-empty) and ignored files."""
+    if "val" in split_dirs:
+        _check_same_classes(split_dirs["train"], classes, split_dirs["val"], _class_dirs(split_dirs["val"]))
+    files: dict[str, dict[str, list[str]]] = {}
+    ignored: list[str] = []
+    for split, path in split_dirs.items():
+        files[split], split_ignored = _scan_split(path, classes)
+        ignored.extend(split_ignored)
+    _check_no_empty_classes(files, split_dirs)
+    return files, sorted(ignored)
+
+
+def _handle_bad_images(files: dict[str, dict[str, list[str]]], results: dict[str, tuple[str | None, str | None]],
+                       split_dirs: dict[str, Path], root: Path,
+                       skip: bool) -> tuple[dict[str, dict[str, list[str]]], list[dict]]:
+    """Raise on bad images, or (when skipping) drop them and return them for the index's bad_images."""
+    bad = [{"path": p, "reason": reason} for p, (_, reason) in sorted(results.items()) if reason is not None]
+    if bad and not skip:
+        raise _bad_images_error(bad, root)
+    kept = {split: {cls: [p for p in paths if results[p][1] is None] for cls, paths in by_class.items()}
+            for split, by_class in files.items()}
+    _check_no_empty_classes(kept, split_dirs, after_skipping=True)
+    return kept, bad
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _require_layout(root: Path, train_dir: str) -> Path:
+    if not root.is_dir():
+        raise DataError(f"Dataset folder {root} does not exist (or is not a folder). Point data.path in the recipe "
+                        f"at a folder laid out as {train_dir}/<class>/<image> (optionally with val/<class>/<image>).")
+    train_path = root / train_dir
+    if not train_path.is_dir():
+        raise DataError(f"Dataset folder {root} has no '{train_dir}' folder. Expected the layout "
+                        f"{root}/{train_dir}/<class>/<image>, with one sub-folder per class; create it or set "
+                        "data.train_dir in the recipe to the folder that holds the class folders.")
+    return train_path
+
+
+def _class_dirs(split_path: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(split_path) if e.is_dir() and not _is_hidden(e.name))
+
+
+def _list_classes(train_path: Path) -> list[str]:
+    classes = _class_dirs(train_path)
+    if not classes:
+        loose = sum(1 for e in os.scandir(train_path) if e.is_file() and _is_image_name(e.name))
+        hint = f" It holds {loose} image(s) directly; move them into the class sub-folders." if loose else ""
+        raise DataError(f"Training folder {train_path} has no class folders: it must contain one sub-folder per "
+                        f"class (e.g. {train_path}/cat/, {train_path}/dog/) holding that class's images.{hint}")
+    if len(classes) < 2:
+        raise DataError(f"Training folder {train_path} has only one class folder ({classes[0]}); a classifier needs "
+                        "at least 2 classes. Add a sub-folder with images for each other class.")
+    return classes
+
+
+def _scan_split(split_path: Path, classes: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """Return ({class: sorted image paths}, ignored files) for one split folder."""
+    by_class: dict[str, list[str]] = {}
+    ignored = [str(split_path / e.name) for e in os.scandir(split_path) if e.is_file() and not _is_hidden(e.name)]
+    for cls in classes:
+        images, other = _walk_images(split_path / cls)
+        by_class[cls] = images
+        ignored.extend(other)
+    return by_class, ignored
+
+
+def _walk_images(folder: Path) -> tuple[list[str], list[str]]:
+    """Recursively list (image files, non-image files) under `folder`, skipping hidden entries and symlink loops."""
+    images: list[str] = []
+    other: list[str] = []
+    for dirpath, dirnames, filenames in _walk_unique(folder):
+        dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
+        for name in filenames:
+            if not _is_hidden(name):
+                path = os.path.join(dirpath, name)
+                (images if _is_image_name(name) else other).append(path)
+    # sorted here rather than relying on the filesystem's listing order, which differs between machines
+    return sorted(images), sorted(other)
+
+
+def _check_same_classes(train_path: Path, classes: list[str], val_path: Path, val_classes: list[str]) -> None:
+    missing_in_val = sorted(set(classes) - set(val_classes))
+    extra_in_val = sorted(set(val_classes) - set(classes))
+    if not missing_in_val and not extra_in_val:
+        return
+    parts = []
+    if missing_in_val:
+        parts.append(f"missing from {val_path}: {', '.join(missing_in_val)}")
+    if extra_in_val:
+        parts.append(f"missing from {train_path}: {', '.join(extra_in_val)}")
+    raise DataError(f"The class folders of {train_path} and {val_path} differ ({'; '.join(parts)}). Both splits must "
+                    "have the same class sub-folders: add or rename folders so they match, or remove the val folder "
+                    "to have validation images split off from train.")
+
+
+def _check_no_empty_classes(files: dict[str, dict[str, list[str]]], paths: dict[str, Path],
+                            after_skipping: bool = False) -> None:
+    empty = [f"{paths[split] / cls}" for split, by_class in files.items() for cls, imgs in by_class.items() if not imgs]
+    if not empty:
+        return
+    if after_skipping:
+        raise DataError(f"Every image in these class folders was unreadable and skipped, leaving them empty: "
+                        f"{', '.join(empty)}. Replace the bad images with readable ones (set data.skip_bad_images: "
+                        "false to get the list of unreadable files) or remove the class.")
+    exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+    raise DataError(f"These class folders contain no images: {', '.join(empty)}. Add images ({exts}) to them or "
+                    "delete the empty folders (a class must exist in every split).")
+
+
+def _check_all(paths: list[str], workers: int,
+               progress: Callable[[int, int], None] | None) -> dict[str, tuple[str | None, str | None]]:
+    """Decode every image on a thread pool (Pillow releases the GIL while decoding); report progress as they finish."""
+    results: dict[str, tuple[str | None, str | None]] = {}
+    total = len(paths)
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="edgetl-check")
+    try:
+        futures = {pool.submit(check_image, p): p for p in paths}
+        for done, future in enumerate(as_completed(futures), start=1):
+            results[futures[future]] = future.result()
+            if progress is not None:
+                progress(done, total)
+    finally:
+        # cancel_futures keeps Ctrl-C (or a failing progress callback) from waiting for thousands of queued images
+        pool.shutdown(wait=True, cancel_futures=True)
+    return results
+
+
+def _bad_images_error(bad: list[dict], root: Path) -> DataError:
+    listed = "; ".join(f"{b['path']} ({b['reason']})" for b in bad[:_MAX_LISTED_BAD])
+    more = f"; and {len(bad) - _MAX_LISTED_BAD} more" if len(bad) > _MAX_LISTED_BAD else ""
+    return DataError(f"{len(bad)} image(s) in {root} cannot be decoded: {listed}{more}. Fix or remove these files, "
+                     "or set `data.skip_bad_images: true` in the recipe to skip them (skipped files are recorded in "
+                     "the dataset index's bad_images).")
+
+
+def _count_converted(results: dict[str, tuple[str | None, str | None]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for mode, _ in results.values():
+        if mode is not None and mode != "RGB":
+            counts[mode] = counts.get(mode, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _split_stratified(by_class: dict[str, list[str]], train_path: Path, fraction: float,
+                      seed: int) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Hold out `fraction` of each class (at least 1 when it has 2+ images) as val, chosen by a seeded hash."""
+    train: dict[str, list[str]] = {}
+    val: dict[str, list[str]] = {}
+    for cls, paths in by_class.items():
+        # Ranking by a hash of (seed, path relative to train/) makes the split independent of listing order and of
+        # where the dataset lives, and adding one image moves at most one other between splits.
+        ranked = sorted(paths, key=lambda p: _split_key(seed, Path(p).relative_to(train_path).as_posix()))
+        n_val = _val_count(len(paths), fraction)
+        val[cls] = sorted(ranked[:n_val])
+        train[cls] = sorted(ranked[n_val:])
+    return train, val
+
+
+def _split_key(seed: int, rel_path: str) -> str:
+    return hashlib.sha256(f"{seed}\0{rel_path}".encode()).hexdigest()
+
+
+def _val_count(n: int, fraction: float) -> int:
+    if n < 2:
+        return 0  # a lone image must stay in train, or the class could not be learned at all
+    return min(n - 1, max(1, math.floor(n * fraction + 0.5)))
+
+
+def _samples(by_class: dict[str, list[str]], classes: list[str]) -> list[Sample]:
+    return [Sample(path=p, label=label) for label, cls in enumerate(classes) for p in by_class[cls]]
+
+
+def fingerprint_tree(root: str | Path) -> str:
+    """Cheap content fingerprint of a folder: sha256 over sorted (relative path, size, mtime_ns) of all files."""
+    root_path = Path(root)
+    if not root_path.is_dir():
+        raise DataError(f"Cannot fingerprint {root_path}: the folder does not exist. Check data.path in the recipe.")
+    entries = []
+    for dirpath, dirnames, filenames in _walk_unique(root_path):
+        dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
+        for name in filenames:
+            if _is_hidden(name):  # hidden files (.DS_Store, editor swap files) are never read by scan_dataset
+                continue
+            path = Path(dirpath) / name
+            try:
+                st = path.stat()
+            except OSError:
+                continue  # a broken symlink has no content to fingerprint; scan_dataset reports it
+            entries.append(f"{path.relative_to(root_path).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n")
+    digest = hashlib.sha256()
+    for entry in sorted(entries):
+        digest.update(entry.encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def _walk_unique(root: Path) -> Iterable[tuple[str, list[str], list[str]]]:
+    """os.walk following symlinks, but never into a real folder twice (so symlink loops terminate)."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        yield dirpath, dirnames, filenames
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dataset resolution: local path, cache, or download
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """$EDGETL_CACHE, else ~/.cache/edgetl."""
+    env = os.environ.get("EDGETL_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "edgetl"
+
+
+def resolve_dataset(name: str | None, path: str | None, url: str | None, sha256: str | None,
+                    cache_dir: Path, recipe_file: str = "recipe") -> Path:
+    """Find a dataset folder: `path`, else cache_dir/datasets/name, else download `url` and extract it there."""
+    if path:
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise DataError(f"Dataset folder {folder} (data.path in {recipe_file}) does not exist or is not a folder. "
+                            "Fix data.path, or remove it and set data.name/data.url to use a downloadable dataset.")
+        return Path(os.path.abspath(folder))
+    if not name:
+        raise DataError(f"{recipe_file} names no dataset: set data.path to a local folder, or data.name (and "
+                        "data.url to download it) for a dataset kept in the edgetl cache.")
+    _check_dataset_name(name, recipe_file)
+    target = Path(cache_dir) / "datasets" / name
+    if target.is_dir():
+        return target
+    if not url:
+        raise DataError(f"Dataset '{name}' was not found in {target} and {recipe_file} gives no data.url to download "
+                        f"it from. Place the dataset there (so that {target}/train/<class>/<image> exists), set "
+                        "data.path to where it is, or set data.url. The cache folder can be moved with the "
+                        "EDGETL_CACHE environment variable.")
+    archive = _download(url, Path(cache_dir) / "downloads", name, target)
+    try:
+        _verify_sha256(archive, sha256, url, recipe_file)
+        _install_archive(archive, target)
+    finally:
+        # On success the extracted folder is the cache (keeping the archive would double disk use); on failure a
+        # bad or unsafe archive must not linger where a later run could pick it up.
+        archive.unlink(missing_ok=True)
+    return target
+
+
+def _check_dataset_name(name: str, recipe_file: str) -> None:
+    # The name becomes a folder under the cache, so it must not be able to point anywhere else.
+    if name in (".", "..") or "/" in name or "\\" in name or _is_hidden(name):
+        raise DataError(f"data.name '{name}' in {recipe_file} is not a valid dataset name: use a plain folder name "
+                        "without slashes or a leading dot (e.g. hymenoptera).")
+
+
+def _download(url: str, downloads: Path, name: str, target: Path) -> Path:
+    """Fetch `url` into `downloads` via a temp file, so an interrupted download never looks complete."""
+    filename = os.path.basename(urllib.parse.unquote(urllib.parse.urlparse(url).path)) or f"{name}.archive"
+    if _is_hidden(filename):
+        filename = f"{name}.archive"
+    dest = downloads / filename
+
+    def fail(reason: str) -> DataError:
+        return DataError(f"Dataset '{name}' was not found in {target} and could not be downloaded from {url} "
+                         f"({reason}). Check the network connection and the URL, or work offline: download the "
+                         f"archive elsewhere and extract it so that {target}/train/<class>/<image> exists.")
+
+    try:
+        response = urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S)
+    except urllib.error.HTTPError as exc:
+        raise fail(f"HTTP {exc.code} {exc.reason}") from exc
+    except urllib.error.URLError as exc:
+        raise fail(str(exc.reason)) from exc
+    except (OSError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    with response, atomic_path(dest) as tmp, open(tmp, "wb") as out:
+        while True:
+            try:
+                block = response.read(_CHUNK)
+            except Exception as exc:  # timeouts, resets and bad chunking all mean the network failed
+                raise fail(f"{type(exc).__name__}: {exc}") from exc
+            if not block:
+                break
+            out.write(block)  # an OSError here is a disk problem: atomic_path turns it into a StorageError
+    return dest
+
+
+def _verify_sha256(archive: Path, expected: str | None, url: str, recipe_file: str) -> None:
+    if not expected:
+        return
+    actual = sha256_file(archive)
+    wanted = expected.strip().lower().removeprefix("sha256:")
+    if actual != wanted:
+        archive.unlink(missing_ok=True)
+        raise DataError(f"The archive downloaded from {url} has sha256 {actual}, but data.sha256 in {recipe_file} "
+                        f"expects {expected}. The download was deleted. The file is corrupt or has changed on the "
+                        "server: try again, or update data.sha256 if you trust the new file.")
+
+
+def _install_archive(archive: Path, target: Path) -> None:
+    """Extract into a temp folder beside `target`, then rename it into place; nothing is left behind on failure."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".extracting", dir=target.parent))
+    try:
+        _extract(archive, tmp)
+        replace_dir(_dataset_root(tmp), target)
+    except OSError as exc:
+        raise _extract_os_error(archive, target, exc) from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # already gone unless the archive had a wrapper folder or failed
+
+
+def _extract_os_error(archive: Path, target: Path, exc: OSError) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):
+        return StorageError(f"Cannot extract {archive} into {target}: {exc.strerror or exc}. Nothing was left "
+                            "half-extracted; free disk space or point EDGETL_CACHE at a writable folder.")
+    # gzip/bz2 report corrupt streams as plain OSError
+    return DataError(f"Cannot extract {archive}: {exc}. The archive is corrupt or not a supported format (.zip, .tar, "
+                     ".tar.gz/.tgz, .tar.bz2, .tar.xz); the download was deleted. Check data.url and try again.")
+
+
+def _extract(archive: Path, dest: Path) -> None:
+    try:
+        if zipfile.is_zipfile(archive):
+            _extract_zip(archive, dest)
+        elif tarfile.is_tarfile(archive):
+            _extract_tar(archive, dest)
+        else:
+            raise DataError(f"{archive} is not a supported archive (.zip, .tar, .tar.gz/.tgz, .tar.bz2, .tar.xz). "
+                            "Check data.url in the recipe points at the dataset archive itself, not a web page.")
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        raise DataError(f"Cannot extract {archive}: {exc}. The archive is corrupt and the download was deleted; "
+                        "check data.url (and set data.sha256 to catch corrupt downloads) and try again.") from exc
+
+
+def _unsafe_member(archive: Path, member: str, why: str) -> DataError:
+    return DataError(f"Refusing to extract {archive}: member '{member}' {why}. The archive may be malicious; nothing "
+                     "was extracted. Use a trusted archive or extract it yourself and set data.path.")
+
+
+def _check_member_path(archive: Path, name: str) -> None:
+    """Reject absolute paths and `..` escapes (checked before anything is written)."""
+    posix = name.replace("\\", "/")
+    if posix.startswith("/") or (len(posix) > 1 and posix[1] == ":"):
+        raise _unsafe_member(archive, name, "has an absolute path")
+    if ".." in PurePosixPath(posix).parts:
+        raise _unsafe_member(archive, name, "escapes the target folder via '..'")
+
+
+def _check_link_target(archive: Path, name: str, link: str, relative_to_member: bool) -> None:
+    """Reject a link whose target is absolute or resolves outside the extraction folder."""
+    posix = link.replace("\\", "/")
+    if posix.startswith("/") or (len(posix) > 1 and posix[1] == ":"):
+        raise _unsafe_member(archive, name, f"links to the absolute path '{link}'")
+    base = PurePosixPath(name.replace("\\", "/")).parent if relative_to_member else PurePosixPath()
+    depth = 0
+    for part in (*base.parts, *PurePosixPath(posix).parts):  # PurePosixPath drops "." and empty parts
+        depth += -1 if part == ".." else 1
+        if depth < 0:
+            raise _unsafe_member(archive, name, f"links outside the target folder ('{link}')")
+
+
+def _extract_zip(archive: Path, dest: Path) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            _check_member_path(archive, info.filename)
+            if stat.S_ISLNK(info.external_attr >> 16):
+                # zipfile writes links as small regular files, but refuse escaping ones anyway: other tools follow them
+                _check_link_target(archive, info.filename, zf.read(info).decode("utf-8", "replace"), True)
+        zf.extractall(dest)
+
+
+def _extract_tar(archive: Path, dest: Path) -> None:
+    with tarfile.open(archive, "r:*") as tf:
+        for member in tf.getmembers():
+            _check_member_path(archive, member.name)
+            if member.issym() or member.islnk():
+                # symlink targets are relative to the link's folder; hardlink targets to the archive root
+                _check_link_target(archive, member.name, member.linkname, relative_to_member=member.issym())
+            elif not (member.isfile() or member.isdir()):
+                raise _unsafe_member(archive, member.name, "is a device file or FIFO, which no dataset needs")
+        if hasattr(tarfile, "data_filter"):
+            # filter="data" is the stdlib's own guard (also strips setuid bits) on top of ours
+            tf.extractall(dest, filter="data")
+        else:  # Python 3.11.0-3.11.3 predate extraction filters; the checks above still apply
+            tf.extractall(dest)
+
+
+def _dataset_root(extracted: Path) -> Path:
+    """The single top-level folder of an archive is a wrapper (e.g. hymenoptera_data/) and becomes the root."""
+    entries = [e for e in extracted.iterdir() if not _is_hidden(e.name) and e.name not in _ARCHIVE_JUNK]
+    if len(entries) != 1:
+        return extracted
+    only = entries[0]
+    is_wrapper = only.is_dir() and not only.is_symlink() and only.name not in _SPLIT_NAMES
+    return only if is_wrapper else extracted

@@ -1,0 +1,74 @@
+"""Typed errors: library code raises these; the CLI turns them into one paragraph and an exit code."""
+
+from __future__ import annotations
+
+
+class EdgetlError(Exception):
+    """Base of every error edgetl raises on purpose; `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+    kind = "error"
+
+
+class RecipeError(EdgetlError):
+    """The recipe file is missing, not YAML, or does not match the schema."""
+
+    exit_code = 2
+    kind = "recipe error"
+
+
+class DataError(EdgetlError):
+    """The dataset is missing, unreadable, or inconsistent (bad images, empty or mismatched classes)."""
+
+    exit_code = 2
+    kind = "data error"
+
+
+class WeightsError(EdgetlError):
+    """Backbone weights cannot be found, downloaded, verified or loaded into the model."""
+
+    exit_code = 2
+    kind = "weights error"
+
+
+class ExportError(EdgetlError):
+    """A model could not be exported or quantized to a format."""
+
+    kind = "export error"
+
+
+class ParityError(EdgetlError):
+    """An exported model's outputs differ from the torch model's beyond the tolerance."""
+
+    kind = "parity error"
+
+
+class AccuracyBudgetError(EdgetlError):
+    """An artifact lost more accuracy than the recipe's budget allows."""
+
+    kind = "accuracy budget exceeded"
+
+
+class RuntimeMissingError(EdgetlError):
+    """The runtime package needed for a model format is not installed."""
+
+    kind = "missing runtime"
+
+
+class ModelFileError(EdgetlError):
+    """A model file is missing, of an unknown format, or cannot be loaded by its runtime."""
+
+    exit_code = 2
+    kind = "model file error"
+
+
+class DeviceError(EdgetlError):
+    """A remote device is unreachable or failed while running a job."""
+
+    kind = "device error"
+
+
+class StorageError(EdgetlError):
+    """Writing to the run directory or cache failed (disk full, permissions)."""
+
+    kind = "storage error"

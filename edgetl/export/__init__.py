@@ -1,0 +1,28 @@
+"""Exporters: torch model -> model file, one module per format (see edgetl.formats)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class ExportRequest:
+    """Everything an exporter needs besides the model: where, what precision, metadata, calibration data."""
+
+    out_dir: Path
+    precision: str
+    example: np.ndarray  # one preprocessed batch (N×3×H×W float32), for tracing
+    metadata: dict[str, str]
+    calibration: np.ndarray | None = None  # preprocessed train images for int8
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class ExportResult:
+    """A written artifact and how it was made."""
+
+    path: Path
+    details: dict = field(default_factory=dict)

@@ -1,0 +1,43 @@
+"""Progress and status lines for long work (epochs, calibration, benchmarks), on stderr via rich."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+Update = Callable[..., None]
+
+
+class Reporter:
+    """Prints status lines and progress bars; `enabled=False` makes it silent (library use, tests)."""
+
+    def __init__(self, enabled: bool = True, console: Console | None = None) -> None:
+        self.enabled = enabled
+        self.console = console or Console(stderr=True, highlight=False)
+
+    def info(self, message: str) -> None:
+        """One status line."""
+        if self.enabled:
+            self.console.print(message)
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int | None) -> Iterator[Update]:
+        """A progress bar; yields `update(advance=1, description=None)`."""
+        if not self.enabled:
+            yield lambda advance=1, description=None: None
+            return
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("eta"), TimeRemainingColumn()]
+        with Progress(*columns, console=self.console, transient=False) as bar:
+            task_id = bar.add_task(description, total=total)
+
+            def update(advance: int = 1, description: str | None = None) -> None:
+                bar.update(task_id, advance=advance, **({"description": description} if description else {}))
+
+            yield update
+
+
+SILENT = Reporter(enabled=False)

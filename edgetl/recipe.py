@@ -1,0 +1,244 @@
+"""The recipe schema: what `edgetl build` reads from recipe.yaml. The one place defaults live."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgetl.errors import RecipeError
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, values are not coerced across types."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSection(Section):
+    """Where the images come from and how they are checked."""
+
+    dataset: str | None = Field(None, description="Name of the dataset; looked up in $EDGETL_CACHE/datasets/<name>/.")
+    path: str | None = Field(None, description="A dataset folder on disk (relative to the recipe file).")
+    url: str | None = Field(None, description="Archive (.zip/.tar.*) to download when the dataset is not cached.")
+    sha256: str | None = Field(None, description="Expected sha256 of the downloaded archive.")
+    train_dir: str = "train"
+    val_dir: str | None = "val"
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each class held out when there is no val dir.")
+    seed: int = 0
+    skip_bad_images: bool = False
+    workers: int = Field(2, ge=0, description="Data loader worker processes for training.")
+
+    @model_validator(mode="after")
+    def _needs_a_source(self) -> DataSection:
+        if not (self.dataset or self.path):
+            raise ValueError("give `dataset` (a name, found in the cache or downloaded from `url`) or `path`")
+        return self
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) != 64 or any(c not in "0123456789abcdefABCDEF" for c in value)):
+            raise ValueError("must be 64 hex characters")
+        return value.lower() if value else value
+
+
+class PreprocessingOverride(Section):
+    """Override of the backbone's preprocessing (e.g. for weights given by path)."""
+
+    resize: int | None = Field(None, gt=0)
+    crop: int | None = Field(None, gt=0)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
+
+
+class ModelSection(Section):
+    """The backbone and its starting weights."""
+
+    backbone: str = "efficientnet_lite0"
+    weights: str = Field("imagenet", description="`imagenet`, `none`, or a path to a state_dict file.")
+    dropout: float = Field(0.2, ge=0, lt=1)
+    preprocessing: PreprocessingOverride = PreprocessingOverride()
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        from edgetl.backbones import BACKBONE_NAMES
+
+        if value not in BACKBONE_NAMES:
+            hint = difflib.get_close_matches(value, BACKBONE_NAMES, n=1)
+            did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise ValueError(f"unknown backbone '{value}'{did_you_mean}; known: {', '.join(BACKBONE_NAMES)}")
+        return value
+
+
+class AugmentSection(Section):
+    """Training-time augmentations."""
+
+    scale_min: float = Field(0.35, gt=0, le=1, description="RandomResizedCrop's smallest area share.")
+    hflip: bool = True
+    color_jitter: float = Field(0.2, ge=0, le=1)
+
+
+class TrainSection(Section):
+    """How the backbone is fine-tuned."""
+
+    mode: Literal["linear_probe", "finetune", "gradual"] = "finetune"
+    epochs: int = Field(8, gt=0)
+    batch_size: int = Field(32, gt=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0, description="Learning rate of the head.")
+    backbone_lr_mult: float = Field(0.1, gt=0, le=1, description="Backbone LR = lr × this (finetune, gradual).")
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    warmup_epochs: float = Field(1.0, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    early_stop_patience: int | None = Field(3, gt=0, description="Stop after this many epochs without a better val accuracy.")
+    freeze_batchnorm: bool | None = Field(
+        None, description="Keep BatchNorm statistics frozen; default: frozen for pretrained weights, not for `none`.")
+    seed: int = 0
+    threads: int | None = Field(None, gt=0, description="torch intra-op threads (default: all cores).")
+    augment: AugmentSection = AugmentSection()
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainSection:
+        if self.warmup_epochs >= self.epochs and self.epochs > 1:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})")
+        return self
+
+
+class ExportSection(Section):
+    """Which files are exported and how int8 is calibrated."""
+
+    formats: list[Literal["onnx"]] = ["onnx"]
+    precisions: list[Literal["fp32", "int8"]] = ["fp32", "int8"]
+    opset: int = Field(18, ge=13)
+    exporter: Literal["auto", "dynamo", "legacy"] = "auto"
+    calibration_images: int = Field(128, gt=0, description="Train images used to calibrate int8.")
+    int8_format: Literal["qdq", "qoperator"] = "qdq"
+    per_channel: bool = True
+    int8_keep_fp32: list[Literal["first_conv", "classifier"]] = Field(
+        ["first_conv", "classifier"], description="Layers left in fp32 in int8 models (the most sensitive ones).")
+
+    @field_validator("formats", "precisions")
+    @classmethod
+    def _nonempty_unique(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must name at least one")
+        if len(set(value)) != len(value):
+            raise ValueError("names a value twice")
+        return value
+
+
+class VerifySection(Section):
+    """Checks every artifact must pass."""
+
+    max_accuracy_drop_pp: float = Field(1.0, ge=0, description="Largest val accuracy drop vs torch, in points.")
+    parity_atol: float = Field(1e-3, gt=0, description="Largest |logit diff| allowed for fp32 artifacts.")
+    parity_images: int = Field(16, gt=0)
+
+
+class BenchSection(Section):
+    """How latency is measured."""
+
+    threads: list[int] = Field([1], min_length=1)
+    batch: int = Field(1, gt=0)
+    warmup: int = Field(20, ge=0)
+    min_runs: int = Field(100, gt=0)
+    min_time_s: float = Field(3.0, ge=0, description="Keep running until both min_runs and min_time_s are reached.")
+    max_runs: int = Field(2000, gt=0)
+
+    @field_validator("threads")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(t <= 0 for t in value):
+            raise ValueError("every thread count must be > 0")
+        return value
+
+
+class Recipe(Section):
+    """A whole build recipe."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Names the run folder runs/<name>/.")
+    data: DataSection
+    model: ModelSection = ModelSection()
+    train: TrainSection = TrainSection()
+    export: ExportSection = ExportSection()
+    verify: VerifySection = VerifySection()
+    bench: BenchSection = BenchSection()
+
+    # Where the recipe was read from; relative paths in it are resolved against its folder.
+    source: str | None = Field(None, exclude=True)
+
+    def resolve_path(self, value: str) -> Path:
+        """Resolve a path written in the recipe against the recipe file's folder."""
+        path = Path(value).expanduser()
+        if not path.is_absolute() and self.source:
+            path = Path(self.source).parent / path
+        return path
+
+
+def _section_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names valid at `loc`'s parent, for did-you-mean suggestions."""
+    current: Any = model
+    for part in loc[:-1]:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    return list(getattr(current, "model_fields", {}).keys())
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        valid = [f for f in _section_fields(Recipe, loc) if f != "source"]
+        hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+        return f"{where}: unknown key{suggestion} (valid keys here: {', '.join(valid)})"
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        message = "required but missing"
+    return f"{where}: {message} (got {err['input']!r})" if err["type"] != "missing" else f"{where}: {message}"
+
+
+def parse_recipe(obj: Any, source: str = "<recipe>") -> Recipe:
+    """Validate a recipe mapping; errors name the file and every bad field path."""
+    if not isinstance(obj, dict):
+        raise RecipeError(f"{source}: a recipe must be a YAML mapping of sections (name, data, model, train, "
+                          f"export, verify, bench), not {type(obj).__name__}.")
+    try:
+        return Recipe.model_validate({**obj, "source": source})
+    except ValidationError as exc:
+        problems = "; ".join(_format_error(e) for e in exc.errors())
+        raise RecipeError(f"{source} is not a valid recipe: {problems}. See the recipe reference in the README.") from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file (YAML, safe_load only)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"Recipe file {path} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"Cannot read recipe file {path}: {exc}.") from None
+    try:
+        obj = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"{path} is not valid YAML{where}: {problem}. Recipes are plain YAML; tags such as "
+                          "!!python/object are refused.") from None
+    return parse_recipe(obj, source=str(path))
+
+
+def section_dict(section: BaseModel) -> dict[str, Any]:
+    """A section as plain JSON-able data (for cache keys and the summary)."""
+    return section.model_dump(mode="json")

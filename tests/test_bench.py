@@ -1,0 +1,55 @@
+"""The latency harness itself: statistics on known samples and the run plan."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from edgetl.bench.harness import LatencyPlan, measure_latency, time_runs
+from edgetl.bench.stats import summarize
+
+
+def test_summary_statistics_on_known_samples():
+    stats = summarize(list(range(1, 101)))  # 1..100 ms
+    assert stats["p50"] == 50.5 and stats["min"] == 1 and stats["max"] == 100
+    assert stats["p90"] == pytest.approx(90.1) and stats["p99"] == pytest.approx(99.01)
+    assert stats["mean"] == 50.5 and stats["std"] == pytest.approx(29.0115, abs=1e-3)
+
+
+def test_empty_samples_are_rejected():
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+class SleepRunner:
+    """A runner with a known latency, counting its calls and the arrays it is given."""
+
+    format = "fake"
+    input_shape = (1, 3, 4, 4)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.calls, self.ids = seconds, 0, set()
+
+    def run(self, batch):
+        self.calls += 1
+        self.ids.add(id(batch))
+        time.sleep(self.seconds)
+        return batch
+
+
+def test_harness_runs_warmup_then_at_least_min_runs_and_measures_the_call():
+    runner = SleepRunner(0.002)
+    stats = measure_latency(runner, np.zeros((1, 3, 4, 4), np.float32), LatencyPlan(warmup=3, min_runs=20, min_time_s=0))
+    assert stats["runs"] == 20 and runner.calls == 23
+    assert 2.0 <= stats["p50"] < 6.0
+    assert len(runner.ids) == 1  # the input is allocated once, outside the timed loop
+
+
+def test_harness_keeps_running_until_min_time_but_stops_at_max_runs():
+    runner = SleepRunner(0.001)
+    samples = time_runs(runner, np.zeros(1), LatencyPlan(warmup=0, min_runs=1, min_time_s=0.05, max_runs=1000))
+    assert samples.size > 10 and samples.sum() >= 45.0
+    capped = time_runs(runner, np.zeros(1), LatencyPlan(warmup=0, min_runs=1, min_time_s=10, max_runs=7))
+    assert capped.size == 7

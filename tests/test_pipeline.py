@@ -1,0 +1,174 @@
+"""`edgetl build` on a tiny dataset: the run directory, summary.json contract, caching, resume, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from conftest import REPO, tiny_recipe
+from edgetl.cli import main
+from edgetl.pipeline import build
+from edgetl.progress import Reporter
+
+
+def write_recipe(path, recipe: dict):
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One real build of the tiny recipe, shared by the contract tests."""
+    from conftest import make_image_folder
+
+    base = tmp_path_factory.mktemp("pipeline")
+    data = base / "tiny"
+    make_image_folder(data / "train", {"red": 30, "green": 30}, seed=1)
+    make_image_folder(data / "val", {"red": 6, "green": 6}, seed=2)
+    recipe = write_recipe(base / "tiny.yaml", tiny_recipe(data))
+    summary = build(recipe, out=base / "run", reporter=Reporter(enabled=False))
+    return {"base": base, "recipe": recipe, "run": base / "run", "summary": summary, "data": data}
+
+
+def test_summary_has_the_documented_shape(built):
+    summary = json.loads((built["run"] / "summary.json").read_text())
+    assert summary == built["summary"]
+    assert isinstance(summary["edgetl_version"], str) and summary["recipe"] == str(built["recipe"])
+    assert summary["classes"] == ["green", "red"]
+    model = summary["model"]
+    assert model["backbone"] == "efficientnet_lite0" and model["weights"] == "imagenet" and model["mode"] == "finetune"
+    assert model["val_accuracy"] >= 90 and model["epochs_run"] == 3  # the colour classes are easy to learn
+    assert [(a["format"], a["precision"]) for a in summary["artifacts"]] == [("onnx", "fp32"), ("onnx", "int8")]
+    for artifact in summary["artifacts"]:
+        path = built["run"] / artifact["path"]
+        assert not os.path.isabs(artifact["path"]) and path.is_file()
+        assert artifact["size_bytes"] == path.stat().st_size
+        assert 0 <= artifact["val_accuracy"] <= 100
+        assert artifact["accuracy_drop_pp"] == pytest.approx(model["val_accuracy"] - artifact["val_accuracy"], abs=1e-3)
+        latency = artifact["latency_ms"]
+        assert set(latency) >= {"p50", "p90", "p99", "mean"}
+        assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"]
+        assert artifact["threads"] == 1
+    fp32, int8 = summary["artifacts"]
+    assert 0 < fp32["max_abs_logit_diff"] < 1e-3 and fp32["accuracy_drop_pp"] == 0
+    assert int8["quantization"] == "ptq" and int8["size_bytes"] < fp32["size_bytes"]
+
+
+def test_report_lists_every_artifact(built):
+    report = (built["run"] / "report.md").read_text()
+    for artifact in built["summary"]["artifacts"]:
+        assert f"`{artifact['path']}`" in report
+
+
+def test_one_folder_per_stage_with_markers(built):
+    for stage in ("data", "inputs", "train", "export", "verify", "bench"):
+        assert (built["run"] / stage / "stage.json").is_file()
+    assert not list(built["run"].rglob("*.tmp"))
+
+
+def test_unchanged_rebuild_reuses_every_stage(built):
+    started = time.perf_counter()
+    summary = build(built["recipe"], out=built["run"], reporter=Reporter(enabled=False))
+    assert all(stage["cached"] for stage in summary["stages"].values())
+    assert time.perf_counter() - started < 30
+    assert summary["artifacts"][0]["sha256"] == built["summary"]["artifacts"][0]["sha256"]
+
+
+def test_changing_export_settings_does_not_retrain(built, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(built["run"], run)
+    recipe = tiny_recipe(built["data"], export={"calibration_images": 4, "precisions": ["int8"]})
+    summary = build(write_recipe(tmp_path / "r.yaml", recipe), out=run, reporter=Reporter(enabled=False))
+    stages = summary["stages"]
+    assert stages["data"]["cached"] and stages["train"]["cached"]
+    assert not stages["export"]["cached"] and not stages["verify"]["cached"]
+    assert [a["precision"] for a in summary["artifacts"]] == ["int8"]
+    assert not (run / "export" / "model_fp32.onnx").exists()
+
+
+def test_a_corrupted_output_is_rebuilt_not_trusted(built, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(built["run"], run)
+    (run / "export" / "model_int8.onnx").write_bytes(b"garbage")
+    summary = build(built["recipe"], out=run, reporter=Reporter(enabled=False))
+    assert summary["stages"]["train"]["cached"] and not summary["stages"]["export"]["cached"]
+    assert summary["artifacts"][1]["sha256"] == built["summary"]["artifacts"][1]["sha256"]
+
+
+def test_parity_failure_stops_the_build_with_a_clear_error(built, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(built["run"], run)
+    recipe = write_recipe(tmp_path / "p.yaml", tiny_recipe(built["data"], verify={"parity_atol": 1e-12}))
+    result = CliRunner().invoke(main, ["build", str(recipe), "--out", str(run), "--quiet"])
+    assert result.exit_code == 1
+    assert "parity error" in result.output and "verify.parity_atol" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_bad_recipe_exits_2_naming_file_and_field(tmp_path, tiny_dataset):
+    recipe = tiny_recipe(tiny_dataset)
+    recipe["train"]["epochz"] = 3
+    path = write_recipe(tmp_path / "bad.yaml", recipe)
+    result = CliRunner().invoke(main, ["build", str(path)])
+    assert result.exit_code == 2
+    assert str(path) in result.output and "train.epochz: unknown key; did you mean 'epochs'?" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_bad_data_exits_2_and_leaves_no_stage_behind(tmp_path, tiny_dataset):
+    (tiny_dataset / "train" / "red" / "red_000.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tiny_dataset))
+    result = CliRunner().invoke(main, ["build", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "red_000.jpg" in result.output and "skip_bad_images" in result.output
+    assert not (tmp_path / "run" / "data" / "stage.json").exists()
+
+
+def test_cli_check_and_version(tmp_path, tiny_dataset):
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tiny_dataset))
+    result = CliRunner().invoke(main, ["check", str(path)])
+    assert result.exit_code == 0 and "2 classes" in result.output and "24 train / 12 val" in result.output, result.output
+    assert CliRunner().invoke(main, ["--version"]).output.strip().startswith("edgetl, version")
+
+
+def test_a_killed_build_resumes_training_from_its_last_epoch(tmp_path, tiny_dataset):
+    recipe = tiny_recipe(tiny_dataset, train={"epochs": 4})
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "edgetl.cli", "build", str(path), "--out", str(run)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    for line in proc.stdout:  # kill it as soon as the first epoch's checkpoint is written
+        if "epoch 2:" in line or time.time() > deadline:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert (run / "train" / "checkpoint.pt").is_file() and not (run / "train" / "stage.json").exists()
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resuming training after epoch 2" in result.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["model"]["epochs_run"] == 4
+    history = json.loads((run / "train" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    # the resumed run trains exactly like an uninterrupted one
+    uninterrupted = build(path, out=tmp_path / "straight", reporter=Reporter(enabled=False))
+    straight = json.loads((tmp_path / "straight" / "train" / "history.json").read_text())
+    assert [h["train_loss"] for h in history] == pytest.approx([h["train_loss"] for h in straight], rel=1e-4)
+    assert uninterrupted["model"]["val_accuracy"] == summary["model"]["val_accuracy"]
+    assert not (run / "train" / "checkpoint.pt").exists()
+    assert np.isfinite(summary["artifacts"][0]["latency_ms"]["p50"])

@@ -1,0 +1,103 @@
+"""Recipe validation: defaults, unknown keys with suggestions, field paths and file names in every error."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgetl.errors import RecipeError
+from edgetl.recipe import load_recipe, parse_recipe
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_recipe_gets_schema_defaults(tmp_path):
+    recipe = load_recipe(write(tmp_path, "name: r\ndata: {dataset: hymenoptera_data}\n"))
+    assert recipe.model.backbone == "efficientnet_lite0"
+    assert recipe.model.weights == "imagenet"
+    assert recipe.train.mode == "finetune"
+    assert recipe.export.precisions == ["fp32", "int8"]
+    assert recipe.verify.max_accuracy_drop_pp == 1.0
+    assert recipe.bench.threads == [1]
+
+
+def test_quickstart_recipe_is_valid():
+    from conftest import REPO
+
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml")
+    assert recipe.name == "quickstart" and recipe.data.dataset == "hymenoptera_data"
+
+
+def test_unknown_key_suggests_the_right_one_and_names_file(tmp_path):
+    path = write(tmp_path, "name: r\ndata: {dataset: x}\ntrain: {epoch: 3}\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert "train.epoch: unknown key; did you mean 'epochs'?" in message
+
+
+def test_unknown_section_suggested(tmp_path):
+    with pytest.raises(RecipeError, match=r"expot: unknown key; did you mean 'export'\?"):
+        load_recipe(write(tmp_path, "name: r\ndata: {dataset: x}\nexpot: {}\n"))
+
+
+def test_bad_value_names_the_field_path(tmp_path):
+    with pytest.raises(RecipeError, match=r"train\.epochs: Input should be greater than 0"):
+        load_recipe(write(tmp_path, "name: r\ndata: {dataset: x}\ntrain: {epochs: 0}\n"))
+
+
+def test_several_errors_are_all_reported(tmp_path):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, "name: r\ndata: {dataset: x}\ntrain: {epochs: -1, lr: 0}\nbench: {threads: [0]}\n"))
+    message = str(err.value)
+    assert "train.epochs" in message and "train.lr" in message and "bench.threads" in message
+
+
+def test_unknown_backbone_suggests_a_known_one(tmp_path):
+    with pytest.raises(RecipeError, match=r"model\.backbone: unknown backbone 'mobilenet_v3_smal' \(did you mean "
+                                          r"'mobilenet_v3_small'\?\)"):
+        load_recipe(write(tmp_path, "name: r\ndata: {dataset: x}\nmodel: {backbone: mobilenet_v3_smal}\n"))
+
+
+def test_unsupported_precision_lists_choices(tmp_path):
+    with pytest.raises(RecipeError, match=r"export\.precisions\.0: Input should be 'fp32' or 'int8'"):
+        load_recipe(write(tmp_path, "name: r\ndata: {dataset: x}\nexport: {precisions: [int4]}\n"))
+
+
+def test_missing_name_and_data_source(tmp_path):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, "data: {}\n"))
+    assert "name: required but missing" in str(err.value)
+    assert "data: give `dataset`" in str(err.value)
+
+
+def test_python_yaml_tags_are_refused(tmp_path):
+    path = write(tmp_path, "name: !!python/object/apply:os.system ['echo pwned']\ndata: {dataset: x}\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(path)
+
+
+def test_invalid_yaml_reports_line(tmp_path):
+    with pytest.raises(RecipeError, match=r"at line 3, column 1"):
+        load_recipe(write(tmp_path, "name: r\ndata: {dataset: x\n"))
+
+
+def test_missing_file_and_non_mapping(tmp_path):
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(RecipeError, match="must be a YAML mapping"):
+        load_recipe(write(tmp_path, "- a\n- b\n"))
+
+
+def test_warmup_must_be_shorter_than_training():
+    with pytest.raises(RecipeError, match="warmup_epochs"):
+        parse_recipe({"name": "r", "data": {"dataset": "x"}, "train": {"epochs": 2, "warmup_epochs": 3}})
+
+
+def test_relative_paths_resolve_against_recipe_folder(tmp_path):
+    recipe = load_recipe(write(tmp_path, "name: r\ndata: {path: images}\n"))
+    assert recipe.resolve_path(recipe.data.path) == tmp_path / "images"

@@ -1,0 +1,58 @@
+"""The deployment side (data, preprocessing, runtimes, evaluation, bench) imports and runs without torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import torch
+
+from conftest import REPO, make_image_folder
+from edgetl.export import ExportRequest
+from edgetl.export.onnx import export_fp32
+
+BLOCK_TORCH = textwrap.dedent("""
+    import importlib.abc, sys
+    class NoTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {"torch", "torchvision", "timm"}:
+                raise ImportError(f"{name} is blocked in this test")
+    sys.meta_path.insert(0, NoTorch())
+""")
+
+
+def test_runtime_side_runs_with_torch_unimportable(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 2)).eval()
+    example = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    onnx_path = export_fp32(model, ExportRequest(tmp_path, "fp32", example, {})).path
+    images = make_image_folder(tmp_path / "imgs" / "train", {"a": 2, "b": 2})
+    script = BLOCK_TORCH + textwrap.dedent(f"""
+        import json
+        import numpy as np
+        try:
+            import torch
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("torch was importable")
+        from edgetl.data import scan_dataset
+        from edgetl.preprocess import Preprocessing, preprocess_files
+        from edgetl.runtime import load_runner
+        from edgetl.evaluate import runner_logits, top1_accuracy
+        from edgetl.bench.harness import LatencyPlan, measure_latency
+        index = scan_dataset({str(images.parent)!r}, val_dir=None, val_fraction=0.5)
+        inputs = preprocess_files([s.path for s in index.train + index.val], Preprocessing(resize=18, crop=16))
+        runner = load_runner({str(onnx_path)!r})
+        logits = runner_logits(runner, inputs)
+        stats = measure_latency(runner, inputs[:1], LatencyPlan(warmup=1, min_runs=3, min_time_s=0))
+        print(json.dumps({{"shape": list(logits.shape), "runs": stats["runs"],
+                          "torch_loaded": any(m.split(".")[0] == "torch" for m in sys.modules)}}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out == {"shape": [4, 2], "runs": 3, "torch_loaded": False}
