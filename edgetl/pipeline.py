@@ -201,6 +201,7 @@ def _train_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_r
         params = sum(p.numel() for p in created.model.parameters())
         return {"model": run.rel(model_path), "val_logits": run.rel(logits_path), "history": run.rel(history_path),
                 "val_accuracy": round(result.val_accuracy, 4), "epochs_run": result.epochs_run,
+                "final_epoch_val_accuracy": round(result.history[-1]["val_accuracy"], 4) if result.history else None,
                 "best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from_epoch,
                 "weights_file": created.weights_file, "weights_meta": created.weights_meta, "params": params,
                 "files": run.files_record(model_path, logits_path, history_path)}
@@ -368,6 +369,7 @@ def _summary(recipe: Recipe, index, prep: Preprocessing, train_record: dict, exp
         "model": {"backbone": recipe.model.backbone, "weights": recipe.model.weights,
                   "weights_file": train_record["weights_file"], "mode": recipe.train.mode,
                   "val_accuracy": train_record["val_accuracy"], "epochs_run": train_record["epochs_run"],
+                  "final_epoch_val_accuracy": train_record["final_epoch_val_accuracy"],
                   "best_epoch": train_record["best_epoch"], "params": train_record["params"],
                   "preprocessing": prep.to_json(), "path": train_record["model"]},
         "budget": {"max_accuracy_drop_pp": recipe.verify.max_accuracy_drop_pp},
@@ -386,14 +388,16 @@ def _report(summary: dict) -> str:
              f"{model['best_epoch']}).", "",
              f"Data: {summary['data']['train_images']} train / {summary['data']['val_images']} val images, classes "
              f"{', '.join(summary['classes'])}; {len(summary['data']['bad_images'])} bad images skipped.", "",
-             "| artifact | size (MB) | val acc (%) | drop (pp) | max abs logit diff | p50 (ms) | p90 (ms) | p99 (ms) "
-             "| threads |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| artifact | size (MB) | val acc (%) | drop (pp) | max abs logit diff | threads | p50 (ms) | p90 (ms) "
+             "| p99 (ms) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for a in summary["artifacts"]:
-        lat = a["latency_ms"] or {}
-        fmt = lambda v: f"{v:.2f}" if isinstance(v, (int, float)) else "—"  # noqa: E731
-        lines.append(f"| `{a['path']}` | {a['size_bytes'] / 1e6:.2f} | {a['val_accuracy']:.2f} | "
-                     f"{a['accuracy_drop_pp']:+.2f} | {a['max_abs_logit_diff']:.2e} | {fmt(lat.get('p50'))} | "
-                     f"{fmt(lat.get('p90'))} | {fmt(lat.get('p99'))} | {a['threads']} |")
+        head = (f"| `{a['path']}` | {a['size_bytes'] / 1e6:.2f} | {a['val_accuracy']:.2f} | "
+                f"{a['accuracy_drop_pp']:+.2f} | {a['max_abs_logit_diff']:.2e} |")
+        by_threads = a["latency_by_threads"] or {"—": {}}
+        for threads, lat in by_threads.items():
+            cells = " | ".join(f"{lat[k]:.2f}" if k in lat else "—" for k in ("p50", "p90", "p99"))
+            lines.append(f"{head} {threads} | {cells} |")
+            head = "| | | | | |"
     env = summary["environment"]
     lines += ["", f"Measured on {env['cpu']} ({env['cores']} cores), onnxruntime {env['onnxruntime']}, "
               f"batch {summary['artifacts'][0]['batch'] if summary['artifacts'] else 1}.", "",

@@ -90,6 +90,8 @@ class TrainSection(Section):
     mode: Literal["linear_probe", "finetune", "gradual"] = "finetune"
     epochs: int = Field(8, gt=0)
     batch_size: int = Field(32, gt=0)
+    probe_epochs: int = Field(10, ge=0, description="finetune/gradual: epochs of head-only training on cached "
+                              "features first (LP-FT); 0 turns it off.")
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0, description="Learning rate of the head.")
     backbone_lr_mult: float = Field(0.1, gt=0, le=1, description="Backbone LR = lr × this (finetune, gradual).")

@@ -180,6 +180,11 @@ def fine_tune(created: CreatedModel, train_samples: list[Sample], val_inputs: np
         state = saved["state"]
         resumed_from = state["epoch"]
         reporter.info(f"  resuming training after epoch {resumed_from}")
+    elif cfg.probe_epochs:
+        # LP-FT: train the new head on frozen features first, so fine-tuning starts from a sensible head
+        # instead of pushing random-head gradients into the pretrained backbone.
+        probe = cfg.model_copy(update={"epochs": cfg.probe_epochs, "early_stop_patience": None, "warmup_epochs": 0})
+        _linear_probe(created, train_samples, val_inputs, val_labels, probe, reporter)
 
     while state["epoch"] < cfg.epochs and not _early_stop(state, cfg):
         epoch = state["epoch"]
