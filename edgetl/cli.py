@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from edgetl import __version__
-from edgetl.errors import EdgetlError
+from edgetl.errors import EdgetlError, WeightsError
 
 
 def _handle_errors(command):
@@ -61,6 +61,9 @@ def check(recipe: Path) -> None:
     from edgetl.recipe import load_recipe
 
     parsed = load_recipe(recipe)
+    if parsed.model.weights not in ("imagenet", "none") and not parsed.resolve_path(parsed.model.weights).is_file():
+        raise WeightsError(f"{recipe}: model.weights names {parsed.resolve_path(parsed.model.weights)}, which does "
+                           "not exist.")
     data = parsed.data
     root = resolve_dataset(data.dataset, str(parsed.resolve_path(data.path)) if data.path else None, data.url,
                            data.sha256, default_cache_dir(), recipe_file=str(recipe))

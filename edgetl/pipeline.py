@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgetl import __version__
-from edgetl.errors import AccuracyBudgetError, ParityError
+from edgetl.errors import AccuracyBudgetError, ParityError, StorageError
 from edgetl.fsutil import atomic_path, read_json, sha256_file, sha256_json, write_json, write_text
 from edgetl.preprocess import Preprocessing
 from edgetl.progress import Reporter
@@ -417,9 +417,23 @@ def build(recipe: str | Path | Recipe, out: str | Path | None = None, reporter: 
         recipe = load_recipe(recipe)
     reporter = reporter or Reporter()
     root = Path(out) if out else Path("runs") / recipe.name
-    root.mkdir(parents=True, exist_ok=True)
-    run = RunDir(root.resolve(), reporter)
+    fresh = not root.exists()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"Cannot create the run directory {root}: {exc.strerror}. Choose another with --out.") from None
     reporter.info(f"edgetl {__version__}: building '{recipe.name}' into {root}")
+    try:
+        return _run(recipe, RunDir(root.resolve(), reporter))
+    except BaseException:
+        # A build that failed before any stage completed leaves no empty run directory behind.
+        if fresh and root.is_dir() and not any(root.glob("*/stage.json")):
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
+def _run(recipe: Recipe, run: RunDir) -> dict:
+    reporter, root = run.reporter, run.root
     index, data_record = _data_stage(run, recipe)
     prep = _preprocessing(recipe)
     inputs_record = _inputs_stage(run, recipe, index, data_record, prep)

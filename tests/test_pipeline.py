@@ -135,10 +135,13 @@ def test_cli_bad_data_exits_2_and_leaves_no_stage_behind(tmp_path, tiny_dataset)
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tiny_dataset))
     result = CliRunner().invoke(main, ["build", str(path), "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and "red_000.jpg" in result.output and "skip_bad_images" in result.output
-    assert not (tmp_path / "run" / "data" / "stage.json").exists()
+    assert not (tmp_path / "run").exists()  # nothing half-written is left behind
 
 
 def test_cli_check_and_version(tmp_path, tiny_dataset):
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tiny_dataset, model={"weights": "missing.pth"}))
+    result = CliRunner().invoke(main, ["check", str(path)])
+    assert result.exit_code == 2 and f"{tmp_path / 'missing.pth'}, which does not exist" in result.output
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tiny_dataset))
     result = CliRunner().invoke(main, ["check", str(path)])
     assert result.exit_code == 0 and "2 classes" in result.output and "24 train / 12 val" in result.output, result.output
