@@ -44,6 +44,8 @@ def row(label: str, summary: dict, build_s: float | None, rebuild_s: float | Non
         "onnx_fp32_p50_ms": fp32 and fp32["latency_ms"]["p50"], "onnx_int8_p50_ms": int8 and int8["latency_ms"]["p50"],
         "onnx_fp32_mb": fp32 and round(fp32["size_bytes"] / 1e6, 2),
         "onnx_int8_mb": int8 and round(int8["size_bytes"] / 1e6, 2),
+        **{f"onnx_{name}_p50_ms_{t}_threads": art["latency_by_threads"][t]["p50"]
+           for name, art in artifacts.items() for t in art["latency_by_threads"] if t != str(art["threads"])},
         "threads": (fp32 or int8)["threads"], "build_s": build_s and round(build_s, 1),
         "rebuild_s": rebuild_s and round(rebuild_s, 2),
     }
@@ -80,12 +82,13 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     columns = ["variant", "torch_val_accuracy", "onnx_fp32_val_accuracy", "onnx_int8_val_accuracy",
-               "int8_drop_vs_fp32_pp", "onnx_fp32_p50_ms", "onnx_int8_p50_ms", "onnx_fp32_mb", "onnx_int8_mb",
-               "epochs_run", "build_s", "rebuild_s"]
+               "int8_drop_vs_fp32_pp", "onnx_fp32_p50_ms", "onnx_int8_p50_ms"]
+    columns += sorted({k for r in rows for k in r if k.endswith("_threads")})
+    columns += ["onnx_fp32_mb", "onnx_int8_mb", "epochs_run", "build_s", "rebuild_s"]
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for r in rows:
-        print("| " + " | ".join("—" if r[c] is None else str(r[c]) for c in columns) + " |")
+        print("| " + " | ".join("—" if r.get(c) is None else str(r[c]) for c in columns) + " |")
     print(f"\n{env['cpu']}, {env['cores']} cores, onnxruntime {env['onnxruntime']}, torch {env['torch']}; "
           f"latency at batch 1, {rows[0]['threads']} thread(s). JSON: {args.out}")
 
