@@ -181,14 +181,17 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 
     import torch
 
+    if path.is_dir():
+        raise WeightsError(f"model.weights names {path}, which is a folder; give the state_dict file inside it.")
     if not path.is_file():
-        raise WeightsError(f"Weight file {path} (model.weights) does not exist.")
+        raise WeightsError(f"model.weights names {path}, which does not exist.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path} (model.weights) is not a loadable state_dict file: {first_line}. Only plain "
-                           "tensors are accepted (torch.load with weights_only=True), never pickled code.") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError):
+        raise WeightsError(f"{path} (model.weights) cannot be loaded as a state_dict: it is not a torch checkpoint, "
+                           "or it contains pickled Python objects or code, which edgetl refuses to run (it loads "
+                           "weights with torch.load(weights_only=True)). Save plain tensors: "
+                           "torch.save(model.state_dict(), path).") from None
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

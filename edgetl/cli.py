@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from edgetl import __version__
-from edgetl.errors import EdgetlError, WeightsError
+from edgetl.errors import EdgetlError
 
 
 def _handle_errors(command):
@@ -31,7 +31,12 @@ def _handle_errors(command):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgetl")
 def main() -> None:
-    """Fine-tune, compress, export, verify and benchmark vision models for edge devices."""
+    """Fine-tune vision backbones on your images; export, verify and benchmark them for edge devices.
+
+    \b
+    Exit codes: 0 ok, 2 bad recipe/data/weights/model file, 1 other failures, 130 interrupted.
+    Offline lookup: $TORCH_HOME/hub/checkpoints for weights, $EDGETL_CACHE/datasets for datasets.
+    """
 
 
 @main.command()
@@ -58,20 +63,20 @@ def build(recipe: Path, out: Path | None, quiet: bool) -> None:
 def check(recipe: Path) -> None:
     """Validate RECIPE and its dataset (every image decoded) without training."""
     from edgetl.data import default_cache_dir, resolve_dataset, scan_dataset
+    from edgetl.pipeline import create_recipe_model
     from edgetl.recipe import load_recipe
 
     parsed = load_recipe(recipe)
-    if parsed.model.weights not in ("imagenet", "none") and not parsed.resolve_path(parsed.model.weights).is_file():
-        raise WeightsError(f"{recipe}: model.weights names {parsed.resolve_path(parsed.model.weights)}, which does "
-                           "not exist.")
     data = parsed.data
     root = resolve_dataset(data.dataset, str(parsed.resolve_path(data.path)) if data.path else None, data.url,
                            data.sha256, default_cache_dir(), recipe_file=str(recipe))
     index = scan_dataset(root, train_dir=data.train_dir, val_dir=data.val_dir, val_fraction=data.val_fraction,
                          seed=data.seed, skip_bad_images=data.skip_bad_images)
+    created = create_recipe_model(parsed, len(index.classes))  # resolves and loads the weights: errors show now
     click.echo(f"{recipe}: ok. {len(index.classes)} classes ({', '.join(index.classes)}), {len(index.train)} train / "
                f"{len(index.val)} val images, {len(index.bad_images)} bad images skipped, "
-               f"{sum(index.converted.values())} converted to RGB.")
+               f"{sum(index.converted.values())} converted to RGB; backbone {parsed.model.backbone} loads weights "
+               f"{created.weights_file or parsed.model.weights}.")
 
 
 if __name__ == "__main__":

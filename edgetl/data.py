@@ -496,10 +496,10 @@ def resolve_dataset(name: str | None, path: str | None, url: str | None, sha256:
         folder = Path(path).expanduser()
         if not folder.is_dir():
             raise DataError(f"Dataset folder {folder} (data.path in {recipe_file}) does not exist or is not a folder. "
-                            "Fix data.path, or remove it and set data.name/data.url to use a downloadable dataset.")
+                            "Fix data.path, or remove it and set data.dataset/data.url to use a downloadable dataset.")
         return Path(os.path.abspath(folder))
     if not name:
-        raise DataError(f"{recipe_file} names no dataset: set data.path to a local folder, or data.name (and "
+        raise DataError(f"{recipe_file} names no dataset: set data.path to a local folder, or data.dataset (and "
                         "data.url to download it) for a dataset kept in the edgetl cache.")
     _check_dataset_name(name, recipe_file)
     target = Path(cache_dir) / "datasets" / name
@@ -524,7 +524,7 @@ def resolve_dataset(name: str | None, path: str | None, url: str | None, sha256:
 def _check_dataset_name(name: str, recipe_file: str) -> None:
     # The name becomes a folder under the cache, so it must not be able to point anywhere else.
     if name in (".", "..") or "/" in name or "\\" in name or _is_hidden(name):
-        raise DataError(f"data.name '{name}' in {recipe_file} is not a valid dataset name: use a plain folder name "
+        raise DataError(f"data.dataset '{name}' in {recipe_file} is not a valid dataset name: use a plain folder name "
                         "without slashes or a leading dot (e.g. hymenoptera).")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -14,6 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from edgetl.errors import StorageError
+
+
+@functools.cache
+def _default_file_mode() -> int:
+    # mkstemp creates 0600 files; deployable outputs should get the usual mode (0666 minus the umask).
+    # Read once: os.umask can only be read by setting it, which must not race with other threads later.
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _storage_error(path: Path, exc: OSError) -> StorageError:
@@ -34,6 +44,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.fchmod(fd, _default_file_mode())
         os.close(fd)
     except OSError as exc:
         raise _storage_error(target, exc) from exc

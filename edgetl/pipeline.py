@@ -154,6 +154,18 @@ def _weights_identity(recipe: Recipe) -> str:
     return sha256_file(path) if path.is_file() else str(path)
 
 
+def create_recipe_model(recipe: Recipe, num_classes: int):
+    """The recipe's backbone with its starting weights; weight errors name the recipe file."""
+    from edgetl.backbones import create_model
+    from edgetl.errors import WeightsError
+
+    try:
+        return create_model(recipe.model.backbone, num_classes, recipe.model.weights, recipe.model.dropout,
+                            weights_base=Path(recipe.source).parent if recipe.source else None)
+    except WeightsError as exc:
+        raise WeightsError(f"{recipe.source or 'recipe'}: {exc}") from None
+
+
 def _load_trained(model_path: Path):
     import torch
 
@@ -174,12 +186,10 @@ def _train_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_r
     def work(folder: Path) -> dict:
         import torch
 
-        from edgetl.backbones import create_model
         from edgetl.train import Checkpointer, fine_tune, predict, seed_everything
 
         seed_everything(recipe.train.seed)  # the new head's initialisation is part of the run
-        created = create_model(recipe.model.backbone, len(index.classes), recipe.model.weights,
-                               recipe.model.dropout, weights_base=Path(recipe.source).parent if recipe.source else None)
+        created = create_recipe_model(recipe, len(index.classes))
         created.preprocessing = prep
         run.reporter.info(f"  {recipe.model.backbone}, weights {recipe.model.weights}"
                           f"{f' ({created.weights_file})' if created.weights_file else ''}, mode {recipe.train.mode}")
@@ -345,8 +355,7 @@ def _summary(recipe: Recipe, index, prep: Preprocessing, train_record: dict, exp
         entry = {key: artifact[key] for key in ("name", "format", "precision", "path", "size_bytes", "sha256")}
         entry.update({key: verified[key] for key in ("val_accuracy", "accuracy_drop_pp", "max_abs_logit_diff",
                                                      "prediction_agreement")})
-        entry["latency_ms"] = ({k: latency[first_threads][k] for k in ("p50", "p90", "p99", "mean", "std", "min")}
-                               if latency else None)
+        entry["latency_ms"] = dict(latency[first_threads]) if latency else None
         entry["threads"] = int(first_threads)
         entry["batch"] = recipe.bench.batch
         entry["latency_by_threads"] = latency
@@ -417,7 +426,7 @@ def build(recipe: str | Path | Recipe, out: str | Path | None = None, reporter: 
         recipe = load_recipe(recipe)
     reporter = reporter or Reporter()
     root = Path(out) if out else Path("runs") / recipe.name
-    fresh = not root.exists()
+    first_created = next((p for p in reversed([root, *root.parents]) if not p.exists()), None)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -427,8 +436,8 @@ def build(recipe: str | Path | Recipe, out: str | Path | None = None, reporter: 
         return _run(recipe, RunDir(root.resolve(), reporter))
     except BaseException:
         # A build that failed before any stage completed leaves no empty run directory behind.
-        if fresh and root.is_dir() and not any(root.glob("*/stage.json")):
-            shutil.rmtree(root, ignore_errors=True)
+        if first_created is not None and not any(first_created.glob("**/stage.json")):
+            shutil.rmtree(first_created, ignore_errors=True)
         raise
 
 
@@ -445,7 +454,8 @@ def _run(recipe: Recipe, run: RunDir) -> dict:
     if over:
         _write_outputs(run, _summary(recipe, index, prep, train_record, export_record, verify_record, None, run,
                                      "failed: accuracy budget"))
-        table = "; ".join(f"{name}: {r['val_accuracy']:.2f}% ({r['accuracy_drop_pp']:+.2f} pp)" for name, r in over.items())
+        table = "; ".join(f"{name}: {r['val_accuracy']:.2f}% (a drop of {r['accuracy_drop_pp']:.2f} pp)"
+                          for name, r in over.items())
         raise AccuracyBudgetError(f"{table} — more than verify.max_accuracy_drop_pp = "
                                   f"{recipe.verify.max_accuracy_drop_pp} pp below the torch model "
                                   f"({verify_record['torch_val_accuracy']:.2f}%). Details in {root / 'summary.json'}. "

@@ -16,7 +16,8 @@ class Reporter:
 
     def __init__(self, enabled: bool = True, console: Console | None = None) -> None:
         self.enabled = enabled
-        self.console = console or Console(stderr=True, highlight=False)
+        # soft_wrap: long paths stay on one line in CI logs instead of being wrapped at 80 columns.
+        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
 
     def info(self, message: str) -> None:
         """One status line."""

@@ -211,6 +211,8 @@ def _format_error(err: dict[str, Any]) -> str:
 
 def parse_recipe(obj: Any, source: str = "<recipe>") -> Recipe:
     """Validate a recipe mapping; errors name the file and every bad field path."""
+    if obj is None:
+        raise RecipeError(f"{source} is empty; a recipe needs at least `name` and `data` (see recipes/quickstart.yaml).")
     if not isinstance(obj, dict):
         raise RecipeError(f"{source}: a recipe must be a YAML mapping of sections (name, data, model, train, "
                           f"export, verify, bench), not {type(obj).__name__}.")

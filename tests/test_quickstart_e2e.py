@@ -14,7 +14,8 @@ from conftest import HYMENOPTERA, REPO, SHARED_CACHE
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not HYMENOPTERA.is_dir(), reason=f"real dataset not present at {HYMENOPTERA} "
-                       "(../shared/cache is only beside the repository on the developers' and CI machines)"),
+                       "(../shared/cache is only beside the repository on the developers' and CI machines; "
+                       "set EDGETL_SHARED_CACHE to that folder to run this test from elsewhere)"),
 ]
 
 

@@ -91,6 +91,8 @@ def test_missing_file_and_non_mapping(tmp_path):
         load_recipe(tmp_path / "nope.yaml")
     with pytest.raises(RecipeError, match="must be a YAML mapping"):
         load_recipe(write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(RecipeError, match="is empty"):
+        load_recipe(write(tmp_path, "# nothing yet\n"))
 
 
 def test_warmup_must_be_shorter_than_training():
