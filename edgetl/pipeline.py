@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgetl import __version__
-from edgetl.errors import AccuracyBudgetError, ParityError, StorageError
+from edgetl.errors import AccuracyBudgetError, ParityError, RecipeError, StorageError
 from edgetl.fsutil import atomic_path, read_json, sha256_file, sha256_json, write_json, write_text
 from edgetl.preprocess import Preprocessing
 from edgetl.progress import Reporter
@@ -117,7 +117,11 @@ def _preprocessing(recipe: Recipe) -> Preprocessing:
 
     default = get_backbone(recipe.model.backbone).default_weights().preprocessing
     override = {k: v for k, v in recipe.model.preprocessing.model_dump().items() if v is not None}
-    return Preprocessing.from_json({**default.to_json(), **override})
+    prep = Preprocessing.from_json({**default.to_json(), **override})
+    if prep.resize < prep.crop:
+        raise RecipeError(f"{recipe.source or 'recipe'}: model.preprocessing.resize ({prep.resize}) must be at least "
+                          f"model.preprocessing.crop ({prep.crop}): images are resized, then center-cropped.")
+    return prep
 
 
 def _inputs_stage(run: RunDir, recipe: Recipe, index, data_record: dict, prep: Preprocessing) -> dict:
@@ -443,8 +447,8 @@ def build(recipe: str | Path | Recipe, out: str | Path | None = None, reporter: 
 
 def _run(recipe: Recipe, run: RunDir) -> dict:
     reporter, root = run.reporter, run.root
-    index, data_record = _data_stage(run, recipe)
     prep = _preprocessing(recipe)
+    index, data_record = _data_stage(run, recipe)
     inputs_record = _inputs_stage(run, recipe, index, data_record, prep)
     train_record = _train_stage(run, recipe, index, data_record, inputs_record, prep)
     export_record = _export_stage(run, recipe, index, inputs_record, train_record, prep)

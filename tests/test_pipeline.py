@@ -131,6 +131,13 @@ def test_cli_bad_recipe_exits_2_naming_file_and_field(tmp_path, tiny_dataset):
     assert "Traceback" not in result.output
 
 
+def test_resize_smaller_than_crop_is_a_recipe_error(tmp_path, tiny_dataset):
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tiny_dataset, model={"preprocessing": {"resize": 28}}))
+    result = CliRunner().invoke(main, ["build", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "model.preprocessing.resize (28) must be at least" in result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_bad_data_exits_2_and_leaves_no_stage_behind(tmp_path, tiny_dataset):
     (tiny_dataset / "train" / "red" / "red_000.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tiny_dataset))
