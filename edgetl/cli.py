@@ -61,7 +61,7 @@ def build(recipe: Path, out: Path | None, quiet: bool) -> None:
 @click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
 @_handle_errors
 def check(recipe: Path) -> None:
-    """Validate RECIPE and its dataset (every image decoded) without training."""
+    """Validate RECIPE, decode every image of its dataset and load its weights, without training."""
     from edgetl.data import default_cache_dir, resolve_dataset, scan_dataset
     from edgetl.pipeline import create_recipe_model
     from edgetl.recipe import load_recipe
