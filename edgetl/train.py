@@ -169,7 +169,7 @@ def fine_tune(created: CreatedModel, train_samples: list[Sample], val_inputs: np
         optimizer, warmup_cosine(cfg.epochs * steps, round(cfg.warmup_epochs * steps)))
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
-    state = {"epoch": 0, "history": [], "best_acc": -1.0, "best_epoch": 0, "best_state": None, "stale": 0}
+    state = _new_state()
     resumed_from = None
     saved = checkpointer.load() if checkpointer else None
     if saved:
@@ -209,12 +209,7 @@ def fine_tune(created: CreatedModel, train_samples: list[Sample], val_inputs: np
                   "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"],
                   "seconds": round(time.perf_counter() - started, 2)}
         state["history"].append(record)
-        if val_acc > state["best_acc"]:
-            state.update(best_acc=val_acc, best_epoch=epoch + 1, stale=0,
-                         best_state=copy.deepcopy(model.state_dict()))
-        else:
-            state["stale"] += 1
-        state["epoch"] = epoch + 1
+        _end_epoch(state, epoch, val_acc, model)
         if checkpointer:
             checkpointer.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
@@ -224,6 +219,19 @@ def fine_tune(created: CreatedModel, train_samples: list[Sample], val_inputs: np
     model.load_state_dict(state["best_state"])
     return TrainResult(state["best_state"], state["best_acc"], state["best_epoch"], state["epoch"],
                        state["history"], resumed_from)
+
+
+def _new_state() -> dict:
+    return {"epoch": 0, "history": [], "best_acc": -1.0, "best_epoch": 0, "best_state": None, "stale": 0}
+
+
+def _end_epoch(state: dict, epoch: int, val_acc: float, module: nn.Module) -> None:
+    """Keep `module`'s weights when `val_acc` is the best so far; count epochs without improvement."""
+    if val_acc > state["best_acc"]:
+        state.update(best_acc=val_acc, best_epoch=epoch + 1, stale=0, best_state=copy.deepcopy(module.state_dict()))
+    else:
+        state["stale"] += 1
+    state["epoch"] = epoch + 1
 
 
 def _early_stop(state: dict, cfg: TrainSection) -> bool:
@@ -263,7 +271,7 @@ def _linear_probe(created: CreatedModel, train_samples: list[Sample], val_inputs
         optimizer, warmup_cosine(cfg.epochs * steps, round(cfg.warmup_epochs * steps)))
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     generator = torch.Generator().manual_seed(cfg.seed)
-    state = {"history": [], "best_acc": -1.0, "best_epoch": 0, "best_state": None, "stale": 0, "epoch": 0}
+    state = _new_state()
     dropout = nn.Dropout(p=0.2)
     for epoch in range(cfg.epochs):
         if _early_stop(state, cfg):
@@ -283,11 +291,7 @@ def _linear_probe(created: CreatedModel, train_samples: list[Sample], val_inputs
         with torch.no_grad():
             val_acc = accuracy(head(val_x).numpy(), val_labels)
         state["history"].append({"epoch": epoch + 1, "train_loss": loss_sum / len(order), "val_accuracy": val_acc})
-        if val_acc > state["best_acc"]:
-            state.update(best_acc=val_acc, best_epoch=epoch + 1, stale=0, best_state=copy.deepcopy(head.state_dict()))
-        else:
-            state["stale"] += 1
-        state["epoch"] = epoch + 1
+        _end_epoch(state, epoch, val_acc, head)
     head.load_state_dict(state["best_state"])
     reporter.info(f"  linear probe: best val acc {state['best_acc']:.2f}% at epoch {state['best_epoch']}")
     return TrainResult(copy.deepcopy(model.state_dict()), state["best_acc"], state["best_epoch"], state["epoch"],
