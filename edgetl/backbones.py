@@ -260,8 +260,7 @@ class CreatedModel:
     weights_meta: dict
 
 
-def create_model(name: str, num_classes: int, weights: str = "imagenet", dropout: float = 0.2,
-                 weights_base: Path | None = None) -> CreatedModel:
+def create_model(name: str, num_classes: int, weights: str = "imagenet", dropout: float = 0.2) -> CreatedModel:
     """Build backbone `name` with `weights` ('imagenet', 'none' or a path) and a fresh `num_classes` head."""
     import torch
 
@@ -273,8 +272,6 @@ def create_model(name: str, num_classes: int, weights: str = "imagenet", dropout
         weights_file = resolve_weight_file(default)
     elif weights != "none":
         weights_file = Path(weights).expanduser()
-        if not weights_file.is_absolute() and weights_base is not None:
-            weights_file = weights_base / weights_file
     if weights_file is not None:
         load_weights(model, load_state_dict_file(weights_file), backbone.head, weights_file)
     head_module = model.get_submodule(backbone.head)

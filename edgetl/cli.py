@@ -62,16 +62,11 @@ def build(recipe: Path, out: Path | None, quiet: bool) -> None:
 @_handle_errors
 def check(recipe: Path) -> None:
     """Validate RECIPE, decode every image of its dataset and load its weights, without training."""
-    from edgetl.data import default_cache_dir, resolve_dataset, scan_dataset
-    from edgetl.pipeline import create_recipe_model
+    from edgetl.pipeline import create_recipe_model, resolve_data_root, scan_recipe_dataset
     from edgetl.recipe import load_recipe
 
     parsed = load_recipe(recipe)
-    data = parsed.data
-    root = resolve_dataset(data.dataset, str(parsed.resolve_path(data.path)) if data.path else None, data.url,
-                           data.sha256, default_cache_dir(), recipe_file=str(recipe))
-    index = scan_dataset(root, train_dir=data.train_dir, val_dir=data.val_dir, val_fraction=data.val_fraction,
-                         seed=data.seed, skip_bad_images=data.skip_bad_images)
+    index = scan_recipe_dataset(parsed, resolve_data_root(parsed))
     created = create_recipe_model(parsed, len(index.classes))  # resolves and loads the weights: errors show now
     click.echo(f"{recipe}: ok. {len(index.classes)} classes ({', '.join(index.classes)}), {len(index.train)} train / "
                f"{len(index.val)} val images, {len(index.bad_images)} bad images skipped, "

@@ -77,7 +77,7 @@ class RunDir:
         return {self.rel(p): sha256_file(p) for p in paths}
 
 
-def _resolve_data_root(recipe: Recipe) -> Path:
+def resolve_data_root(recipe: Recipe) -> Path:
     from edgetl.data import default_cache_dir, resolve_dataset
 
     data = recipe.data
@@ -87,18 +87,15 @@ def _resolve_data_root(recipe: Recipe) -> Path:
 
 
 def _data_stage(run: RunDir, recipe: Recipe):
-    from edgetl.data import DatasetIndex, fingerprint_tree, scan_dataset
+    from edgetl.data import DatasetIndex, fingerprint_tree
 
-    root = _resolve_data_root(recipe)
+    root = resolve_data_root(recipe)
     inputs = {"data": section_dict(recipe.data) | {"workers": None}, "root": str(root),
               "fingerprint": fingerprint_tree(root)}
 
     def work(folder: Path) -> dict:
         with run.reporter.task("checking images", None) as update:
-            index = scan_dataset(root, train_dir=recipe.data.train_dir, val_dir=recipe.data.val_dir,
-                                 val_fraction=recipe.data.val_fraction, seed=recipe.data.seed,
-                                 skip_bad_images=recipe.data.skip_bad_images,
-                                 progress=lambda done, total: update(1))
+            index = scan_recipe_dataset(recipe, root, progress=lambda done, total: update(1))
         index_path = folder / "index.json"
         write_json(index_path, index.to_json())
         if index.bad_images:
@@ -110,6 +107,15 @@ def _data_stage(run: RunDir, recipe: Recipe):
     run.reporter.info(f"  {len(index.classes)} classes, {len(index.train)} train / {len(index.val)} val images "
                       f"(val from {index.val_source}) in {root}")
     return index, record
+
+
+def scan_recipe_dataset(recipe: Recipe, root: Path, progress=None):
+    """Scan and check every image of the recipe's dataset at `root` (see edgetl.data.scan_dataset)."""
+    from edgetl.data import scan_dataset
+
+    data = recipe.data
+    return scan_dataset(root, train_dir=data.train_dir, val_dir=data.val_dir, val_fraction=data.val_fraction,
+                        seed=data.seed, skip_bad_images=data.skip_bad_images, progress=progress)
 
 
 def _preprocessing(recipe: Recipe) -> Preprocessing:
@@ -151,11 +157,15 @@ def _inputs_stage(run: RunDir, recipe: Recipe, index, data_record: dict, prep: P
 
 
 def _weights_identity(recipe: Recipe) -> str:
+    weights = _recipe_weights(recipe)
+    is_file = weights not in ("imagenet", "none") and Path(weights).is_file()
+    return sha256_file(weights) if is_file else weights
+
+
+def _recipe_weights(recipe: Recipe) -> str:
+    """`imagenet`, `none`, or the weights path resolved against the recipe's folder."""
     weights = recipe.model.weights
-    if weights in ("imagenet", "none"):
-        return weights
-    path = recipe.resolve_path(weights)
-    return sha256_file(path) if path.is_file() else str(path)
+    return weights if weights in ("imagenet", "none") else str(recipe.resolve_path(weights))
 
 
 def create_recipe_model(recipe: Recipe, num_classes: int):
@@ -164,8 +174,7 @@ def create_recipe_model(recipe: Recipe, num_classes: int):
     from edgetl.errors import WeightsError
 
     try:
-        return create_model(recipe.model.backbone, num_classes, recipe.model.weights, recipe.model.dropout,
-                            weights_base=Path(recipe.source).parent if recipe.source else None)
+        return create_model(recipe.model.backbone, num_classes, _recipe_weights(recipe), recipe.model.dropout)
     except WeightsError as exc:
         raise WeightsError(f"{recipe.source or 'recipe'}: {exc}") from None
 
