@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -67,13 +67,7 @@ class ModelSection(Section):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, value: str) -> str:
-        from edgetl.backbones import BACKBONE_NAMES
-
-        if value not in BACKBONE_NAMES:
-            hint = difflib.get_close_matches(value, BACKBONE_NAMES, n=1)
-            did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
-            raise ValueError(f"unknown backbone '{value}'{did_you_mean}; known: {', '.join(BACKBONE_NAMES)}")
-        return value
+        return _check_backbone(value)
 
 
 class AugmentSection(Section):
@@ -136,6 +130,86 @@ class ExportSection(Section):
         return value
 
 
+def _check_backbone(value: str) -> str:
+    from edgetl.backbones import BACKBONE_NAMES
+
+    if value not in BACKBONE_NAMES:
+        hint = difflib.get_close_matches(value, BACKBONE_NAMES, n=1)
+        did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
+        raise ValueError(f"unknown backbone '{value}'{did_you_mean}; known: {', '.join(BACKBONE_NAMES)}")
+    return value
+
+
+class TeacherSection(Section):
+    """The teacher: a backbone the build fine-tunes first, or an edgetl model.pt from an earlier run."""
+
+    backbone: str | None = Field(None, description="Backbone fine-tuned as the teacher (with `weights`).")
+    weights: str = Field("imagenet", description="Starting weights of the teacher: `imagenet`, `none` or a path.")
+    checkpoint: str | None = Field(None, description="A fine-tuned edgetl `model.pt` used as is (no teacher training).")
+    dropout: float = Field(0.2, ge=0, lt=1)
+    train: dict[str, Any] = Field({}, description="Overrides of `train` keys for the teacher's fine-tune.")
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str | None) -> str | None:
+        return value if value is None else _check_backbone(value)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherSection:
+        if (self.backbone is None) == (self.checkpoint is None):
+            raise ValueError("give exactly one of `backbone` (fine-tuned by this build) or `checkpoint` "
+                             "(an edgetl model.pt)")
+        return self
+
+
+class DistillSection(Section):
+    """Teacher→student knowledge distillation (Hinton et al.): the student is `model`."""
+
+    teacher: TeacherSection
+    temperature: float = Field(4.0, gt=0, description="Softmax temperature of the KD term.")
+    alpha: float = Field(0.7, ge=0, le=1, description="Weight of the KD term; (1 − alpha) goes to the label loss.")
+    teacher_logits: Literal["online", "precomputed"] = Field(
+        "online", description="`online`: the teacher sees the student's augmented batch; `precomputed`: once per "
+        "image on the augmentation-free view (faster, less faithful).")
+    compare_without_kd: bool = Field(False, description="Also train the student without KD and record its accuracy.")
+
+
+class RecoverSection(Section):
+    """The fine-tune that recovers accuracy after pruning."""
+
+    epochs: int = Field(6, ge=0)
+    lr: float = Field(5e-4, gt=0, description="Learning rate of every layer during recovery.")
+    distill: bool = Field(True, description="Use the teacher's KD loss when the recipe has `distill`.")
+
+
+class PruneSection(Section):
+    """Structured channel pruning with Torch-Pruning, then a recovery fine-tune."""
+
+    target_macs: float = Field(0.5, gt=0, lt=1, description="MACs of the pruned model as a share of the unpruned one.")
+    importance: Literal["magnitude", "taylor"] = "magnitude"
+    scope: Literal["uniform", "global"] = Field(
+        "uniform", description="`uniform`: every layer loses the same share; `global`: ranked across layers.")
+    steps: int = Field(4, gt=0, description="Iterative pruning steps (Taylor scores are re-estimated each step).")
+    step_epochs: int = Field(0, ge=0, description="Fine-tune epochs between pruning steps (0: prune all steps, then recover).")
+    round_to: int = Field(8, gt=0, description="Kept channel counts are multiples of this (SIMD-friendly).")
+    max_layer_ratio: float = Field(0.8, gt=0, lt=1, description="Largest share of one layer's channels removed.")
+    residual: Literal["keep", "prune"] = Field(
+        "keep", description="`keep`: channels that pass through a residual add (shared by every block of a stage) "
+        "are not pruned, only the blocks' inner channels; `prune`: they are pruned too.")
+    taylor_batches: int = Field(4, gt=0, description="Train batches used to estimate Taylor importance per step.")
+    recover: RecoverSection = RecoverSection()
+
+
+class QuantizeSection(Section):
+    """How int8 models are made: post-training calibration (`ptq`) or quantization-aware training (`qat`)."""
+
+    mode: Literal["ptq", "qat"] = "ptq"
+    epochs: int = Field(3, gt=0, description="qat: fake-quantized fine-tune epochs.")
+    lr: float = Field(1e-4, gt=0, description="qat: learning rate of every layer.")
+    distill: bool = Field(True, description="qat: use the teacher's KD loss when the recipe has `distill`.")
+    keep_ptq: bool = Field(False, description="qat: also export the PTQ int8 model (`onnx_int8_ptq`) to compare.")
+
+
 class VerifySection(Section):
     """Checks every artifact must pass."""
 
@@ -169,6 +243,9 @@ class Recipe(Section):
     data: DataSection
     model: ModelSection = ModelSection()
     train: TrainSection = TrainSection()
+    distill: DistillSection | None = None
+    prune: PruneSection | None = None
+    quantize: QuantizeSection = QuantizeSection()
     export: ExportSection = ExportSection()
     verify: VerifySection = VerifySection()
     bench: BenchSection = BenchSection()
@@ -176,12 +253,41 @@ class Recipe(Section):
     # Where the recipe was read from; relative paths in it are resolved against its folder.
     source: str | None = Field(None, exclude=True)
 
+    @model_validator(mode="after")
+    def _teacher_train_overrides(self) -> Recipe:
+        if self.distill is not None:
+            self.teacher_train()  # unknown or invalid keys fail here, with their path
+        if self.quantize.mode == "qat" and "int8" not in self.export.precisions:
+            raise ValueError("quantize.mode is `qat` but export.precisions has no `int8`")
+        return self
+
+    def teacher_train(self) -> TrainSection:
+        """The teacher's fine-tune settings: `train` with `distill.teacher.train` applied on top."""
+        overrides = self.distill.teacher.train if self.distill else {}
+        try:
+            return TrainSection.model_validate({**self.train.model_dump(), **overrides})
+        except ValidationError as exc:
+            problems = "; ".join(f"distill.teacher.train.{_format_error(e, TrainSection)}" for e in exc.errors())
+            raise ValueError(problems) from None
+
     def resolve_path(self, value: str) -> Path:
-        """Resolve a path written in the recipe against the recipe file's folder."""
-        path = Path(value).expanduser()
+        """Resolve a path written in the recipe against the recipe file's folder; `~`, `$TORCH_HOME` and
+        `$EDGETL_CACHE` (with their defaults when unset) and other environment variables are expanded."""
+        path = Path(_expand_variables(value)).expanduser()
         if not path.is_absolute() and self.source:
             path = Path(self.source).parent / path
         return path
+
+
+def _expand_variables(value: str) -> str:
+    import os
+    import string
+
+    from edgetl.backbones import hub_checkpoint_dir
+    from edgetl.data import default_cache_dir
+
+    defaults = {"TORCH_HOME": str(hub_checkpoint_dir().parent.parent), "EDGETL_CACHE": str(default_cache_dir())}
+    return string.Template(value).safe_substitute({**defaults, **os.environ})
 
 
 def _section_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -192,18 +298,22 @@ def _section_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         if field is None:
             return []
         current = field.annotation
+        if not hasattr(current, "model_fields"):  # `Section | None`: the section inside the Optional
+            current = next((a for a in get_args(current) if hasattr(a, "model_fields")), current)
     return list(getattr(current, "model_fields", {}).keys())
 
 
-def _format_error(err: dict[str, Any]) -> str:
+def _format_error(err: dict[str, Any], schema: type[BaseModel] | None = None) -> str:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     where = ".".join(str(p) for p in loc) or "(top level)"
     if err["type"] == "extra_forbidden":
-        valid = [f for f in _section_fields(Recipe, loc) if f != "source"]
+        valid = [f for f in _section_fields(schema or Recipe, loc) if f != "source"]
         hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
         suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
         return f"{where}: unknown key{suggestion} (valid keys here: {', '.join(valid)})"
     message = err["msg"].removeprefix("Value error, ")
+    if not loc and err["type"] == "value_error":
+        return message  # a cross-section check: the message names its fields
     if err["type"] == "missing":
         message = "required but missing"
     return f"{where}: {message} (got {err['input']!r})" if err["type"] != "missing" else f"{where}: {message}"

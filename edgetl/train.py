@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from edgetl.backbones import CreatedModel, trunk_groups
+from edgetl.compress.distill import Distiller
 from edgetl.data import Sample, load_rgb
 from edgetl.evaluate import top1_accuracy as accuracy
 from edgetl.fsutil import atomic_path
@@ -56,9 +57,9 @@ class AugmentedImages(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         sample = self.samples[i]
-        return self.transform(load_rgb(sample.path)), sample.label
+        return self.transform(load_rgb(sample.path)), sample.label, i
 
 
 def seed_everything(seed: int) -> None:
@@ -87,7 +88,7 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
     return factor
 
 
-def _optimizer(params: list[dict], cfg: TrainSection) -> torch.optim.Optimizer:
+def build_optimizer(params: list[dict], cfg: TrainSection) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -142,8 +143,9 @@ class Checkpointer:
 
 def fine_tune(created: CreatedModel, train_samples: list[Sample], val_inputs: np.ndarray, val_labels: np.ndarray,
               cfg: TrainSection, workers: int, checkpointer: Checkpointer | None = None,
-              reporter: Reporter = SILENT) -> TrainResult:
-    """Fine-tune `created.model` in place per `cfg`; returns the best (by val accuracy) weights."""
+              reporter: Reporter = SILENT, distiller: Distiller | None = None) -> TrainResult:
+    """Fine-tune `created.model` in place per `cfg` (with the KD loss when `distiller` is given); returns the best
+    (by val accuracy) weights."""
     freeze_bn = cfg.freeze_batchnorm if cfg.freeze_batchnorm is not None else created.weights_file is not None
     seed_everything(cfg.seed)
     if cfg.threads:
@@ -154,14 +156,38 @@ def fine_tune(created: CreatedModel, train_samples: list[Sample], val_inputs: np
     head_params = list(model.get_submodule(created.backbone.head).parameters())
     head_ids = {id(p) for p in head_params}
     backbone_params = [p for p in model.parameters() if id(p) not in head_ids]
-    optimizer = _optimizer([{"params": head_params, "lr": cfg.lr},
+    optimizer = build_optimizer([{"params": head_params, "lr": cfg.lr},
                             {"params": backbone_params, "lr": cfg.lr * cfg.backbone_lr_mult}], cfg)
+    resumable = checkpointer.load() if checkpointer else None
+    if resumable is None and cfg.probe_epochs:
+        # LP-FT: train the new head on frozen features first, so fine-tuning starts from a sensible head
+        # instead of pushing random-head gradients into the pretrained backbone.
+        probe = cfg.model_copy(update={"epochs": cfg.probe_epochs, "early_stop_patience": None, "warmup_epochs": 0})
+        _linear_probe(created, train_samples, val_inputs, val_labels, probe, reporter)
+
+    def before_epoch(epoch: int) -> None:
+        _set_trainable(created, _trainable_groups(created, epoch, cfg))
+        model.train()
+        _freeze_batchnorm(model, freeze_bn)
+
     images = AugmentedImages(train_samples, created.preprocessing, cfg)
+    return train_loop(model, optimizer, images, val_inputs, val_labels, cfg, workers, before_epoch,
+                      checkpointer, reporter, distiller)
+
+
+def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, images: AugmentedImages, val_inputs: np.ndarray,
+               val_labels: np.ndarray, cfg: TrainSection, workers: int, before_epoch, checkpointer: Checkpointer | None,
+               reporter: Reporter = SILENT, distiller: Distiller | None = None, evaluate=None) -> TrainResult:
+    """Epochs of (KD or label) training with warm-up + cosine LR, per-epoch checkpoints, early stopping; the model
+    ends with its best weights. `before_epoch(epoch)` sets train mode and what trains; `evaluate(model)` gives
+    val logits (default: `predict`)."""
+    evaluate = evaluate or (lambda m: predict(m, val_inputs))
+    count = len(images)
 
     def epoch_loader(epoch: int) -> DataLoader:
         # Shuffling and worker seeds derive from (seed, epoch) alone, so a resumed run sees the same batches.
         return DataLoader(images, batch_size=cfg.batch_size, shuffle=True, num_workers=workers,
-                          drop_last=len(train_samples) > cfg.batch_size,
+                          drop_last=count > cfg.batch_size,
                           generator=torch.Generator().manual_seed(cfg.seed * 10007 + epoch))
 
     steps = len(epoch_loader(0))
@@ -180,22 +206,16 @@ def fine_tune(created: CreatedModel, train_samples: list[Sample], val_inputs: np
         state = saved["state"]
         resumed_from = state["epoch"]
         reporter.info(f"  resuming training after epoch {resumed_from}")
-    elif cfg.probe_epochs:
-        # LP-FT: train the new head on frozen features first, so fine-tuning starts from a sensible head
-        # instead of pushing random-head gradients into the pretrained backbone.
-        probe = cfg.model_copy(update={"epochs": cfg.probe_epochs, "early_stop_patience": None, "warmup_epochs": 0})
-        _linear_probe(created, train_samples, val_inputs, val_labels, probe, reporter)
 
     while state["epoch"] < cfg.epochs and not _early_stop(state, cfg):
         epoch = state["epoch"]
-        _set_trainable(created, _trainable_groups(created, epoch, cfg))
-        model.train()
-        _freeze_batchnorm(model, freeze_bn)
+        before_epoch(epoch)
         started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
         with reporter.task(f"epoch {epoch + 1}/{cfg.epochs}", steps) as update:
-            for batch, labels in epoch_loader(epoch):
+            for batch, labels, indices in epoch_loader(epoch):
                 logits = model(batch)
-                loss = criterion(logits, labels)
+                loss = (distiller.loss(logits, batch, indices, labels, cfg.label_smoothing) if distiller
+                        else criterion(logits, labels))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -204,7 +224,7 @@ def fine_tune(created: CreatedModel, train_samples: list[Sample], val_inputs: np
                 correct += int((logits.argmax(1) == labels).sum())
                 seen += len(labels)
                 update(1, f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.3f}")
-        val_acc = accuracy(predict(model, val_inputs), val_labels)
+        val_acc = accuracy(evaluate(model), val_labels)
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen), "train_accuracy": 100.0 * correct / max(1, seen),
                   "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"],
                   "seconds": round(time.perf_counter() - started, 2)}
@@ -216,9 +236,10 @@ def fine_tune(created: CreatedModel, train_samples: list[Sample], val_inputs: np
                                "state": state})
         reporter.info(f"  epoch {epoch + 1}: train loss {record['train_loss']:.3f}, train acc "
                       f"{record['train_accuracy']:.1f}%, val acc {val_acc:.2f}% (best {state['best_acc']:.2f}%)")
-    model.load_state_dict(state["best_state"])
-    return TrainResult(state["best_state"], state["best_acc"], state["best_epoch"], state["epoch"],
-                       state["history"], resumed_from)
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"])
+    return TrainResult(state["best_state"] or copy.deepcopy(model.state_dict()), max(state["best_acc"], 0.0),
+                       state["best_epoch"], state["epoch"], state["history"], resumed_from)
 
 
 def _new_state() -> dict:
@@ -265,7 +286,7 @@ def _linear_probe(created: CreatedModel, train_samples: list[Sample], val_inputs
     labels = torch.tensor([s.label for s in train_samples])
     train_y = torch.cat([labels, labels]) if len(mirrored) else labels
     val_x = torch.from_numpy(_features(model, head, val_inputs))
-    optimizer = _optimizer([{"params": head.parameters(), "lr": cfg.lr}], cfg)
+    optimizer = build_optimizer([{"params": head.parameters(), "lr": cfg.lr}], cfg)
     steps = math.ceil(len(train_x) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(cfg.epochs * steps, round(cfg.warmup_epochs * steps)))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import types
+import typing
+
 from pydantic import BaseModel
 
 from conftest import REPO
@@ -15,6 +18,11 @@ def recipe_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
         if field.exclude:
             continue
         annotation = field.annotation
+        if isinstance(annotation, types.UnionType | typing._UnionGenericAlias):  # an optional section: `X | None`
+            sections = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+            if sections:
+                keys.append(prefix + name)  # the section itself (what its presence turns on) ...
+                annotation = sections[0]  # ... and each of its keys
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             keys += recipe_keys(annotation, f"{prefix}{name}.")
         else:

@@ -1,0 +1,1 @@
+"""Compression stages: teacher→student distillation, structured pruning, quantization-aware training."""

@@ -1,0 +1,66 @@
+"""Knowledge distillation: the Hinton KD loss and the teacher's targets (online or precomputed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgetl.preprocess import Preprocessing
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float,
+            alpha: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """(1 − α)·CE(student, labels) + α·T²·KL(softmax(teacher/T) ‖ softmax(student/T)), batch-averaged."""
+    hard = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
+    if alpha == 0:
+        return hard
+    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
+                    F.log_softmax(teacher_logits / temperature, dim=1), reduction="batchmean", log_target=True)
+    # T² keeps the soft term's gradient scale independent of the temperature (Hinton et al., 2015).
+    return (1 - alpha) * hard + alpha * temperature ** 2 * soft
+
+
+@dataclass
+class Distiller:
+    """Gives the teacher's logits for a training batch and combines them with the labels into the KD loss."""
+
+    temperature: float
+    alpha: float
+    teacher: nn.Module | None = None  # online: run on the student's (augmented) batch
+    precomputed: torch.Tensor | None = None  # precomputed: one row per train image, augmentation-free view
+    scale: torch.Tensor | None = None  # per-channel affine from the student's normalisation to the teacher's
+    shift: torch.Tensor | None = None
+
+    @classmethod
+    def online(cls, teacher: nn.Module, student_prep: Preprocessing, teacher_prep: Preprocessing, temperature: float,
+               alpha: float) -> Distiller:
+        """A teacher run on every augmented batch; inputs are re-normalised when the two preprocessings differ."""
+        s_mean, s_std = torch.tensor(student_prep.mean), torch.tensor(student_prep.std)
+        t_mean, t_std = torch.tensor(teacher_prep.mean), torch.tensor(teacher_prep.std)
+        # x_teacher = ((x_student·σs + μs) − μt) / σt
+        scale, shift = (s_std / t_std).view(1, 3, 1, 1), ((s_mean - t_mean) / t_std).view(1, 3, 1, 1)
+        return cls(temperature, alpha, teacher=teacher.eval(), scale=scale, shift=shift)
+
+    @classmethod
+    def from_logits(cls, logits: np.ndarray, temperature: float, alpha: float) -> Distiller:
+        """Targets computed once per train image (rows in the order of the train samples)."""
+        return cls(temperature, alpha, precomputed=torch.from_numpy(np.asarray(logits, dtype=np.float32)))
+
+    @torch.no_grad()
+    def targets(self, batch: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits for `batch` (train images `indices`)."""
+        if self.precomputed is not None:
+            return self.precomputed[indices]
+        assert self.teacher is not None and self.scale is not None and self.shift is not None
+        self.teacher.eval()
+        return self.teacher(batch * self.scale + self.shift)
+
+    def loss(self, student_logits: torch.Tensor, batch: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor,
+             label_smoothing: float) -> torch.Tensor:
+        """The KD loss of one batch."""
+        return kd_loss(student_logits, self.targets(batch, indices), labels, self.temperature, self.alpha,
+                       label_smoothing)

@@ -1,0 +1,147 @@
+"""Compression building blocks on tiny models: the KD loss, Torch-Pruning to a MACs target, pruned-model files."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from edgetl.backbones import create_model
+from edgetl.compress.distill import Distiller, kd_loss
+from edgetl.compress.prune import (
+    PruneError,
+    PrunePlan,
+    apply_structure,
+    count_macs_params,
+    prune_to_macs,
+    residual_layers,
+    structure_of,
+)
+from edgetl.errors import RecipeError
+from edgetl.preprocess import Preprocessing
+from edgetl.recipe import parse_recipe
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def test_kd_loss_matches_a_hand_computed_value():
+    student, teacher, label, T, alpha = [1.0, 2.0, 0.5], [3.0, 0.0, 1.0], 0, 2.0, 0.6
+    p_teacher, p_student = _softmax(np.array(teacher) / T), _softmax(np.array(student) / T)
+    kl = float(np.sum(p_teacher * (np.log(p_teacher) - np.log(p_student))))
+    cross_entropy = -math.log(_softmax(np.array(student))[label])
+    expected = (1 - alpha) * cross_entropy + alpha * T * T * kl
+    got = kd_loss(torch.tensor([student]), torch.tensor([teacher]), torch.tensor([label]), T, alpha)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    # alpha 0 is plain cross-entropy; a student equal to its teacher has no KD term
+    assert kd_loss(torch.tensor([student]), torch.tensor([teacher]), torch.tensor([label]), T, 0.0).item() == \
+        pytest.approx(cross_entropy, rel=1e-6)
+    same = kd_loss(torch.tensor([teacher]), torch.tensor([teacher]), torch.tensor([label]), T, 1.0)
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_online_teacher_sees_the_batch_in_its_own_normalisation():
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x)
+            return x.mean(dim=(2, 3))
+
+    student = Preprocessing(resize=36, crop=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    teacher = Preprocessing(resize=36, crop=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    pixels = torch.rand(2, 3, 4, 4)
+    as_student = (pixels - torch.tensor(student.mean).view(1, 3, 1, 1)) / torch.tensor(student.std).view(1, 3, 1, 1)
+    distiller = Distiller.online(Probe(), student, teacher, temperature=2.0, alpha=0.5)
+    distiller.targets(as_student, torch.arange(2))
+    assert torch.allclose(seen[0], (pixels - 0.5) / 0.5, atol=1e-5)
+
+
+def test_precomputed_targets_are_looked_up_by_train_index():
+    logits = np.arange(12, dtype=np.float32).reshape(6, 2)
+    distiller = Distiller.from_logits(logits, temperature=1.0, alpha=1.0)
+    assert distiller.targets(torch.zeros(2, 3, 4, 4), torch.tensor([4, 1])).tolist() == [[8, 9], [2, 3]]
+
+
+@pytest.mark.parametrize(("backbone", "scope", "importance"), [("mobilenet_v2", "uniform", "magnitude"),
+                                                                ("efficientnet_lite0", "global", "taylor")])
+def test_pruning_reaches_the_macs_target_and_keeps_the_classifier(backbone, scope, importance):
+    torch.manual_seed(0)
+    created = create_model(backbone, 3, "none")
+    model, example = created.model.eval(), torch.randn(1, 3, 64, 64)
+    macs, params = count_macs_params(model, example)
+
+    def gradients(module):
+        module(torch.randn(4, 3, 64, 64)).logsumexp(1).mean().backward()
+
+    steps = []
+    pruned = prune_to_macs(model, example, created.backbone.head, PrunePlan(0.5, importance, scope, steps=2),
+                           gradients, between_steps=lambda m, step: steps.append(step))
+    pruned_macs, pruned_params = count_macs_params(pruned, example)
+    assert pruned_macs <= 0.5 * macs and pruned_macs > 0.35 * macs  # close to the target, not far below
+    assert pruned_params < params
+    assert steps == [1]
+    assert pruned(example).shape == (1, 3)
+    assert pruned.get_submodule(created.backbone.head).out_features == 3
+    assert count_macs_params(model, example)[0] == macs  # the input model is left as it was
+
+
+def test_residual_keep_prunes_only_the_blocks_inner_channels():
+    model = create_model("mobilenet_v2", 2, "none").model.eval()
+    example = torch.randn(1, 3, 64, 64)
+    names = {module: name for name, module in model.named_modules()}
+    # MobileNetV2's residual adds join the projection convs of blocks 2-16 with the stage's first projection.
+    assert sorted(names[m] for m in residual_layers(model, example)) == sorted(
+        f"features.{i}.conv.2" for i in range(2, 17))
+
+    def widths(m):
+        return {name: c.out_channels for name, c in m.named_modules() if isinstance(c, torch.nn.Conv2d)}
+
+    before = widths(model)
+    kept = widths(prune_to_macs(model, example, "classifier.1", PrunePlan(0.5, residual="keep", steps=1)))
+    pruned = widths(prune_to_macs(model, example, "classifier.1", PrunePlan(0.5, residual="prune", steps=1)))
+    projections = [f"features.{i}.conv.2" for i in range(2, 17)]
+    assert all(kept[n] == before[n] for n in projections)
+    assert kept["features.2.conv.0.0"] < before["features.2.conv.0.0"]  # an expansion conv lost channels
+    assert any(pruned[n] < before[n] for n in projections)
+
+
+def test_pruned_structure_rebuilds_an_identical_model():
+    created = create_model("mobilenet_v2", 2, "none")
+    example = torch.randn(1, 3, 32, 32)
+    pruned = prune_to_macs(created.model.eval(), example, created.backbone.head, PrunePlan(0.5, steps=1)).eval()
+    structure = structure_of(pruned)
+    assert all(isinstance(v, int) for shape in structure.values() for v in shape.values())  # weights_only-safe
+    rebuilt = apply_structure(create_model("mobilenet_v2", 2, "none").model, structure).eval()
+    rebuilt.load_state_dict(pruned.state_dict())
+    torch.testing.assert_close(rebuilt(example), pruned(example))
+
+
+def test_an_unreachable_macs_target_is_a_clear_error():
+    created = create_model("mobilenet_v2", 2, "none")
+    with pytest.raises(PruneError, match="max_layer_ratio"):
+        prune_to_macs(created.model.eval(), torch.randn(1, 3, 32, 32), created.backbone.head,
+                      PrunePlan(0.02, steps=1, max_layer_ratio=0.3))
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"distill": {"teacher": {"backbone": "efficientnet_lite0", "train": {"epoch": 2}}}},
+     "distill.teacher.train.epoch: unknown key; did you mean 'epochs'"),
+    ({"distill": {"teacher": {"backbone": "efficientnet_lite0", "checkpoint": "m.pt"}}}, "exactly one of"),
+    ({"prune": {"target_macs": 0.5, "recover": {"epoch": 2}}}, "prune.recover.epoch: unknown key; did you mean"),
+    ({"prune": {"target_macs": 1.5}}, "prune.target_macs"),
+    ({"quantize": {"mode": "qat"}, "export": {"precisions": ["fp32"]}}, "no `int8`"),
+])
+def test_compression_recipe_errors_name_the_field(extra, message):
+    with pytest.raises(RecipeError, match=message.replace("(", r"\(")):
+        parse_recipe({"name": "x", "data": {"path": "."}, **extra}, "r.yaml")
+
+
+def test_recipe_paths_expand_torch_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    recipe = parse_recipe({"name": "x", "data": {"path": "."}, "model": {"weights": "$TORCH_HOME/w.pth"}}, "r.yaml")
+    assert recipe.resolve_path(recipe.model.weights) == tmp_path / "w.pth"
