@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -21,9 +22,23 @@ from edgetl.preprocess import Preprocessing
 from edgetl.progress import Reporter
 from edgetl.recipe import Recipe, load_recipe, section_dict
 
-STAGES = ("data", "inputs", "train", "export", "verify", "bench")
-# Files a stage keeps across a changed key because they carry their own key (resumable training state).
-_KEEP_ON_RERUN = {"checkpoint.pt"}
+STAGES = ("data", "inputs", "teacher", "baseline", "train", "prune", "qat", "export", "verify", "bench")
+# Files a stage keeps across a changed key because they carry their own key (resumable state).
+_KEEP_ON_RERUN = {"checkpoint.pt", "pruned.pt"}
+
+
+def stage_names(recipe: Recipe) -> list[str]:
+    """The stages `recipe` runs, in order."""
+    skip = set()
+    if recipe.distill is None:
+        skip |= {"teacher", "baseline"}
+    elif not recipe.distill.compare_without_kd:
+        skip.add("baseline")
+    if recipe.prune is None:
+        skip.add("prune")
+    if recipe.quantize.mode != "qat":
+        skip.add("qat")
+    return [name for name in STAGES if name not in skip]
 
 
 @dataclass
@@ -32,6 +47,7 @@ class RunDir:
 
     root: Path
     reporter: Reporter
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
     timings: dict[str, dict] = field(default_factory=dict)
 
     def rel(self, path: Path) -> str:
@@ -43,18 +59,18 @@ class RunDir:
         key = sha256_json({"stage": name, "inputs": inputs, "edgetl": __version__})
         folder = self.root / name
         marker = folder / "stage.json"
-        number = STAGES.index(name) + 1
+        number = self.stages.index(name) + 1
         if marker.is_file():
             try:
                 saved = read_json(marker)
             except (OSError, ValueError):
                 saved = {}
             if saved.get("key") == key and self._outputs_intact(saved.get("record", {})):
-                self.reporter.info(f"[{number}/{len(STAGES)}] {name}: unchanged, reused")
+                self.reporter.info(f"[{number}/{len(self.stages)}] {name}: unchanged, reused")
                 self.timings[name] = {"cached": True, "seconds": saved.get("seconds", 0.0)}
                 return saved["record"]
             marker.unlink()
-        self.reporter.info(f"[{number}/{len(STAGES)}] {name}")
+        self.reporter.info(f"[{number}/{len(self.stages)}] {name}")
         if folder.is_dir():
             for child in folder.iterdir():
                 if child.name not in _KEEP_ON_RERUN:
@@ -156,127 +172,487 @@ def _inputs_stage(run: RunDir, recipe: Recipe, index, data_record: dict, prep: P
     return run.stage("inputs", inputs, work)
 
 
-def _weights_identity(recipe: Recipe) -> str:
-    weights = _recipe_weights(recipe)
-    is_file = weights not in ("imagenet", "none") and Path(weights).is_file()
-    return sha256_file(weights) if is_file else weights
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model the build fine-tunes: the student (`model` + `train`) or the teacher (`distill.teacher`)."""
+
+    role: str
+    backbone: str
+    weights: str  # `imagenet`, `none`, or a path resolved against the recipe's folder
+    dropout: float
+    train: Any  # TrainSection
+    prep: Preprocessing
+
+    def identity(self) -> dict:
+        """What decides the trained weights (for cache keys): a weights file by its content."""
+        is_file = self.weights not in ("imagenet", "none") and Path(self.weights).is_file()
+        return {"backbone": self.backbone, "dropout": self.dropout, "preprocessing": self.prep.to_json(),
+                "weights": sha256_file(Path(self.weights)) if is_file else self.weights}
 
 
-def _recipe_weights(recipe: Recipe) -> str:
+def _resolve_weights(recipe: Recipe, weights: str) -> str:
     """`imagenet`, `none`, or the weights path resolved against the recipe's folder."""
-    weights = recipe.model.weights
     return weights if weights in ("imagenet", "none") else str(recipe.resolve_path(weights))
 
 
-def create_recipe_model(recipe: Recipe, num_classes: int):
-    """The recipe's backbone with its starting weights; weight errors name the recipe file."""
+def student_spec(recipe: Recipe, prep: Preprocessing) -> ModelSpec:
+    """The recipe's `model` (the student when distilling) and its `train` settings."""
+    m = recipe.model
+    return ModelSpec("student", m.backbone, _resolve_weights(recipe, m.weights), m.dropout, recipe.train, prep)
+
+
+def _teacher_prep(backbone: str, student_prep: Preprocessing) -> Preprocessing:
+    # The teacher sees the student's pixels (same resize, crop, interpolation) with its own normalisation, so the
+    # online teacher can take the student's augmented batch after a per-channel affine map.
+    from edgetl.backbones import get_backbone
+
+    own = get_backbone(backbone).default_weights().preprocessing
+    return Preprocessing.from_json({**student_prep.to_json(), "mean": list(own.mean), "std": list(own.std)})
+
+
+def teacher_spec(recipe: Recipe, prep: Preprocessing) -> ModelSpec:
+    """The teacher the build fine-tunes (`distill.teacher.backbone`)."""
+    t = recipe.distill.teacher
+    return ModelSpec("teacher", t.backbone, _resolve_weights(recipe, t.weights), t.dropout, recipe.teacher_train(),
+                     _teacher_prep(t.backbone, prep))
+
+
+def create_recipe_model(recipe: Recipe, num_classes: int, spec: ModelSpec | None = None):
+    """The recipe's backbone (or `spec`'s) with its starting weights; weight errors name the recipe file."""
     from edgetl.backbones import create_model
     from edgetl.errors import WeightsError
 
+    spec = spec or student_spec(recipe, _preprocessing(recipe))
     try:
-        return create_model(recipe.model.backbone, num_classes, _recipe_weights(recipe), recipe.model.dropout)
+        return create_model(spec.backbone, num_classes, spec.weights, spec.dropout)
     except WeightsError as exc:
-        raise WeightsError(f"{recipe.source or 'recipe'}: {exc}") from None
+        where = "distill.teacher" if spec.role == "teacher" else "model"
+        raise WeightsError(f"{recipe.source or 'recipe'} ({where}): {exc}") from None
 
 
-def _load_trained(model_path: Path):
+def _save_model(path: Path, model, backbone: str, dropout: float, classes: list[str], prep: Preprocessing,
+                structure: dict | None = None) -> None:
+    import torch
+
+    saved = {"backbone": backbone, "num_classes": len(classes), "dropout": dropout, "classes": classes,
+             "preprocessing": prep.to_json(), "state_dict": model.state_dict()}
+    if structure is not None:
+        saved["structure"] = structure  # pruned channel counts: rebuilt by compress.prune.apply_structure
+    with atomic_path(path) as tmp:
+        torch.save(saved, tmp)
+
+
+def _load_saved(model_path: Path):
+    """An edgetl model.pt (loaded with weights_only) as (eval-mode model, its saved fields)."""
     import torch
 
     from edgetl.backbones import create_model
 
     saved = torch.load(model_path, map_location="cpu", weights_only=True)
     created = create_model(saved["backbone"], int(saved["num_classes"]), weights="none", dropout=float(saved["dropout"]))
+    if "structure" in saved:
+        from edgetl.compress.prune import apply_structure
+
+        apply_structure(created.model, saved["structure"])
     created.model.load_state_dict(saved["state_dict"])
-    return created.model.eval()
+    return created.model.eval(), saved
+
+
+def _load_trained(model_path: Path):
+    return _load_saved(model_path)[0]
+
+
+def _renormalize(inputs: np.ndarray, source: Preprocessing, target: Preprocessing) -> np.ndarray:
+    """Preprocessed images re-normalised from `source`'s mean/std to `target`'s (same pixels)."""
+    if tuple(source.mean) == tuple(target.mean) and tuple(source.std) == tuple(target.std):
+        return np.asarray(inputs, dtype=np.float32)
+    s_mean, s_std = np.float32(source.mean).reshape(1, 3, 1, 1), np.float32(source.std).reshape(1, 3, 1, 1)
+    t_mean, t_std = np.float32(target.mean).reshape(1, 3, 1, 1), np.float32(target.std).reshape(1, 3, 1, 1)
+    return ((np.asarray(inputs, dtype=np.float32) * s_std + s_mean - t_mean) / t_std).astype(np.float32)
+
+
+def _write_logits(path: Path, logits: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(logits, dtype=np.float32))
+
+
+def _distiller(run: RunDir, recipe: Recipe, teacher_record: dict, prep: Preprocessing):
+    """The KD loss of `recipe.distill` against the teacher stage's model or precomputed logits."""
+    from edgetl.compress.distill import Distiller
+
+    d = recipe.distill
+    if d.teacher_logits == "precomputed":
+        return Distiller.from_logits(np.load(run.root / teacher_record["train_logits"]), d.temperature, d.alpha)
+    teacher, saved = _load_saved(run.root / teacher_record["model"])
+    return Distiller.online(teacher, prep, Preprocessing.from_json(saved["preprocessing"]), d.temperature, d.alpha)
+
+
+def _kd_inputs(recipe: Recipe, teacher_record: dict) -> dict:
+    return {"distill": section_dict(recipe.distill) | {"teacher": None, "compare_without_kd": None},
+            "teacher": teacher_record["files"][teacher_record["model"]]}
+
+
+def _fine_tune_stage(run: RunDir, stage: str, recipe: Recipe, spec: ModelSpec, index, data_record: dict,
+                     inputs_record: dict, prep: Preprocessing, teacher_record: dict | None = None,
+                     extra=None) -> dict:
+    """Fine-tune `spec` (with KD from `teacher_record` when given); `extra(folder, model)` adds outputs."""
+    inputs = {"model": section_dict(recipe.model), "train": section_dict(spec.train), "data": data_record["files"],
+              "val": inputs_record["files"][inputs_record["val"]], "weights": spec.identity()["weights"],
+              "workers": recipe.data.workers}
+    if spec.role == "teacher":
+        inputs["model"] = spec.identity()
+    if teacher_record is not None:
+        inputs |= _kd_inputs(recipe, teacher_record)
+    if extra is not None:
+        inputs["extra"] = recipe.distill.teacher_logits
+
+    def work(folder: Path) -> dict:
+        from edgetl.train import Checkpointer, fine_tune, predict, seed_everything
+
+        seed_everything(spec.train.seed)  # the new head's initialisation is part of the run
+        created = create_recipe_model(recipe, len(index.classes), spec)
+        created.preprocessing = spec.prep
+        kd = " with KD from the teacher" if teacher_record is not None else ""
+        run.reporter.info(f"  {spec.role} {spec.backbone}, mode {spec.train.mode}{kd}, weights "
+                          f"{created.weights_file or spec.weights}")
+        val_inputs = _renormalize(np.load(run.root / inputs_record["val"], mmap_mode="r"), prep, spec.prep)
+        val_labels = np.load(run.root / inputs_record["val_labels"])
+        distiller = _distiller(run, recipe, teacher_record, spec.prep) if teacher_record is not None else None
+        checkpointer = Checkpointer(folder / "checkpoint.pt", sha256_json(inputs))
+        result = fine_tune(created, index.train, val_inputs, val_labels, spec.train, recipe.data.workers,
+                           checkpointer, run.reporter, distiller)
+        model_path, logits_path, history_path = folder / "model.pt", folder / "val_logits.npy", folder / "history.json"
+        _save_model(model_path, created.model, spec.backbone, spec.dropout, index.classes, spec.prep)
+        model = _load_trained(model_path)
+        _write_logits(logits_path, predict(model, val_inputs))
+        write_json(history_path, result.history)
+        (folder / "checkpoint.pt").unlink(missing_ok=True)
+        params = sum(p.numel() for p in created.model.parameters())
+        record = {"backbone": spec.backbone, "model": run.rel(model_path), "val_logits": run.rel(logits_path),
+                  "history": run.rel(history_path), "val_accuracy": round(result.val_accuracy, 4),
+                  "epochs_run": result.epochs_run,
+                  "final_epoch_val_accuracy": round(result.history[-1]["val_accuracy"], 4) if result.history else None,
+                  "best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from_epoch,
+                  "weights_file": created.weights_file, "weights_meta": created.weights_meta, "params": params,
+                  "files": run.files_record(model_path, logits_path, history_path)}
+        if extra is not None:
+            added = extra(folder, model)
+            record["files"] |= added.pop("files")
+            record |= added
+        return record
+
+    return run.stage(stage, inputs, work)
 
 
 def _train_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_record: dict,
-                 prep: Preprocessing) -> dict:
-    inputs = {"model": section_dict(recipe.model), "train": section_dict(recipe.train), "data": data_record["files"],
-              "val": inputs_record["files"][inputs_record["val"]], "weights": _weights_identity(recipe),
-              "workers": recipe.data.workers}
+                 prep: Preprocessing, teacher_record: dict | None = None, stage: str = "train") -> dict:
+    return _fine_tune_stage(run, stage, recipe, student_spec(recipe, prep), index, data_record, inputs_record, prep,
+                            teacher_record)
+
+
+def _teacher_train_logits(run: RunDir, index, model, teacher_prep: Preprocessing) -> dict:
+    """The teacher's logits for every train image, augmentation-free (distill.teacher_logits: precomputed)."""
+    from edgetl.preprocess import preprocess_files
+    from edgetl.train import predict
+
+    path = run.root / "teacher" / "train_logits.npy"
+    with run.reporter.task("teacher logits for the train images", len(index.train)) as update:
+        inputs = preprocess_files([s.path for s in index.train], teacher_prep, progress=lambda done, total: update(1))
+    _write_logits(path, predict(model, inputs))
+    return {"train_logits": run.rel(path), "files": run.files_record(path)}
+
+
+def _teacher_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_record: dict,
+                   prep: Preprocessing) -> dict:
+    teacher = recipe.distill.teacher
+    precomputed = recipe.distill.teacher_logits == "precomputed"
+    if teacher.backbone is not None:
+        spec = teacher_spec(recipe, prep)
+        extra = (lambda folder, model: _teacher_train_logits(run, index, model, spec.prep)) if precomputed else None
+        return _fine_tune_stage(run, "teacher", recipe, spec, index, data_record, inputs_record, prep, extra=extra)
+    checkpoint = recipe.resolve_path(teacher.checkpoint)
+    if not checkpoint.is_file():
+        raise RecipeError(f"{recipe.source or 'recipe'}: distill.teacher.checkpoint {checkpoint} does not exist.")
+    inputs = {"checkpoint": sha256_file(checkpoint), "data": data_record["files"], "precomputed": precomputed,
+              "val": inputs_record["files"][inputs_record["val"]]}
+
+    def work(folder: Path) -> dict:
+        from edgetl.train import predict
+
+        try:
+            model, saved = _load_saved(checkpoint)
+        except Exception as exc:
+            raise RecipeError(f"{recipe.source or 'recipe'}: distill.teacher.checkpoint {checkpoint} is not an edgetl "
+                              f"model.pt ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).") from None
+        if list(saved.get("classes", [])) != list(index.classes):
+            raise RecipeError(f"{recipe.source or 'recipe'}: distill.teacher.checkpoint {checkpoint} was trained on "
+                              f"classes {saved.get('classes')}, this dataset has {index.classes}.")
+        own = Preprocessing.from_json(saved["preprocessing"]) if "preprocessing" in saved else _teacher_prep(
+            saved["backbone"], prep)
+        teacher_prep = Preprocessing.from_json({**prep.to_json(), "mean": list(own.mean), "std": list(own.std)})
+        model_path, logits_path = folder / "model.pt", folder / "val_logits.npy"
+        _save_model(model_path, model, saved["backbone"], float(saved["dropout"]), index.classes, teacher_prep,
+                    saved.get("structure"))
+        val_inputs = _renormalize(np.load(run.root / inputs_record["val"], mmap_mode="r"), prep, teacher_prep)
+        logits = predict(model, val_inputs)
+        _write_logits(logits_path, logits)
+        from edgetl.evaluate import top1_accuracy
+
+        record = {"backbone": saved["backbone"], "checkpoint": str(checkpoint), "model": run.rel(model_path),
+                  "val_logits": run.rel(logits_path),
+                  "val_accuracy": round(top1_accuracy(logits, np.load(run.root / inputs_record["val_labels"])), 4),
+                  "params": sum(p.numel() for p in model.parameters()),
+                  "files": run.files_record(model_path, logits_path)}
+        if precomputed:
+            added = _teacher_train_logits(run, index, model, teacher_prep)
+            record["files"] |= added.pop("files")
+            record |= added
+        return record
+
+    return run.stage("teacher", inputs, work)
+
+
+def _onnx_fp32_latency(run: RunDir, recipe: Recipe, model, example: np.ndarray, folder: Path, name: str) -> dict:
+    """Export `model` to a scratch ONNX fp32 file and measure it like the bench stage (first thread count, batch 1)."""
+    import tempfile
+
+    from edgetl.bench.harness import LatencyPlan, measure_latency
+    from edgetl.export import ExportRequest
+    from edgetl.export.onnx import export_fp32
+    from edgetl.runtime import load_runner
+
+    cfg, threads = recipe.bench, recipe.bench.threads[0]
+    plan = LatencyPlan(warmup=cfg.warmup, min_runs=cfg.min_runs, min_time_s=cfg.min_time_s, max_runs=cfg.max_runs)
+    with tempfile.TemporaryDirectory(prefix="edgetl-prune-", dir=folder) as scratch:
+        exported = export_fp32(model, ExportRequest(Path(scratch), "fp32", example, {}),
+                               exporter=recipe.export.exporter, opset=recipe.export.opset)
+        runner = load_runner(exported.path, threads=threads)
+        with run.reporter.task(f"benchmarking the {name} model (onnx fp32, {threads} thread(s))", None) as update:
+            stats = measure_latency(runner, np.ascontiguousarray(example[:1]), plan, update)
+        del runner
+    return {**stats, "threads": threads}
+
+
+def _prune_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_record: dict, prep: Preprocessing,
+                 train_record: dict, teacher_record: dict | None) -> dict:
+    cfg = recipe.prune
+    use_kd = teacher_record is not None and cfg.recover.distill
+    inputs = {"prune": section_dict(cfg), "model": train_record["files"][train_record["model"]],
+              "train": section_dict(recipe.train), "data": data_record["files"],
+              "val": inputs_record["files"][inputs_record["val"]],
+              "calibration": inputs_record["files"][inputs_record["calibration"]], "workers": recipe.data.workers,
+              "bench": section_dict(recipe.bench) | {"threads": recipe.bench.threads[0]},
+              "exporter": [recipe.export.exporter, recipe.export.opset]}
+    if use_kd:
+        inputs |= _kd_inputs(recipe, teacher_record)
 
     def work(folder: Path) -> dict:
         import torch
 
-        from edgetl.train import Checkpointer, fine_tune, predict, seed_everything
+        from edgetl.backbones import CreatedModel, get_backbone
+        from edgetl.compress.prune import PrunePlan, apply_structure, count_macs_params, prune_to_macs, structure_of
+        from edgetl.evaluate import top1_accuracy
+        from edgetl.train import AugmentedImages, Checkpointer, fine_tune, predict, seed_everything
 
-        seed_everything(recipe.train.seed)  # the new head's initialisation is part of the run
-        created = create_recipe_model(recipe, len(index.classes))
-        created.preprocessing = prep
-        run.reporter.info(f"  {recipe.model.backbone}, weights {recipe.model.weights}"
-                          f"{f' ({created.weights_file})' if created.weights_file else ''}, mode {recipe.train.mode}")
-        val_inputs = np.load(run.root / inputs_record["val"], mmap_mode="r")
+        seed_everything(recipe.train.seed)
+        if recipe.train.threads:
+            torch.set_num_threads(recipe.train.threads)
+        model, saved = _load_saved(run.root / train_record["model"])
+        backbone = get_backbone(saved["backbone"])
+        val = np.asarray(np.load(run.root / inputs_record["val"], mmap_mode="r"))
         val_labels = np.load(run.root / inputs_record["val_labels"])
-        checkpointer = Checkpointer(folder / "checkpoint.pt", sha256_json(inputs))
-        result = fine_tune(created, index.train, np.asarray(val_inputs), val_labels, recipe.train,
-                           recipe.data.workers, checkpointer, run.reporter)
+        example = torch.from_numpy(np.array(val[:1]))
+        macs_before, params_before = count_macs_params(model, example)
+        latency_before = _onnx_fp32_latency(run, recipe, model, val[:2], folder, "unpruned")
+        distiller = _distiller(run, recipe, teacher_record, prep) if use_kd else None
+        recover_cfg = recipe.train.model_copy(update={
+            "lr": cfg.recover.lr, "backbone_lr_mult": 1.0, "probe_epochs": 0, "freeze_batchnorm": False,
+            "mode": "finetune", "warmup_epochs": 0.0, "epochs": max(1, cfg.recover.epochs),
+            "early_stop_patience": None})
+
+        def created(module) -> CreatedModel:
+            return CreatedModel(module, backbone, prep, None, {})
+
+        pruned_path = folder / "pruned.pt"
+        key = sha256_json(inputs)
+        resumable = torch.load(pruned_path, map_location="cpu", weights_only=True) if pruned_path.is_file() else None
+        if resumable and resumable.get("key") == key:
+            pruned = apply_structure(copy.deepcopy(model), resumable["structure"])
+            pruned.load_state_dict(resumable["state_dict"])
+            run.reporter.info("  reusing the pruned model of the interrupted run")
+        else:
+            images = AugmentedImages(index.train, prep, recipe.train)
+
+            def gradients(module) -> None:
+                # Taylor importance: |weight × gradient| of the training loss over a few augmented batches.
+                loader = torch.utils.data.DataLoader(images, batch_size=recipe.train.batch_size, shuffle=True,
+                                                     generator=torch.Generator().manual_seed(recipe.train.seed))
+                module.eval()
+                for number, (batch, labels, _) in enumerate(loader):
+                    if number >= cfg.taylor_batches:
+                        break
+                    torch.nn.functional.cross_entropy(module(batch), labels).backward()
+
+            def between_steps(module, step: int) -> None:
+                if cfg.step_epochs:
+                    step_cfg = recover_cfg.model_copy(update={"epochs": cfg.step_epochs, "early_stop_patience": None})
+                    fine_tune(created(module), index.train, val, val_labels, step_cfg, recipe.data.workers,
+                              None, run.reporter, distiller)
+
+            plan = PrunePlan(cfg.target_macs, cfg.importance, cfg.scope, cfg.steps, cfg.round_to, cfg.max_layer_ratio,
+                             cfg.residual)
+            calibration = torch.from_numpy(np.load(run.root / inputs_record["calibration"]))
+            pruned = prune_to_macs(model, example, backbone.head, plan, gradients, between_steps, run.reporter,
+                                   calibration)
+            with atomic_path(pruned_path) as tmp:
+                torch.save({"key": key, "structure": structure_of(pruned), "state_dict": pruned.state_dict()}, tmp)
+        pruned.eval()
+        accuracy_pruned = top1_accuracy(predict(pruned, val), val_labels)
+        run.reporter.info(f"  pruned: val acc {accuracy_pruned:.2f}% before recovery")
+        history: list[dict] = []
+        if cfg.recover.epochs:
+            result = fine_tune(created(pruned), index.train, val, val_labels, recover_cfg, recipe.data.workers,
+                               Checkpointer(folder / "checkpoint.pt", key), run.reporter, distiller)
+            history = result.history
+        pruned.eval()
+        macs_after, params_after = count_macs_params(pruned, example)
         model_path, logits_path, history_path = folder / "model.pt", folder / "val_logits.npy", folder / "history.json"
-        with atomic_path(model_path) as tmp:
-            torch.save({"backbone": recipe.model.backbone, "num_classes": len(index.classes),
-                        "dropout": recipe.model.dropout, "classes": index.classes,
-                        "state_dict": result.state_dict}, tmp)
-        logits = predict(_load_trained(model_path), np.asarray(val_inputs))
-        with atomic_path(logits_path) as tmp, open(tmp, "wb") as f:
-            np.save(f, logits.astype(np.float32))
-        write_json(history_path, result.history)
+        _save_model(model_path, pruned, saved["backbone"], float(saved["dropout"]), index.classes, prep,
+                    structure_of(pruned))
+        pruned = _load_trained(model_path)
+        logits = predict(pruned, val)
+        _write_logits(logits_path, logits)
+        write_json(history_path, history)
+        latency_after = _onnx_fp32_latency(run, recipe, pruned, val[:2], folder, "pruned")
         (folder / "checkpoint.pt").unlink(missing_ok=True)
-        params = sum(p.numel() for p in created.model.parameters())
-        return {"model": run.rel(model_path), "val_logits": run.rel(logits_path), "history": run.rel(history_path),
-                "val_accuracy": round(result.val_accuracy, 4), "epochs_run": result.epochs_run,
-                "final_epoch_val_accuracy": round(result.history[-1]["val_accuracy"], 4) if result.history else None,
-                "best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from_epoch,
-                "weights_file": created.weights_file, "weights_meta": created.weights_meta, "params": params,
+        pruned_path.unlink(missing_ok=True)
+        accuracy_after = top1_accuracy(logits, val_labels)
+        ratio = latency_after["p50"] / latency_before["p50"]
+        run.reporter.info(f"  MACs {macs_before / 1e6:.1f}M → {macs_after / 1e6:.1f}M, val acc "
+                          f"{train_record['val_accuracy']:.2f}% → {accuracy_after:.2f}%, onnx fp32 p50 "
+                          f"{latency_before['p50']:.2f} → {latency_after['p50']:.2f} ms ({ratio:.2f}×)")
+        return {"backbone": saved["backbone"], "model": run.rel(model_path), "val_logits": run.rel(logits_path),
+                "history": run.rel(history_path), "macs_before": macs_before, "macs_after": macs_after,
+                "params_before": params_before, "params_after": params_after, "params": params_after,
+                "macs_ratio": round(macs_after / macs_before, 4), "val_accuracy_before": train_record["val_accuracy"],
+                "val_accuracy_pruned": round(accuracy_pruned, 4), "val_accuracy_after": round(accuracy_after, 4),
+                "val_accuracy": round(accuracy_after, 4), "recover_epochs_run": len(history),
+                "onnx_fp32_latency_ms_before": latency_before, "onnx_fp32_latency_ms_after": latency_after,
+                "onnx_fp32_latency_ratio": round(ratio, 4),
                 "files": run.files_record(model_path, logits_path, history_path)}
 
-    return run.stage("train", inputs, work)
+    return run.stage("prune", inputs, work)
 
 
-def _export_stage(run: RunDir, recipe: Recipe, index, inputs_record: dict, train_record: dict,
-                  prep: Preprocessing) -> dict:
+def _qat_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_record: dict, prep: Preprocessing,
+               model_record: dict, teacher_record: dict | None) -> dict:
+    cfg = recipe.quantize
+    use_kd = teacher_record is not None and cfg.distill
+    inputs = {"quantize": section_dict(cfg) | {"keep_ptq": None}, "model": model_record["files"][model_record["model"]],
+              "train": section_dict(recipe.train), "data": data_record["files"],
+              "val": inputs_record["files"][inputs_record["val"]], "workers": recipe.data.workers}
+    if use_kd:
+        inputs |= _kd_inputs(recipe, teacher_record)
+
+    def work(folder: Path) -> dict:
+        import torch
+
+        from edgetl.compress.qat import convert, export_onnx, prepare_qat
+        from edgetl.train import AugmentedImages, Checkpointer, build_optimizer, seed_everything, train_loop
+
+        seed_everything(recipe.train.seed)
+        if recipe.train.threads:
+            torch.set_num_threads(recipe.train.threads)
+        model = _load_trained(run.root / model_record["model"])
+        val = np.asarray(np.load(run.root / inputs_record["val"], mmap_mode="r"))
+        val_labels = np.load(run.root / inputs_record["val_labels"])
+        run.reporter.info(f"  fake-quantized fine-tune of {model_record['backbone']} (torchao PT2E, u8 activations, "
+                          f"s8 per-channel weights){' with KD from the teacher' if use_kd else ''}")
+        prepared = prepare_qat(model, torch.from_numpy(np.array(val[:2])))
+        train_cfg = recipe.train.model_copy(update={
+            "epochs": cfg.epochs, "lr": cfg.lr, "backbone_lr_mult": 1.0, "probe_epochs": 0, "warmup_epochs": 0.0,
+            "freeze_batchnorm": False, "mode": "finetune", "early_stop_patience": None})
+        optimizer = build_optimizer([{"params": list(prepared.parameters()), "lr": cfg.lr}], train_cfg)
+        distiller = _distiller(run, recipe, teacher_record, prep) if use_kd else None
+        result = train_loop(prepared, optimizer, AugmentedImages(index.train, prep, recipe.train), val, val_labels,
+                            train_cfg, recipe.data.workers, lambda epoch: prepared.train(),
+                            Checkpointer(folder / "checkpoint.pt", sha256_json(inputs)), run.reporter, distiller)
+        onnx_path, history_path = folder / "model_int8_qat.onnx", folder / "history.json"
+        with run.reporter.task("exporting the QAT model to ONNX QDQ", None):
+            converted = convert(prepared)
+            with atomic_path(onnx_path) as tmp:
+                details = export_onnx(converted, val[:2], tmp)
+        write_json(history_path, result.history)
+        (folder / "checkpoint.pt").unlink(missing_ok=True)
+        return {"onnx": run.rel(onnx_path), "history": result.history, "epochs_run": result.epochs_run,
+                "best_epoch": result.best_epoch, "fake_quant_val_accuracy": round(result.val_accuracy, 4),
+                "export": details | {"method": "torchao PT2E QAT", "activations": "uint8", "weights": "int8 (7-bit)",
+                                     "epochs": cfg.epochs},
+                "files": run.files_record(onnx_path, history_path)}
+
+    return run.stage("qat", inputs, work)
+
+
+def _export_stage(run: RunDir, recipe: Recipe, index, inputs_record: dict, model_record: dict,
+                  prep: Preprocessing, qat_record: dict | None = None) -> dict:
     metadata = {"edgetl_version": __version__, "labels": json.dumps(index.classes),
                 "preprocessing": json.dumps(prep.to_json()), "layout": "NCHW",
-                "input_shape": json.dumps([None, 3, prep.crop, prep.crop]), "backbone": recipe.model.backbone,
+                "input_shape": json.dumps([None, 3, prep.crop, prep.crop]), "backbone": model_record["backbone"],
                 "recipe_sha256": sha256_json(recipe.model_dump(mode="json"))}
-    inputs = {"export": section_dict(recipe.export), "model": train_record["files"][train_record["model"]],
+    inputs = {"export": section_dict(recipe.export), "model": model_record["files"][model_record["model"]],
               "calibration": inputs_record["files"][inputs_record["calibration"]],
               "metadata": {k: v for k, v in metadata.items() if k != "recipe_sha256"}}
 
-    def work(folder: Path) -> dict:
-        from edgetl.export import ExportRequest
-        from edgetl.export.onnx import export_fp32, quantize_int8
+    if qat_record is not None:
+        inputs |= {"quantize": section_dict(recipe.quantize), "qat": qat_record["files"][qat_record["onnx"]]}
 
-        model = _load_trained(run.root / train_record["model"])
-        example = np.load(run.root / inputs_record["val"], mmap_mode="r")[:2]
+    def work(folder: Path) -> dict:
+        import onnx
+
+        from edgetl.export import ExportRequest, ExportResult
+        from edgetl.export.onnx import export_fp32, quantize_int8, set_metadata
+
+        model = _load_trained(run.root / model_record["model"])
+        example = np.asarray(np.load(run.root / inputs_record["val"], mmap_mode="r")[:2])
         calibration = np.load(run.root / inputs_record["calibration"], mmap_mode="r")
-        artifacts = []
-        fp32 = export_fp32(model, ExportRequest(folder, "fp32", np.asarray(example), metadata),
+        artifacts = []  # (name, format, precision, result)
+        fp32 = export_fp32(model, ExportRequest(folder, "fp32", example, metadata),
                            exporter=recipe.export.exporter, opset=recipe.export.opset)
         run.reporter.info(f"  onnx fp32 written with the {fp32.details['exporter']} exporter")
         if "fp32" in recipe.export.precisions:
-            artifacts.append(("onnx", "fp32", fp32))
-        if "int8" in recipe.export.precisions:
-            int8 = quantize_int8(fp32.path, ExportRequest(folder, "int8", np.asarray(example), metadata,
+            artifacts.append(("onnx_fp32", "onnx", "fp32", fp32))
+        if "int8" in recipe.export.precisions and qat_record is not None:
+            path = folder / "model_int8.onnx"
+            with atomic_path(path) as tmp:
+                shutil.copyfile(run.root / qat_record["onnx"], tmp)
+                set_metadata(tmp, {**metadata, "precision": "int8", "quantization": "qat"})
+                onnx.checker.check_model(str(tmp), full_check=True)
+            artifacts.append(("onnx_int8", "onnx", "int8", ExportResult(path, {"quantization": "qat",
+                                                                               **qat_record["export"]})))
+        if "int8" in recipe.export.precisions and (qat_record is None or recipe.quantize.keep_ptq):
+            name = "onnx_int8" if qat_record is None else "onnx_int8_ptq"
+            int8 = quantize_int8(fp32.path, ExportRequest(folder, "int8", example, metadata,
                                                           calibration=np.asarray(calibration)),
                                  recipe.export.int8_format, recipe.export.per_channel,
-                                 recipe.export.int8_keep_fp32, run.reporter)
-            artifacts.append(("onnx", "int8", int8))
+                                 recipe.export.int8_keep_fp32, run.reporter, filename=f"model_{name[5:]}.onnx")
+            artifacts.append((name, "onnx", "int8", int8))
         if "fp32" not in recipe.export.precisions:
             fp32.path.unlink()
-        records = [{"name": f"{fmt}_{precision}", "format": fmt, "precision": precision,
+        records = [{"name": name, "format": fmt, "precision": precision,
                     "path": run.rel(result.path), "size_bytes": result.path.stat().st_size,
-                    "sha256": sha256_file(result.path), **({"quantization": "ptq"} if precision == "int8" else {}),
-                    "export": result.details} for fmt, precision, result in artifacts]
+                    "sha256": sha256_file(result.path),
+                    **({"quantization": result.details["quantization"]} if precision == "int8" else {}),
+                    "export": result.details} for name, fmt, precision, result in artifacts]
         return {"artifacts": records, "files": {r["path"]: r["sha256"] for r in records}}
 
     return run.stage("export", inputs, work)
 
 
-def _verify_stage(run: RunDir, recipe: Recipe, index, inputs_record: dict, train_record: dict,
+def _verify_stage(run: RunDir, recipe: Recipe, index, inputs_record: dict, model_record: dict,
                   export_record: dict) -> dict:
     inputs = {"verify": section_dict(recipe.verify), "artifacts": export_record["files"],
               "val": inputs_record["files"][inputs_record["val"]],
-              "torch_logits": train_record["files"][train_record["val_logits"]]}
+              "torch_logits": model_record["files"][model_record["val_logits"]]}
 
     def work(folder: Path) -> dict:
         from edgetl.evaluate import confusion_matrix, runner_logits, top1_accuracy
@@ -284,7 +660,7 @@ def _verify_stage(run: RunDir, recipe: Recipe, index, inputs_record: dict, train
 
         val = np.load(run.root / inputs_record["val"], mmap_mode="r")
         labels = np.load(run.root / inputs_record["val_labels"])
-        torch_logits = np.load(run.root / train_record["val_logits"])
+        torch_logits = np.load(run.root / model_record["val_logits"])
         torch_accuracy = top1_accuracy(torch_logits, labels)
         results = {}
         for artifact in export_record["artifacts"]:
@@ -358,8 +734,39 @@ def _environment() -> dict:
             "onnx": version("onnx"), "onnxruntime": version("onnxruntime")}
 
 
-def _summary(recipe: Recipe, index, prep: Preprocessing, train_record: dict, export_record: dict,
-             verify_record: dict, bench_record: dict | None, run: RunDir, status: str) -> dict:
+def _compression_summary(recipe: Recipe, records: dict) -> dict:
+    """The `distill`, `prune` and `quantize` blocks of summary.json (null when the recipe has no such stage)."""
+    out: dict[str, Any] = {"distill": None, "prune": None}
+    teacher, train = records.get("teacher"), records["train"]
+    if teacher is not None:
+        d = recipe.distill
+        baseline = records.get("baseline")
+        out["distill"] = {
+            "teacher": {"backbone": teacher["backbone"], "val_accuracy": teacher["val_accuracy"],
+                        "params": teacher["params"], "checkpoint": teacher.get("checkpoint"), "path": teacher["model"]},
+            "student": {"backbone": train["backbone"], "val_accuracy": train["val_accuracy"], "params": train["params"]},
+            "student_without_kd_val_accuracy": baseline["val_accuracy"] if baseline else None,
+            "kd_gain_pp": round(train["val_accuracy"] - baseline["val_accuracy"], 4) if baseline else None,
+            "temperature": d.temperature, "alpha": d.alpha, "teacher_logits": d.teacher_logits}
+    pruned = records.get("prune")
+    if pruned is not None:
+        keys = ("macs_before", "macs_after", "params_before", "params_after", "macs_ratio", "val_accuracy_before",
+                "val_accuracy_pruned", "val_accuracy_after", "onnx_fp32_latency_ratio", "onnx_fp32_latency_ms_before",
+                "onnx_fp32_latency_ms_after", "recover_epochs_run")
+        out["prune"] = {key: pruned[key] for key in keys} | {
+            "target_macs": recipe.prune.target_macs, "importance": recipe.prune.importance,
+            "scope": recipe.prune.scope, "residual": recipe.prune.residual, "steps": recipe.prune.steps,
+            "path": pruned["model"]}
+    qat = records.get("qat")
+    out["quantize"] = {"mode": recipe.quantize.mode, **({key: qat[key] for key in (
+        "epochs_run", "best_epoch", "fake_quant_val_accuracy", "history")} if qat else {})}
+    return out
+
+
+def _summary(recipe: Recipe, index, prep: Preprocessing, records: dict, run: RunDir, status: str) -> dict:
+    train_record, export_record, verify_record = records["train"], records["export"], records["verify"]
+    bench_record = records.get("bench")
+    reference = records.get("prune") or train_record
     first_threads = str(recipe.bench.threads[0])
     artifacts = []
     for artifact in export_record["artifacts"]:
@@ -394,6 +801,11 @@ def _summary(recipe: Recipe, index, prep: Preprocessing, train_record: dict, exp
                   "final_epoch_val_accuracy": train_record["final_epoch_val_accuracy"],
                   "best_epoch": train_record["best_epoch"], "params": train_record["params"],
                   "preprocessing": prep.to_json(), "path": train_record["model"]},
+        **_compression_summary(recipe, records),
+        # The torch model every artifact was exported from and is compared with (pruned when the recipe prunes).
+        "reference_model": {"stage": "prune" if records.get("prune") else "train", "path": reference["model"],
+                            "backbone": reference["backbone"], "params": reference["params"],
+                            "val_accuracy": verify_record["torch_val_accuracy"]},
         "budget": {"max_accuracy_drop_pp": recipe.verify.max_accuracy_drop_pp},
         "artifacts": artifacts,
         "stages": run.timings,
@@ -446,7 +858,7 @@ def build(recipe: str | Path | Recipe, out: str | Path | None = None, reporter: 
         raise StorageError(f"Cannot create the run directory {root}: {exc.strerror}. Choose another with --out.") from None
     reporter.info(f"edgetl {__version__}: building '{recipe.name}' into {root}")
     try:
-        return _run(recipe, RunDir(root.resolve(), reporter))
+        return _run(recipe, RunDir(root.resolve(), reporter, stage_names(recipe)))
     except BaseException:
         # A build that failed before any stage completed leaves no empty run directory behind.
         if first_created is not None and not any(first_created.glob("**/stage.json")):
@@ -459,14 +871,26 @@ def _run(recipe: Recipe, run: RunDir) -> dict:
     prep = _preprocessing(recipe)
     index, data_record = _data_stage(run, recipe)
     inputs_record = _inputs_stage(run, recipe, index, data_record, prep)
-    train_record = _train_stage(run, recipe, index, data_record, inputs_record, prep)
-    export_record = _export_stage(run, recipe, index, inputs_record, train_record, prep)
-    verify_record = _verify_stage(run, recipe, index, inputs_record, train_record, export_record)
+    records: dict[str, dict] = {}
+    if recipe.distill is not None:
+        records["teacher"] = _teacher_stage(run, recipe, index, data_record, inputs_record, prep)
+        if recipe.distill.compare_without_kd:
+            records["baseline"] = _train_stage(run, recipe, index, data_record, inputs_record, prep, stage="baseline")
+    records["train"] = _train_stage(run, recipe, index, data_record, inputs_record, prep, records.get("teacher"))
+    if recipe.prune is not None:
+        records["prune"] = _prune_stage(run, recipe, index, data_record, inputs_record, prep, records["train"],
+                                        records.get("teacher"))
+    model_record = records.get("prune") or records["train"]
+    if recipe.quantize.mode == "qat":
+        records["qat"] = _qat_stage(run, recipe, index, data_record, inputs_record, prep, model_record,
+                                    records.get("teacher"))
+    records["export"] = _export_stage(run, recipe, index, inputs_record, model_record, prep, records.get("qat"))
+    records["verify"] = verify_record = _verify_stage(run, recipe, index, inputs_record, model_record,
+                                                      records["export"])
     over = {name: r for name, r in verify_record["artifacts"].items()
             if r["accuracy_drop_pp"] > recipe.verify.max_accuracy_drop_pp}
     if over:
-        _write_outputs(run, _summary(recipe, index, prep, train_record, export_record, verify_record, None, run,
-                                     "failed: accuracy budget"))
+        _write_outputs(run, _summary(recipe, index, prep, records, run, "failed: accuracy budget"))
         table = "; ".join(f"{name}: {r['val_accuracy']:.2f}% (a drop of {r['accuracy_drop_pp']:.2f} pp)"
                           for name, r in over.items())
         raise AccuracyBudgetError(f"{table} — more than verify.max_accuracy_drop_pp = "
@@ -474,8 +898,8 @@ def _run(recipe: Recipe, run: RunDir) -> dict:
                                   f"({verify_record['torch_val_accuracy']:.2f}%). Details in {root / 'summary.json'}. "
                                   "Raise the budget, calibrate with more images (export.calibration_images) or drop "
                                   "that precision.")
-    bench_record = _bench_stage(run, recipe, inputs_record, export_record)
-    summary = _summary(recipe, index, prep, train_record, export_record, verify_record, bench_record, run, "ok")
+    records["bench"] = _bench_stage(run, recipe, inputs_record, records["export"])
+    summary = _summary(recipe, index, prep, records, run, "ok")
     _write_outputs(run, summary)
     reporter.info(f"done: {root / 'summary.json'}, {root / 'report.md'}")
     return summary

@@ -47,7 +47,8 @@ def _quiet_export(fn, *args) -> None:
             lg.setLevel(level)
 
 
-def _set_metadata(path: Path, metadata: dict[str, str]) -> None:
+def set_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Replace the ONNX file's metadata_props with `metadata`."""
     import onnx
 
     model = onnx.load(str(path))
@@ -70,7 +71,7 @@ def export_fp32(model: torch.nn.Module, request: ExportRequest, exporter: str = 
         try:
             with atomic_path(path) as tmp:
                 _quiet_export(_export_dynamo if name == "dynamo" else _export_legacy, model, example, tmp, opset)
-                _set_metadata(tmp, {**request.metadata, "precision": "fp32", "exporter": name})
+                set_metadata(tmp, {**request.metadata, "precision": "fp32", "exporter": name})
                 onnx.checker.check_model(str(tmp), full_check=True)
         except StorageError:
             raise
@@ -124,14 +125,15 @@ def _edge_nodes(path: Path, keep_fp32: list[str]) -> list[str]:
 
 
 def quantize_int8(fp32_path: Path, request: ExportRequest, int8_format: str = "qdq", per_channel: bool = True,
-                  keep_fp32: list[str] = ("first_conv", "classifier"), reporter: Reporter = SILENT) -> ExportResult:
+                  keep_fp32: list[str] = ("first_conv", "classifier"), reporter: Reporter = SILENT,
+                  filename: str = "model_int8.onnx") -> ExportResult:
     """Static int8 quantization with onnxruntime (u8 activations, s8 per-channel weights), calibrated on train."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if request.calibration is None or not len(request.calibration):
         raise ExportError("int8 quantization needs calibration images, and none were given.")
-    path = request.out_dir / "model_int8.onnx"
+    path = request.out_dir / filename
     with tempfile.TemporaryDirectory(prefix="edgetl-quant-") as work:
         prepared = Path(work) / "prepared.onnx"
         try:
@@ -150,7 +152,7 @@ def quantize_int8(fp32_path: Path, request: ExportRequest, int8_format: str = "q
                                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
             except Exception as exc:
                 raise ExportError(f"onnxruntime int8 quantization of {fp32_path} failed: {exc}") from None
-            _set_metadata(tmp, {**request.metadata, "precision": "int8"})
+            set_metadata(tmp, {**request.metadata, "precision": "int8"})
     return ExportResult(path, {"quantization": "ptq", "int8_format": int8_format, "per_channel": per_channel,
                                "calibration_images": int(len(request.calibration)),
                                "kept_fp32": list(keep_fp32), "kept_fp32_nodes": excluded,
