@@ -16,18 +16,34 @@ class Format:
     suffix: str
     precisions: tuple[str, ...]
     exporter: str  # module in edgetl.export (needs torch)
+    export_package: str  # pip name of what the exporter uses
     runtime: str  # module in edgetl.runtime (torch-free)
     runtime_package: str  # pip name of the runtime
-    runtime_import: str  # import name of the runtime
+    runtime_imports: tuple[str, ...]  # import names of the runtime, tried in order (a device may have only a fallback)
+    sidecar_suffixes: tuple[str, ...] = ()  # files that belong to the model file (OpenVINO's weights)
+
+    @property
+    def runtime_import(self) -> str:
+        """The preferred import name of the runtime."""
+        return self.runtime_imports[0]
+
+    def files(self, path: Path) -> list[Path]:
+        """The model file and the files that go with it."""
+        return [path, *(path.with_suffix(s) for s in self.sidecar_suffixes)]
 
 
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in [
-        Format("onnx", ".onnx", ("fp32", "int8"), "edgetl.export.onnx", "edgetl.runtime.onnx", "onnxruntime",
-               "onnxruntime"),
+        Format("onnx", ".onnx", ("fp32", "fp16", "int8"), "edgetl.export.onnx", "onnx", "edgetl.runtime.onnx",
+               "onnxruntime", ("onnxruntime",)),
+        Format("openvino", ".xml", ("fp32", "fp16", "int8"), "edgetl.export.openvino", "openvino, nncf",
+               "edgetl.runtime.openvino", "openvino", ("openvino",), (".bin",)),
+        Format("tflite", ".tflite", ("fp32", "fp16", "int8"), "edgetl.export.tflite", "litert-torch, ai-edge-quantizer",
+               "edgetl.runtime.tflite", "ai-edge-litert", ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")),
     ]
 }
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def format_for_file(path: str | Path) -> Format:

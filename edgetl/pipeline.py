@@ -412,11 +412,12 @@ def _teacher_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs
     return run.stage("teacher", inputs, work)
 
 
-def _onnx_fp32_latency(run: RunDir, recipe: Recipe, model, example: np.ndarray, folder: Path, name: str) -> dict:
-    """Export `model` to a scratch ONNX fp32 file and measure it like the bench stage (first thread count, batch 1)."""
+def _onnx_fp32_latencies(run: RunDir, recipe: Recipe, models: dict, example: np.ndarray, folder: Path) -> dict:
+    """Export each of `models` ({name: torch model}) to a scratch ONNX fp32 file and measure them in alternating
+    rounds (first thread count, batch 1), so a change in machine load during the measurement hits them alike."""
     import tempfile
 
-    from edgetl.bench.harness import LatencyPlan, measure_latency
+    from edgetl.bench.harness import LatencyPlan, measure_interleaved
     from edgetl.export import ExportRequest
     from edgetl.export.onnx import export_fp32
     from edgetl.runtime import load_runner
@@ -424,13 +425,16 @@ def _onnx_fp32_latency(run: RunDir, recipe: Recipe, model, example: np.ndarray, 
     cfg, threads = recipe.bench, recipe.bench.threads[0]
     plan = LatencyPlan(warmup=cfg.warmup, min_runs=cfg.min_runs, min_time_s=cfg.min_time_s, max_runs=cfg.max_runs)
     with tempfile.TemporaryDirectory(prefix="edgetl-prune-", dir=folder) as scratch:
-        exported = export_fp32(model, ExportRequest(Path(scratch), "fp32", example, {}),
-                               exporter=recipe.export.exporter, opset=recipe.export.opset)
-        runner = load_runner(exported.path, threads=threads)
-        with run.reporter.task(f"benchmarking the {name} model (onnx fp32, {threads} thread(s))", None) as update:
-            stats = measure_latency(runner, np.ascontiguousarray(example[:1]), plan, update)
-        del runner
-    return {**stats, "threads": threads}
+        runners = []
+        for name, model in models.items():
+            exported = export_fp32(model, ExportRequest(Path(scratch) / name, "fp32", example, {}),
+                                   exporter=recipe.export.exporter, opset=recipe.export.opset)
+            runners.append(load_runner(exported.path, threads=threads))
+        with run.reporter.task(f"benchmarking the {' and '.join(models)} models (onnx fp32, {threads} thread(s), "
+                               "alternating rounds)", None) as update:
+            stats = measure_interleaved(runners, np.ascontiguousarray(example[:1]), plan, update=update)
+        del runners
+    return {name: {**s, "threads": threads} for name, s in zip(models, stats, strict=True)}
 
 
 def _prune_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_record: dict, prep: Preprocessing,
@@ -463,7 +467,6 @@ def _prune_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_r
         val_labels = np.load(run.root / inputs_record["val_labels"])
         example = torch.from_numpy(np.array(val[:1]))
         macs_before, params_before = count_macs_params(model, example)
-        latency_before = _onnx_fp32_latency(run, recipe, model, val[:2], folder, "unpruned")
         distiller = _distiller(run, recipe, teacher_record, prep) if use_kd else None
         recover_cfg = recipe.train.model_copy(update={
             "lr": cfg.recover.lr, "backbone_lr_mult": 1.0, "probe_epochs": 0, "freeze_batchnorm": False,
@@ -523,7 +526,9 @@ def _prune_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_r
         logits = predict(pruned, val)
         _write_logits(logits_path, logits)
         write_json(history_path, history)
-        latency_after = _onnx_fp32_latency(run, recipe, pruned, val[:2], folder, "pruned")
+        unpruned = _load_trained(run.root / train_record["model"])
+        latencies = _onnx_fp32_latencies(run, recipe, {"unpruned": unpruned, "pruned": pruned}, val[:2], folder)
+        latency_before, latency_after = latencies["unpruned"], latencies["pruned"]
         (folder / "checkpoint.pt").unlink(missing_ok=True)
         pruned_path.unlink(missing_ok=True)
         accuracy_after = top1_accuracy(logits, val_labels)
@@ -593,57 +598,122 @@ def _qat_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_rec
     return run.stage("qat", inputs, work)
 
 
+def _artifact_metadata(recipe: Recipe, index, prep: Preprocessing, backbone: str) -> dict[str, str]:
+    """What every exported file carries (in the file where the format allows, and in model.json beside it)."""
+    return {"edgetl_version": __version__, "labels": json.dumps(index.classes),
+            "preprocessing": json.dumps(prep.to_json()), "layout": "NCHW",
+            "input_shape": json.dumps([None, 3, prep.crop, prep.crop]), "backbone": backbone,
+            "recipe_sha256": sha256_json(recipe.model_dump(mode="json"))}
+
+
+def _format_options(recipe: Recipe, fmt: str) -> dict:
+    """The recipe's settings an exporter of `fmt` reads (ExportRequest.options)."""
+    e = recipe.export
+    if fmt == "onnx":
+        return {"exporter": e.exporter, "opset": e.opset, "int8_format": e.int8_format, "per_channel": e.per_channel,
+                "keep_fp32": e.int8_keep_fp32}
+    if fmt == "tflite":
+        return {"layout": e.tflite.layout, "int8": e.tflite.int8}
+    return {}
+
+
+def _write_model_json(result, name: str, fmt: str, precision: str, metadata: dict[str, str]) -> Path:
+    """model.json beside the model file: everything a device needs to feed it and read its output."""
+    from edgetl.formats import FORMATS
+
+    layout = result.details.get("layout", metadata["layout"])
+    crop = json.loads(metadata["preprocessing"])["crop"]
+    files = [p.name for p in FORMATS[fmt].files(result.path)]
+    path = result.path.parent / "model.json"
+    write_json(path, {"name": name, "format": fmt, "precision": precision, "file": files[0], "files": files,
+                      "labels": json.loads(metadata["labels"]), "layout": layout,
+                      "input_shape": [None, crop, crop, 3] if layout == "NHWC" else [None, 3, crop, crop],
+                      "input_dtype": "float32", "preprocessing": json.loads(metadata["preprocessing"]),
+                      "backbone": metadata["backbone"], "edgetl_version": metadata["edgetl_version"],
+                      "recipe_sha256": metadata["recipe_sha256"],
+                      **({"quantization": result.details["quantization"]} if precision == "int8" else {})})
+    return path
+
+
 def _export_stage(run: RunDir, recipe: Recipe, index, inputs_record: dict, model_record: dict,
                   prep: Preprocessing, qat_record: dict | None = None) -> dict:
-    metadata = {"edgetl_version": __version__, "labels": json.dumps(index.classes),
-                "preprocessing": json.dumps(prep.to_json()), "layout": "NCHW",
-                "input_shape": json.dumps([None, 3, prep.crop, prep.crop]), "backbone": model_record["backbone"],
-                "recipe_sha256": sha256_json(recipe.model_dump(mode="json"))}
+    metadata = _artifact_metadata(recipe, index, prep, model_record["backbone"])
     inputs = {"export": section_dict(recipe.export), "model": model_record["files"][model_record["model"]],
               "calibration": inputs_record["files"][inputs_record["calibration"]],
               "metadata": {k: v for k, v in metadata.items() if k != "recipe_sha256"}}
-
+    qat_formats = ("onnx", "openvino")  # the QAT model is ONNX QDQ, which OpenVINO reads as an int8 IR
     if qat_record is not None:
         inputs |= {"quantize": section_dict(recipe.quantize), "qat": qat_record["files"][qat_record["onnx"]]}
 
     def work(folder: Path) -> dict:
+        import importlib
+
         import onnx
 
         from edgetl.export import ExportRequest, ExportResult
-        from edgetl.export.onnx import export_fp32, quantize_int8, set_metadata
+        from edgetl.export.onnx import set_metadata
+        from edgetl.export.openvino import from_qdq_onnx
+        from edgetl.formats import FORMATS
 
         model = _load_trained(run.root / model_record["model"])
         example = np.asarray(np.load(run.root / inputs_record["val"], mmap_mode="r")[:2])
-        calibration = np.load(run.root / inputs_record["calibration"], mmap_mode="r")
-        artifacts = []  # (name, format, precision, result)
-        fp32 = export_fp32(model, ExportRequest(folder, "fp32", example, metadata),
-                           exporter=recipe.export.exporter, opset=recipe.export.opset)
-        run.reporter.info(f"  onnx fp32 written with the {fp32.details['exporter']} exporter")
-        if "fp32" in recipe.export.precisions:
-            artifacts.append(("onnx_fp32", "onnx", "fp32", fp32))
-        if "int8" in recipe.export.precisions and qat_record is not None:
-            path = folder / "model_int8.onnx"
-            with atomic_path(path) as tmp:
-                shutil.copyfile(run.root / qat_record["onnx"], tmp)
-                set_metadata(tmp, {**metadata, "precision": "int8", "quantization": "qat"})
-                onnx.checker.check_model(str(tmp), full_check=True)
-            artifacts.append(("onnx_int8", "onnx", "int8", ExportResult(path, {"quantization": "qat",
-                                                                               **qat_record["export"]})))
-        if "int8" in recipe.export.precisions and (qat_record is None or recipe.quantize.keep_ptq):
-            name = "onnx_int8" if qat_record is None else "onnx_int8_ptq"
-            int8 = quantize_int8(fp32.path, ExportRequest(folder, "int8", example, metadata,
-                                                          calibration=np.asarray(calibration)),
-                                 recipe.export.int8_format, recipe.export.per_channel,
-                                 recipe.export.int8_keep_fp32, run.reporter, filename=f"model_{name[5:]}.onnx")
-            artifacts.append((name, "onnx", "int8", int8))
-        if "fp32" not in recipe.export.precisions:
-            fp32.path.unlink()
-        records = [{"name": name, "format": fmt, "precision": precision,
-                    "path": run.rel(result.path), "size_bytes": result.path.stat().st_size,
-                    "sha256": sha256_file(result.path),
-                    **({"quantization": result.details["quantization"]} if precision == "int8" else {}),
-                    "export": result.details} for name, fmt, precision, result in artifacts]
-        return {"artifacts": records, "files": {r["path"]: r["sha256"] for r in records}}
+        calibration = np.asarray(np.load(run.root / inputs_record["calibration"], mmap_mode="r"))
+        wanted = recipe.export.precisions
+        produced = []  # (name, format, precision, result)
+        onnx_fp32 = None
+
+        def request(fmt: str, name: str, precision: str, fp32_file: Path | None) -> ExportRequest:
+            return ExportRequest(folder / name, precision, example, {**metadata, "precision": precision},
+                                 calibration=calibration, options=_format_options(recipe, fmt), fp32_file=fp32_file,
+                                 onnx_file=onnx_fp32.path if onnx_fp32 else None)
+
+        # ONNX fp32 first (OpenVINO converts from it), then each format's fp32, from which its fp16 and int8 are made.
+        formats = ["onnx"] + [f for f in recipe.export.formats if f != "onnx"]
+        for fmt in formats:
+            exporter = importlib.import_module(FORMATS[fmt].exporter)
+            fp32 = exporter.export(model, request(fmt, f"{fmt}_fp32", "fp32", None), run.reporter)
+            onnx_fp32 = onnx_fp32 or fp32
+            how = ", ".join(f"{k} {v}" for k, v in fp32.details.items() if k in ("exporter", "converter", "layout"))
+            run.reporter.info(f"  {fmt} fp32 written ({how})")
+            if fmt not in recipe.export.formats:
+                continue
+            if "fp32" in wanted:
+                produced.append((f"{fmt}_fp32", fmt, "fp32", fp32))
+            if "fp16" in wanted:
+                produced.append((f"{fmt}_fp16", fmt, "fp16", exporter.export(
+                    model, request(fmt, f"{fmt}_fp16", "fp16", fp32.path), run.reporter)))
+            if "int8" not in wanted:
+                continue
+            from_qat = qat_record is not None and fmt in qat_formats
+            if from_qat:
+                qat_onnx = run.root / qat_record["onnx"]
+                int8_request = request(fmt, f"{fmt}_int8", "int8", fp32.path)
+                if fmt == "onnx":
+                    path = int8_request.out_dir / "model.onnx"
+                    with atomic_path(path) as tmp:
+                        shutil.copyfile(qat_onnx, tmp)
+                        set_metadata(tmp, {**int8_request.metadata, "quantization": "qat"})
+                        onnx.checker.check_model(str(tmp), full_check=True)
+                    result = ExportResult(path, {"quantization": "qat", **qat_record["export"]})
+                else:
+                    result = from_qdq_onnx(qat_onnx, int8_request)
+                produced.append((f"{fmt}_int8", fmt, "int8", result))
+            if not from_qat or recipe.quantize.keep_ptq:
+                name = f"{fmt}_int8_ptq" if from_qat else f"{fmt}_int8"
+                produced.append((name, fmt, "int8", exporter.export(model, request(fmt, name, "int8", fp32.path),
+                                                                    run.reporter)))
+        for fmt in formats:  # fp32 files made only as the source of other files
+            if "fp32" not in wanted or fmt not in recipe.export.formats:
+                shutil.rmtree(folder / f"{fmt}_fp32")
+        records = []
+        for name, fmt, precision, result in produced:
+            files = [*FORMATS[fmt].files(result.path), _write_model_json(result, name, fmt, precision, metadata)]
+            records.append({"name": name, "format": fmt, "precision": precision, "path": run.rel(result.path),
+                            "size_bytes": sum(f.stat().st_size for f in files[:-1]),
+                            "sha256": sha256_file(result.path),
+                            **({"quantization": result.details["quantization"]} if precision == "int8" else {}),
+                            "files": run.files_record(*files), "export": result.details})
+        return {"artifacts": records, "files": {k: v for r in records for k, v in r["files"].items()}}
 
     return run.stage("export", inputs, work)
 
@@ -677,11 +747,13 @@ def _verify_stage(run: RunDir, recipe: Recipe, index, inputs_record: dict, model
                 "confusion_matrix": confusion_matrix(logits, labels, len(index.classes))}
             run.reporter.info(f"  {artifact['name']}: val acc {acc:.2f}% (torch {torch_accuracy:.2f}%), "
                               f"max |logit diff| {diff:.2e}")
-            if artifact["precision"] == "fp32" and diff > recipe.verify.parity_atol:
+            tolerance = {"fp32": ("parity_atol", recipe.verify.parity_atol),
+                         "fp16": ("parity_atol_fp16", recipe.verify.parity_atol_fp16)}.get(artifact["precision"])
+            if tolerance and diff > tolerance[1]:
                 raise ParityError(f"{run.root / artifact['path']} disagrees with the torch model: max |logit diff| "
-                                  f"{diff:.3g} on {parity_n} val images exceeds verify.parity_atol "
-                                  f"({recipe.verify.parity_atol:g}). The export is wrong; try "
-                                  "`export.exporter: legacy`.")
+                                  f"{diff:.3g} on {parity_n} val images exceeds verify.{tolerance[0]} "
+                                  f"({tolerance[1]:g}). The export is wrong"
+                                  f"{'; try `export.exporter: legacy`' if artifact['format'] == 'onnx' else ''}.")
         return {"torch_val_accuracy": round(torch_accuracy, 4), "artifacts": results, "files": {}}
 
     return run.stage("verify", inputs, work)
@@ -731,7 +803,9 @@ def _environment() -> dict:
         pass
     return {"python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine(),
             "cpu": cpu, "cores": os.cpu_count(), "torch": version("torch"), "torchvision": version("torchvision"),
-            "onnx": version("onnx"), "onnxruntime": version("onnxruntime")}
+            "onnx": version("onnx"), "onnxruntime": version("onnxruntime"), "openvino": version("openvino"),
+            "nncf": version("nncf"), "litert-torch": version("litert-torch"), "ai-edge-litert": version("ai-edge-litert"),
+            "ai-edge-quantizer": version("ai-edge-quantizer")}
 
 
 def _compression_summary(recipe: Recipe, records: dict) -> dict:
@@ -781,6 +855,8 @@ def _summary(recipe: Recipe, index, prep: Preprocessing, records: dict, run: Run
         entry["latency_by_threads"] = latency
         if "quantization" in artifact:
             entry["quantization"] = artifact["quantization"]
+        entry["files"] = list(artifact["files"])  # the model file, its sidecars, and model.json
+        entry["model_json"] = entry["files"][-1]
         entry["export"] = artifact["export"]
         entry["confusion_matrix"] = verified["confusion_matrix"]
         artifacts.append(entry)
@@ -822,18 +898,19 @@ def _report(summary: dict) -> str:
              f"{model['best_epoch']}).", "",
              f"Data: {summary['data']['train_images']} train / {summary['data']['val_images']} val images, classes "
              f"{', '.join(summary['classes'])}; {len(summary['data']['bad_images'])} bad images skipped.", "",
-             "| artifact | size (MB) | val acc (%) | drop (pp) | max abs logit diff | threads | p50 (ms) | p90 (ms) "
-             "| p99 (ms) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| artifact | format | precision | size (MB) | val acc (%) | drop (pp) | max abs logit diff | threads "
+             "| p50 (ms) | p90 (ms) | p99 (ms) |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for a in summary["artifacts"]:
-        head = (f"| `{a['path']}` | {a['size_bytes'] / 1e6:.2f} | {a['val_accuracy']:.2f} | "
-                f"{a['accuracy_drop_pp']:+.2f} | {a['max_abs_logit_diff']:.2e} |")
+        head = (f"| `{a['path']}` | {a['format']} | {a['precision']} | {a['size_bytes'] / 1e6:.2f} | "
+                f"{a['val_accuracy']:.2f} | {a['accuracy_drop_pp']:+.2f} | {a['max_abs_logit_diff']:.2e} |")
         by_threads = a["latency_by_threads"] or {"—": {}}
         for threads, lat in by_threads.items():
             cells = " | ".join(f"{lat[k]:.2f}" if k in lat else "—" for k in ("p50", "p90", "p99"))
             lines.append(f"{head} {threads} | {cells} |")
-            head = "| | | | | |"
+            head = "| | | | | | | |"
     env = summary["environment"]
     lines += ["", f"Measured on {env['cpu']} ({env['cores']} cores), onnxruntime {env['onnxruntime']}, "
+              f"openvino {env.get('openvino')}, ai-edge-litert {env.get('ai-edge-litert')}, "
               f"batch {summary['artifacts'][0]['batch'] if summary['artifacts'] else 1}.", "",
               "Stages: " + ", ".join(f"{k} " + ("reused" if v["cached"] else f"{v['seconds']:.1f}s")
                                      for k, v in summary["stages"].items()), ""]

@@ -107,11 +107,29 @@ class TrainSection(Section):
         return self
 
 
+class TfliteExportSection(Section):
+    """TFLite-specific export settings."""
+
+    layout: Literal["nhwc", "nchw"] = Field(
+        "nhwc", description="Input/output layout of the .tflite model (NHWC runs faster with XNNPACK).")
+    int8: Literal["full", "dynamic"] = Field(
+        "full", description="`full`: int8 weights and activations (calibrated); `dynamic`: int8 weights, activations "
+        "quantized at run time.")
+
+
+class OpenvinoExportSection(Section):
+    """OpenVINO-specific export settings."""
+
+    accuracy_control: bool = Field(
+        False, description="int8 with `nncf.quantize_with_accuracy_control`: layers are reverted to float until the "
+        "val accuracy drop is within verify.max_accuracy_drop_pp.")
+
+
 class ExportSection(Section):
     """Which files are exported and how int8 is calibrated."""
 
-    formats: list[Literal["onnx"]] = ["onnx"]
-    precisions: list[Literal["fp32", "int8"]] = ["fp32", "int8"]
+    formats: list[str] = ["onnx"]
+    precisions: list[str] = ["fp32", "int8"]
     opset: int = Field(18, ge=13)
     exporter: Literal["auto", "dynamo", "legacy"] = "auto"
     calibration_images: int = Field(128, gt=0, description="Train images used to calibrate int8.")
@@ -119,6 +137,8 @@ class ExportSection(Section):
     per_channel: bool = True
     int8_keep_fp32: list[Literal["first_conv", "classifier"]] = Field(
         ["first_conv", "classifier"], description="Layers left in fp32 in int8 models (the most sensitive ones).")
+    tflite: TfliteExportSection = TfliteExportSection()
+    openvino: OpenvinoExportSection = OpenvinoExportSection()
 
     @field_validator("formats", "precisions")
     @classmethod
@@ -129,15 +149,44 @@ class ExportSection(Section):
             raise ValueError("names a value twice")
         return value
 
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, value: list[str]) -> list[str]:
+        from edgetl.formats import FORMATS
+
+        return [_known(v, list(FORMATS), "format") for v in value]
+
+    @field_validator("precisions")
+    @classmethod
+    def _known_precisions(cls, value: list[str]) -> list[str]:
+        from edgetl.formats import PRECISIONS
+
+        return [_known(v, list(PRECISIONS), "precision") for v in value]
+
+    @model_validator(mode="after")
+    def _pairs_exist(self) -> ExportSection:
+        from edgetl.formats import FORMATS
+
+        missing = [f"{f} {p}" for f in self.formats for p in self.precisions if p not in FORMATS[f].precisions]
+        if missing:
+            valid = "; ".join(f"{f}: {', '.join(FORMATS[f].precisions)}" for f in self.formats)
+            raise ValueError(f"export.formats × export.precisions asks for {', '.join(missing)}, which edgetl cannot "
+                             f"make (valid precisions per format: {valid})")
+        return self
+
+
+def _known(value: str, known: list[str], what: str) -> str:
+    if value not in known:
+        hint = difflib.get_close_matches(value, known, n=1)
+        did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
+        raise ValueError(f"unknown {what} '{value}'{did_you_mean}; known: {', '.join(known)}")
+    return value
+
 
 def _check_backbone(value: str) -> str:
     from edgetl.backbones import BACKBONE_NAMES
 
-    if value not in BACKBONE_NAMES:
-        hint = difflib.get_close_matches(value, BACKBONE_NAMES, n=1)
-        did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
-        raise ValueError(f"unknown backbone '{value}'{did_you_mean}; known: {', '.join(BACKBONE_NAMES)}")
-    return value
+    return _known(value, list(BACKBONE_NAMES), "backbone")
 
 
 class TeacherSection(Section):
@@ -215,6 +264,7 @@ class VerifySection(Section):
 
     max_accuracy_drop_pp: float = Field(1.0, ge=0, description="Largest val accuracy drop vs torch, in points.")
     parity_atol: float = Field(1e-3, gt=0, description="Largest |logit diff| allowed for fp32 artifacts.")
+    parity_atol_fp16: float = Field(0.05, gt=0, description="Largest |logit diff| allowed for fp16 artifacts.")
     parity_images: int = Field(16, gt=0)
 
 
@@ -312,8 +362,8 @@ def _format_error(err: dict[str, Any], schema: type[BaseModel] | None = None) ->
         suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
         return f"{where}: unknown key{suggestion} (valid keys here: {', '.join(valid)})"
     message = err["msg"].removeprefix("Value error, ")
-    if not loc and err["type"] == "value_error":
-        return message  # a cross-section check: the message names its fields
+    if err["type"] == "value_error" and (not loc or isinstance(err["input"], dict)):
+        return message if not loc else f"{where}: {message}"  # a check across fields: the message names them
     if err["type"] == "missing":
         message = "required but missing"
     return f"{where}: {message} (got {err['input']!r})" if err["type"] != "missing" else f"{where}: {message}"

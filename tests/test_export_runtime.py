@@ -43,8 +43,8 @@ def tiny(tmp_path_factory):
     inputs = rng.normal(size=(24, 3, 32, 32)).astype(np.float32)
     out = tmp_path_factory.mktemp("export")
     metadata = {"labels": json.dumps(["a", "b", "c"]), "edgetl_version": "test"}
-    fp32 = export_fp32(model, ExportRequest(out, "fp32", inputs[:2], metadata))
-    int8 = quantize_int8(fp32.path, ExportRequest(out, "int8", inputs[:2], metadata, calibration=inputs[:16]))
+    fp32 = export_fp32(model, ExportRequest(out / "fp32", "fp32", inputs[:2], metadata))
+    int8 = quantize_int8(fp32.path, ExportRequest(out / "int8", "int8", inputs[:2], metadata, calibration=inputs[:16]))
     with torch.no_grad():
         reference = model(torch.from_numpy(inputs)).numpy()
     return {"model": model, "inputs": inputs, "fp32": fp32, "int8": int8, "reference": reference}

@@ -64,6 +64,49 @@ def test_summary_has_the_documented_shape(built):
     assert int8["quantization"] == "ptq" and int8["size_bytes"] < fp32["size_bytes"]
 
 
+@pytest.fixture(scope="module")
+def built_all_formats(built, tmp_path_factory):
+    """The same trained model exported to every format × precision (train is reused from `built`)."""
+    import shutil
+
+    run = tmp_path_factory.mktemp("formats") / "run"
+    shutil.copytree(built["run"], run)
+    # 12 val images: one image is 8 points, so this build checks the wiring, not the int8 accuracy.
+    recipe = tiny_recipe(built["data"], export={"formats": ["onnx", "openvino", "tflite"],
+                                                "precisions": ["fp32", "fp16", "int8"]},
+                         verify={"max_accuracy_drop_pp": 100.0})
+    summary = build(write_recipe(run.parent / "all.yaml", recipe), out=run, reporter=Reporter(enabled=False))
+    return {"run": run, "summary": summary}
+
+
+def test_every_format_and_precision_is_exported_verified_and_benchmarked(built_all_formats):
+    run, summary = built_all_formats["run"], built_all_formats["summary"]
+    assert summary["stages"]["train"]["cached"]
+    pairs = [(a["format"], a["precision"]) for a in summary["artifacts"]]
+    assert pairs == [(f, p) for f in ("onnx", "openvino", "tflite") for p in ("fp32", "fp16", "int8")]
+    for artifact in summary["artifacts"]:
+        assert artifact["name"] == f"{artifact['format']}_{artifact['precision']}"
+        assert artifact["path"] == f"export/{artifact['name']}/{artifact['files'][0].split('/')[-1]}"
+        files = [run / f for f in artifact["files"]]
+        assert all(f.is_file() for f in files) and files[-1].name == "model.json"
+        assert artifact["size_bytes"] == sum(f.stat().st_size for f in files[:-1])
+        card = json.loads(files[-1].read_text())
+        assert card["format"] == artifact["format"] and card["precision"] == artifact["precision"]
+        assert card["labels"] == ["green", "red"] and card["preprocessing"]["crop"] == 32
+        assert card["layout"] == ("NHWC" if artifact["format"] == "tflite" else "NCHW")
+        assert card["input_shape"] == ([None, 32, 32, 3] if card["layout"] == "NHWC" else [None, 3, 32, 32])
+        assert card["recipe_sha256"] == summary["recipe_sha256"]
+        assert artifact["latency_ms"]["p50"] > 0 and 0 <= artifact["val_accuracy"] <= 100
+        if artifact["precision"] == "fp32":
+            assert artifact["max_abs_logit_diff"] < 1e-3 and artifact["accuracy_drop_pp"] == 0
+        if artifact["precision"] == "int8":
+            assert artifact["quantization"] == "ptq"
+    openvino = next(a for a in summary["artifacts"] if a["name"] == "openvino_int8")
+    assert [f.split("/")[-1] for f in openvino["files"]] == ["model.xml", "model.bin", "model.json"]
+    env = summary["environment"]
+    assert env["openvino"] and env["ai-edge-litert"] and env["litert-torch"]
+
+
 def test_report_lists_every_artifact(built):
     report = (built["run"] / "report.md").read_text()
     for artifact in built["summary"]["artifacts"]:
@@ -95,7 +138,7 @@ def test_changing_export_settings_does_not_retrain(built, tmp_path):
     assert stages["data"]["cached"] and stages["train"]["cached"]
     assert not stages["export"]["cached"] and not stages["verify"]["cached"]
     assert [a["precision"] for a in summary["artifacts"]] == ["int8"]
-    assert not (run / "export" / "model_fp32.onnx").exists()
+    assert not (run / "export" / "onnx_fp32").exists()
 
 
 def test_a_corrupted_output_is_rebuilt_not_trusted(built, tmp_path):
@@ -103,7 +146,7 @@ def test_a_corrupted_output_is_rebuilt_not_trusted(built, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(built["run"], run)
-    (run / "export" / "model_int8.onnx").write_bytes(b"garbage")
+    (run / "export" / "onnx_int8" / "model.onnx").write_bytes(b"garbage")
     summary = build(built["recipe"], out=run, reporter=Reporter(enabled=False))
     assert summary["stages"]["train"]["cached"] and not summary["stages"]["export"]["cached"]
     assert summary["artifacts"][1]["sha256"] == built["summary"]["artifacts"][1]["sha256"]

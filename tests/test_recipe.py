@@ -64,8 +64,29 @@ def test_unknown_backbone_suggests_a_known_one(tmp_path):
 
 
 def test_unsupported_precision_lists_choices(tmp_path):
-    with pytest.raises(RecipeError, match=r"export\.precisions\.0: Input should be 'fp32' or 'int8'"):
+    with pytest.raises(RecipeError, match=r"export\.precisions: unknown precision 'int4' \(did you mean 'int8'\?\); "
+                                          r"known: fp32, fp16, int8"):
         load_recipe(write(tmp_path, "name: r\ndata: {dataset: x}\nexport: {precisions: [int4]}\n"))
+
+
+def test_unknown_format_suggests_a_known_one(tmp_path):
+    with pytest.raises(RecipeError, match=r"export\.formats: unknown format 'openvin' \(did you mean 'openvino'\?\)"):
+        load_recipe(write(tmp_path, "name: r\ndata: {dataset: x}\nexport: {formats: [onnx, openvin]}\n"))
+
+
+def test_a_format_precision_pair_that_does_not_exist_names_the_valid_ones(tmp_path, monkeypatch):
+    import dataclasses
+
+    from edgetl import formats
+
+    # Every shipped format makes every precision, so take fp16 away from one to see the check at work.
+    monkeypatch.setitem(formats.FORMATS, "tflite", dataclasses.replace(formats.FORMATS["tflite"],
+                                                                        precisions=("fp32", "int8")))
+    with pytest.raises(RecipeError, match=r"export: export\.formats × export\.precisions asks for tflite fp16, which "
+                                          r"edgetl cannot make \(valid precisions per format: onnx: fp32, fp16, int8; "
+                                          r"tflite: fp32, int8\)"):
+        load_recipe(write(tmp_path, "name: r\ndata: {dataset: x}\nexport: {formats: [onnx, tflite], "
+                                    "precisions: [fp32, fp16]}\n"))
 
 
 def test_missing_name_and_data_source(tmp_path):

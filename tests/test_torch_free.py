@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -28,7 +29,12 @@ def test_runtime_side_runs_with_torch_unimportable(tmp_path):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                                 torch.nn.Linear(4, 2)).eval()
     example = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
-    onnx_path = export_fp32(model, ExportRequest(tmp_path, "fp32", example, {})).path
+    onnx_path = export_fp32(model, ExportRequest(tmp_path / "onnx", "fp32", example, {})).path
+    paths = [onnx_path]
+    for fmt in ("openvino", "tflite"):  # every runtime of the format table
+        exporter = importlib.import_module(f"edgetl.export.{fmt}")
+        paths.append(exporter.export(model, ExportRequest(tmp_path / fmt, "fp32", example, {"layout": "NCHW"},
+                                                          onnx_file=onnx_path)).path)
     images = make_image_folder(tmp_path / "imgs" / "train", {"a": 2, "b": 2})
     script = BLOCK_TORCH + textwrap.dedent(f"""
         import json
@@ -46,13 +52,16 @@ def test_runtime_side_runs_with_torch_unimportable(tmp_path):
         from edgetl.bench.harness import LatencyPlan, measure_latency
         index = scan_dataset({str(images.parent)!r}, val_dir=None, val_fraction=0.5)
         inputs = preprocess_files([s.path for s in index.train + index.val], Preprocessing(resize=18, crop=16))
-        runner = load_runner({str(onnx_path)!r})
-        logits = runner_logits(runner, inputs)
-        stats = measure_latency(runner, inputs[:1], LatencyPlan(warmup=1, min_runs=3, min_time_s=0))
-        print(json.dumps({{"shape": list(logits.shape), "runs": stats["runs"],
+        results = []
+        for path in {[str(p) for p in paths]!r}:
+            runner = load_runner(path)
+            logits = runner_logits(runner, inputs)
+            stats = measure_latency(runner, inputs[:1], LatencyPlan(warmup=1, min_runs=3, min_time_s=0))
+            results.append([runner.format, list(logits.shape), stats["runs"]])
+        print(json.dumps({{"results": results,
                           "torch_loaded": any(m.split(".")[0] == "torch" for m in sys.modules)}}))
     """)
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out == {"shape": [4, 2], "runs": 3, "torch_loaded": False}
+    assert out == {"results": [[fmt, [4, 2], 3] for fmt in ("onnx", "openvino", "tflite")], "torch_loaded": False}

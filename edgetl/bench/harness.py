@@ -41,3 +41,17 @@ def measure_latency(runner: Runner, batch: np.ndarray, plan: LatencyPlan, update
     """Latency statistics (ms) plus the run count for one runner and input batch."""
     samples = time_runs(runner, np.ascontiguousarray(batch, dtype=np.float32), plan, update)
     return {**summarize(samples), "runs": int(samples.size)}
+
+
+def measure_interleaved(runners: list[Runner], batch: np.ndarray, plan: LatencyPlan, rounds: int = 5,
+                        update=None) -> list[dict]:
+    """Latency statistics of several runners measured in alternating rounds, so a change in machine load
+    during the measurement affects them alike (for ratios such as pruned / unpruned)."""
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    per_round = LatencyPlan(warmup=plan.warmup, min_runs=max(1, plan.min_runs // rounds),
+                            min_time_s=plan.min_time_s / rounds, max_runs=max(1, plan.max_runs // rounds))
+    samples: list[list[np.ndarray]] = [[] for _ in runners]
+    for _ in range(rounds):
+        for i, runner in enumerate(runners):
+            samples[i].append(time_runs(runner, batch, per_round, update))
+    return [{**summarize(np.concatenate(s)), "runs": int(sum(x.size for x in s))} for s in samples]

@@ -17,7 +17,9 @@ class ExportRequest:
     example: np.ndarray  # one preprocessed batch (N×3×H×W float32), for tracing
     metadata: dict[str, str]
     calibration: np.ndarray | None = None  # preprocessed train images for int8
-    options: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # format-specific settings from the recipe's `export` section
+    fp32_file: Path | None = None  # the same format's fp32 file, which fp16 and int8 are made from
+    onnx_file: Path | None = None  # the ONNX fp32 file (OpenVINO converts from it)
 
 
 @dataclass

@@ -63,7 +63,7 @@ def export_fp32(model: torch.nn.Module, request: ExportRequest, exporter: str = 
     """Export `model` to ONNX fp32 with a dynamic batch dimension, checked by onnx.checker."""
     import onnx
 
-    path = request.out_dir / "model_fp32.onnx"
+    path = request.out_dir / "model.onnx"
     example = torch.from_numpy(np.array(request.example[:2], dtype=np.float32))
     model = model.eval()
     used, errors = None, []
@@ -126,7 +126,7 @@ def _edge_nodes(path: Path, keep_fp32: list[str]) -> list[str]:
 
 def quantize_int8(fp32_path: Path, request: ExportRequest, int8_format: str = "qdq", per_channel: bool = True,
                   keep_fp32: list[str] = ("first_conv", "classifier"), reporter: Reporter = SILENT,
-                  filename: str = "model_int8.onnx") -> ExportResult:
+                  filename: str = "model.onnx") -> ExportResult:
     """Static int8 quantization with onnxruntime (u8 activations, s8 per-channel weights), calibrated on train."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -157,3 +157,52 @@ def quantize_int8(fp32_path: Path, request: ExportRequest, int8_format: str = "q
                                "calibration_images": int(len(request.calibration)),
                                "kept_fp32": list(keep_fp32), "kept_fp32_nodes": excluded,
                                "activations": "uint8", "weights": "int8"})
+
+
+def convert_fp16(fp32_path: Path, request: ExportRequest) -> ExportResult:
+    """fp16 weights and compute with fp32 inputs/outputs (onnxruntime's float16 converter)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    path = request.out_dir / "model.onnx"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            converted = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+        _sort_topologically(converted.graph)
+    except Exception as exc:  # the converter raises whatever onnx raises
+        raise ExportError(f"onnx fp16 conversion of {fp32_path} failed: {exc}") from None
+    with atomic_path(path) as tmp:
+        onnx.save(converted, str(tmp))
+        set_metadata(tmp, request.metadata)
+        onnx.checker.check_model(str(tmp), full_check=True)
+    return ExportResult(path, {"converter": "onnxruntime.transformers.float16", "io": "fp32"})
+
+
+def _sort_topologically(graph) -> None:
+    """Reorder `graph.node` so every node comes after the producers of its inputs (the fp16 converter appends the
+    input casts at the end, which onnx.checker rejects)."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(name in available for name in n.input)]
+        if not ready:
+            raise ExportError("the fp16 ONNX graph has a cycle or an input nothing produces")
+        for node in ready:
+            available.update(node.output)
+        ordered += ready
+        pending = [n for n in pending if all(n is not r for r in ready)]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def export(model: torch.nn.Module, request: ExportRequest, reporter: Reporter = SILENT) -> ExportResult:
+    """The format's entry point (see edgetl.formats): fp32 from the torch model, fp16/int8 from the fp32 file."""
+    options = request.options
+    if request.precision == "fp32":
+        return export_fp32(model, request, options.get("exporter", "auto"), options.get("opset", 18))
+    if request.precision == "fp16":
+        return convert_fp16(request.fp32_file, request)
+    return quantize_int8(request.fp32_file, request, options.get("int8_format", "qdq"),
+                         options.get("per_channel", True), options.get("keep_fp32", ("first_conv", "classifier")),
+                         reporter)

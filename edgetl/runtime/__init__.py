@@ -23,21 +23,26 @@ class Runner(Protocol):
 
 
 def require_runtime(fmt: Format):
-    """Import a format's runtime package, or say clearly how to install it."""
-    try:
-        return importlib.import_module(fmt.runtime_import)
-    except ImportError as exc:
-        raise RuntimeMissingError(f"Running {fmt.name} models needs the Python package '{fmt.runtime_package}', "
-                                  f"which is not importable here ({exc}). Install it with "
-                                  f"`pip install {fmt.runtime_package}`.") from None
+    """Import a format's runtime package (or its fallback), or say clearly how to install it."""
+    problems = []
+    for name in fmt.runtime_imports:
+        try:
+            return importlib.import_module(name)
+        except ImportError as exc:
+            problems.append(f"{name}: {exc}")
+    raise RuntimeMissingError(f"Running {fmt.name} models needs the Python package '{fmt.runtime_package}', "
+                              f"which is not importable here ({'; '.join(problems)}). Install it with "
+                              f"`pip install {fmt.runtime_package}`.")
 
 
 def load_runner(path: str | Path, threads: int = 1) -> Runner:
     """Load a model file with its format's runtime, using `threads` intra-op threads."""
     path = Path(path)
     fmt = format_for_file(path)
-    if not path.is_file():
-        raise ModelFileError(f"Model file {path} does not exist.")
+    for needed in fmt.files(path):
+        if not needed.is_file():
+            raise ModelFileError(f"Model file {needed} does not exist"
+                                 f"{'' if needed == path else f' (the {fmt.name} model {path.name} needs it)'}.")
     module = importlib.import_module(fmt.runtime)
     return module.load(path, threads=threads)
 

@@ -1,0 +1,153 @@
+"""Torch -> TFLite without TensorFlow: litert-torch converts the model (NHWC input by default, faster with
+XNNPACK); ai-edge-quantizer makes fp16 weights, full-integer int8 (calibrated) or dynamic-range int8 from it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgetl.errors import ExportError, StorageError
+from edgetl.export import ExportRequest, ExportResult
+from edgetl.fsutil import atomic_path
+from edgetl.progress import SILENT, Reporter
+
+METADATA_NAME = "edgetl"  # the TFLite metadata entry holding the artifact's metadata as JSON
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _quiet():
+    # litert-torch and ai-edge-quantizer print progress lines and absl logs to stdout/stderr.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        for name in ("absl", "litert_torch", "torch.export", "torch._dynamo", "ai_edge_quantizer"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        yield
+
+
+def with_metadata(content: bytes, metadata: dict[str, str]) -> bytes:
+    """The TFLite flatbuffer with `metadata` stored as a JSON metadata entry named 'edgetl'."""
+    from ai_edge_litert.tools import flatbuffer_utils as fb
+
+    model = fb.read_model_from_bytearray(bytearray(content))  # resolves buffers stored after the flatbuffer
+    buffer = fb.schema_fb.BufferT()
+    buffer.data = np.frombuffer(json.dumps(metadata, sort_keys=True).encode(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = fb.schema_fb.MetadataT()
+    entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name not in (METADATA_NAME, METADATA_NAME.encode())]
+    model.metadata.append(entry)
+    return bytes(fb.convert_object_to_bytearray(model))
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The 'edgetl' metadata entry of a .tflite file written by edgetl ({} when absent)."""
+    from ai_edge_litert.tools import flatbuffer_utils as fb
+
+    model = fb.read_model(str(path))
+    for entry in model.metadata or []:
+        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+        if name == METADATA_NAME:
+            return json.loads(bytes(model.buffers[entry.buffer].data).decode())
+    return {}
+
+
+def _write(path: Path, content: bytes, metadata: dict[str, str]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(with_metadata(content, metadata))
+
+
+def convert_fp32(model: torch.nn.Module, request: ExportRequest) -> ExportResult:
+    """litert-torch conversion at batch 1; NHWC input and output layout unless `options.layout` is `nchw`."""
+    import litert_torch
+
+    layout = request.options.get("layout", "nhwc")
+    example = torch.from_numpy(np.array(request.example[:1], dtype=np.float32))
+    module = model.eval()
+    if layout == "nhwc":
+        module, example = litert_torch.to_channel_last_io(module, args=[0]).eval(), example.permute(0, 2, 3, 1)
+    try:
+        with _quiet():
+            content = litert_torch.convert(module, (example.contiguous(),)).model_content()
+    except StorageError:
+        raise
+    except Exception as exc:  # the converter raises many types
+        raise ExportError(f"TFLite conversion (litert-torch) failed: {_first_line(exc)}") from None
+    path = request.out_dir / "model.tflite"
+    _write(path, bytes(content), request.metadata | {"layout": layout.upper(),
+                                                      "input_shape": json.dumps(list(example.shape))})
+    return ExportResult(path, {"converter": "litert-torch", "layout": layout.upper()})
+
+
+def _quantizer_recipe(precision: str, int8: str):
+    from ai_edge_quantizer import qtyping, recipe, recipe_manager
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    if precision == "fp16":
+        manager = recipe_manager.RecipeManager()
+        manager.add_weight_only_config(".*", qtyping.TFLOperationName.ALL_SUPPORTED, 16,
+                                       algorithm_key=AlgorithmName.FLOAT_CASTING)
+        return manager.get_quantization_recipe()
+    return recipe.static_wi8_ai8() if int8 == "full" else recipe.dynamic_wi8_afp32()
+
+
+def quantize(request: ExportRequest, reporter: Reporter = SILENT) -> ExportResult:
+    """fp16 weights, or int8 (`options.int8`: `full` integer with calibration, or `dynamic` range) of the fp32 file."""
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import quantizer
+
+    int8 = request.options.get("int8", "full")
+    source = request.fp32_file
+    metadata = read_metadata(source)
+    layout = metadata.get("layout", "NHWC")
+    try:
+        with _quiet():
+            engine = quantizer.Quantizer(str(source), _quantizer_recipe(request.precision, int8))
+            calibration_result = None
+            if engine.need_calibration:
+                if request.calibration is None or not len(request.calibration):
+                    raise ExportError("TFLite full-integer int8 needs calibration images, and none were given.")
+                signature = Interpreter(model_path=str(source))
+                key, spec = next(iter(signature.get_signature_list().items()))
+                images = np.asarray(request.calibration, dtype=np.float32)
+                if layout == "NHWC":
+                    images = images.transpose(0, 2, 3, 1)
+                samples = [{spec["inputs"][0]: np.ascontiguousarray(images[i:i + 1])} for i in range(len(images))]
+                with reporter.task(f"TFLite int8 calibration ({len(samples)} images)", None):
+                    calibration_result = engine.calibrate({key: samples})
+            content = engine.quantize(calibration_result, enable_progress_report=False).quantized_model
+    except (ExportError, StorageError):
+        raise
+    except Exception as exc:
+        raise ExportError(f"ai-edge-quantizer could not quantize {source}: {_first_line(exc)}") from None
+    path = request.out_dir / "model.tflite"
+    _write(path, bytes(content), {**metadata, **request.metadata, "layout": layout})
+    details = {"tool": "ai-edge-quantizer", "layout": layout}
+    if request.precision == "int8":
+        details |= {"quantization": "ptq", "int8": int8,
+                    "activations": "int8" if int8 == "full" else "float32 (quantized at run time)",
+                    "weights": "int8 per-channel",
+                    **({"calibration_images": len(request.calibration)} if int8 == "full" else {})}
+    else:
+        details["weights"] = "fp16 (dequantized to fp32 at load)"
+    return ExportResult(path, details)
+
+
+def export(model: torch.nn.Module, request: ExportRequest, reporter: Reporter = SILENT) -> ExportResult:
+    """The format's entry point (see edgetl.formats): fp32 from the torch model, fp16/int8 from the fp32 file."""
+    if request.precision == "fp32":
+        return convert_fp32(model, request)
+    return quantize(request, reporter)

@@ -1,0 +1,69 @@
+"""TFLite models with ai-edge-litert's Interpreter (or tflite_runtime's on devices that only have it). Torch-free."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.errors import ModelFileError
+from edgetl.formats import FORMATS
+from edgetl.runtime import require_runtime
+
+
+class TfliteRunner:
+    """A TFLite Interpreter (XNNPACK on the CPU). Takes NCHW float batches like every runner: NHWC models get the
+    batch transposed, full-integer models get it quantized with the input's scale and zero point (and their
+    output dequantized), and the batch dimension is resized when a batch of another size comes."""
+
+    format = "tflite"
+
+    def __init__(self, path: Path, threads: int = 1) -> None:
+        module = require_runtime(FORMATS["tflite"])
+        try:
+            self.interpreter = module.Interpreter(model_path=str(path), num_threads=threads)
+            self.interpreter.allocate_tensors()
+        except Exception as exc:  # the interpreter raises ValueError/RuntimeError with the runtime's message
+            first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise ModelFileError(f"{path} could not be loaded by the TFLite interpreter: {first_line}.") from None
+        self.path, self.threads = path, threads
+        details = self.interpreter.get_input_details()[0]
+        shape = [int(d) for d in details["shape"]]
+        # NHWC when the last axis holds the 3 colour channels and the second does not.
+        self.layout = "NHWC" if len(shape) == 4 and shape[-1] == 3 and shape[1] != 3 else "NCHW"
+        nchw = [shape[0], shape[3], shape[1], shape[2]] if self.layout == "NHWC" else shape
+        self.input_shape = (None, *nchw[1:])  # the batch dimension is resized to fit each call
+        self._batch = shape[0]
+
+    def _resize(self, batch: int) -> None:
+        details = self.interpreter.get_input_details()[0]
+        shape = list(details["shape"])
+        shape[0] = batch
+        self.interpreter.resize_tensor_input(details["index"], shape)
+        self.interpreter.allocate_tensors()
+        self._batch = batch
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Logits for a float32 NCHW batch."""
+        if len(batch) != self._batch:
+            self._resize(len(batch))
+        if self.layout == "NHWC":
+            batch = batch.transpose(0, 2, 3, 1)
+        source = self.interpreter.get_input_details()[0]
+        if source["dtype"] != np.float32:
+            scale, zero_point = source["quantization"]
+            info = np.iinfo(source["dtype"])
+            batch = np.clip(np.round(batch / scale) + zero_point, info.min, info.max)
+        self.interpreter.set_tensor(source["index"], np.ascontiguousarray(batch, dtype=source["dtype"]))
+        self.interpreter.invoke()
+        output = self.interpreter.get_output_details()[0]
+        logits = self.interpreter.get_tensor(output["index"])
+        if output["dtype"] != np.float32:
+            scale, zero_point = output["quantization"]
+            logits = (logits.astype(np.float32) - zero_point) * scale
+        return np.array(logits, dtype=np.float32)
+
+
+def load(path: Path, threads: int = 1) -> TfliteRunner:
+    """Load a .tflite file."""
+    return TfliteRunner(path, threads)
