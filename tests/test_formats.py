@@ -10,13 +10,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_export_runtime import TinyNet
 
 from edgetl import formats
 from edgetl.errors import ModelFileError, RuntimeMissingError
 from edgetl.export import ExportRequest
 from edgetl.export.onnx import export_fp32
 from edgetl.runtime import load_runner
-from test_export_runtime import TinyNet
 
 # Largest |logit diff| vs torch, as a share of the largest |logit|: fp32 is exact up to float rounding, fp16 weights
 # lose ~3 decimal digits, int8 is a real approximation.
