@@ -33,7 +33,7 @@ def timed_build(recipe: Path, out: Path) -> tuple[float, dict]:
 
 
 def row(label: str, summary: dict, build_s: float | None, rebuild_s: float | None) -> dict:
-    artifacts = {a["precision"]: a for a in summary["artifacts"]}
+    artifacts = {a["precision"]: a for a in summary["artifacts"] if a["format"] == "onnx"}
     fp32, int8 = artifacts.get("fp32"), artifacts.get("int8")
     return {
         "variant": label, "backbone": summary["model"]["backbone"], "weights": summary["model"]["weights"],

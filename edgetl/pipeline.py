@@ -614,7 +614,7 @@ def _format_options(recipe: Recipe, fmt: str) -> dict:
                 "keep_fp32": e.int8_keep_fp32}
     if fmt == "tflite":
         return {"layout": e.tflite.layout, "int8": e.tflite.int8}
-    return {}
+    return {"accuracy_aware": e.openvino.accuracy_control, "max_drop_pp": recipe.verify.max_accuracy_drop_pp}
 
 
 def _write_model_json(result, name: str, fmt: str, precision: str, metadata: dict[str, str]) -> Path:
@@ -635,6 +635,17 @@ def _write_model_json(result, name: str, fmt: str, precision: str, metadata: dic
     return path
 
 
+def _more_calibration(run: RunDir, recipe: Recipe, index, prep: Preprocessing, current: int) -> np.ndarray:
+    """Four times as many calibration images as the inputs stage chose (up to every train image), same seed."""
+    from edgetl.preprocess import preprocess_files
+
+    count = min(4 * current, len(index.train))
+    chosen = np.random.default_rng(recipe.data.seed).choice(len(index.train), count, replace=False)
+    paths = [index.train[i].path for i in sorted(chosen)]
+    with run.reporter.task(f"preprocessing {count} calibration images", count) as update:
+        return preprocess_files(paths, prep, progress=lambda done, total: update(1))
+
+
 def _export_stage(run: RunDir, recipe: Recipe, index, inputs_record: dict, model_record: dict,
                   prep: Preprocessing, qat_record: dict | None = None) -> dict:
     metadata = _artifact_metadata(recipe, index, prep, model_record["backbone"])
@@ -644,6 +655,11 @@ def _export_stage(run: RunDir, recipe: Recipe, index, inputs_record: dict, model
     qat_formats = ("onnx", "openvino")  # the QAT model is ONNX QDQ, which OpenVINO reads as an int8 IR
     if qat_record is not None:
         inputs |= {"quantize": section_dict(recipe.quantize), "qat": qat_record["files"][qat_record["onnx"]]}
+    validated = recipe.verify.accuracy_aware_retry or recipe.export.openvino.accuracy_control
+    if validated:  # int8 is then made against the val split and the torch model's accuracy on it
+        inputs |= {"budget": [recipe.verify.max_accuracy_drop_pp, recipe.verify.accuracy_aware_retry],
+                   "val": inputs_record["files"][inputs_record["val"]],
+                   "torch_logits": model_record["files"][model_record["val_logits"]]}
 
     def work(folder: Path) -> dict:
         import importlib
@@ -662,10 +678,32 @@ def _export_stage(run: RunDir, recipe: Recipe, index, inputs_record: dict, model
         produced = []  # (name, format, precision, result)
         onnx_fp32 = None
 
+        val = labels = None
+        if validated:
+            val = np.load(run.root / inputs_record["val"], mmap_mode="r")
+            labels = np.load(run.root / inputs_record["val_labels"])
+
         def request(fmt: str, name: str, precision: str, fp32_file: Path | None) -> ExportRequest:
+            options = _format_options(recipe, fmt) | ({"validation": (val, labels)} if validated else {})
             return ExportRequest(folder / name, precision, example, {**metadata, "precision": precision},
-                                 calibration=calibration, options=_format_options(recipe, fmt), fp32_file=fp32_file,
+                                 calibration=calibration, options=options, fp32_file=fp32_file,
                                  onnx_file=onnx_fp32.path if onnx_fp32 else None)
+
+        def int8_ptq(exporter, req: ExportRequest):
+            if not recipe.verify.accuracy_aware_retry:
+                return exporter.export(model, req, run.reporter)
+            from edgetl.evaluate import runner_logits, top1_accuracy
+            from edgetl.export.accuracy import quantize_within_budget
+            from edgetl.runtime import load_runner
+
+            def accuracy(path: Path) -> float:
+                return top1_accuracy(runner_logits(load_runner(path, threads=os.cpu_count() or 1), val), labels)
+
+            reference = top1_accuracy(np.load(run.root / model_record["val_logits"]), labels)
+            return quantize_within_budget(exporter, model, req, accuracy, reference,
+                                          recipe.verify.max_accuracy_drop_pp,
+                                          lambda: _more_calibration(run, recipe, index, prep, len(calibration)),
+                                          run.reporter)
 
         # ONNX fp32 first (OpenVINO converts from it), then each format's fp32, from which its fp16 and int8 are made.
         formats = ["onnx"] + [f for f in recipe.export.formats if f != "onnx"]
@@ -700,8 +738,7 @@ def _export_stage(run: RunDir, recipe: Recipe, index, inputs_record: dict, model
                 produced.append((f"{fmt}_int8", fmt, "int8", result))
             if not from_qat or recipe.quantize.keep_ptq:
                 name = f"{fmt}_int8_ptq" if from_qat else f"{fmt}_int8"
-                produced.append((name, fmt, "int8", exporter.export(model, request(fmt, name, "int8", fp32.path),
-                                                                    run.reporter)))
+                produced.append((name, fmt, "int8", int8_ptq(exporter, request(fmt, name, "int8", fp32.path))))
         for fmt in formats:  # fp32 files made only as the source of other files
             if "fp32" not in wanted or fmt not in recipe.export.formats:
                 shutil.rmtree(folder / f"{fmt}_fp32")

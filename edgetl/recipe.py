@@ -265,6 +265,9 @@ class VerifySection(Section):
     max_accuracy_drop_pp: float = Field(1.0, ge=0, description="Largest val accuracy drop vs torch, in points.")
     parity_atol: float = Field(1e-3, gt=0, description="Largest |logit diff| allowed for fp32 artifacts.")
     parity_atol_fp16: float = Field(0.05, gt=0, description="Largest |logit diff| allowed for fp16 artifacts.")
+    accuracy_aware_retry: bool = Field(
+        False, description="An int8 artifact over the budget is made again with stronger settings (per-channel, more "
+        "calibration images, bias correction, sensitive layers kept in float) until it is within budget.")
     parity_images: int = Field(16, gt=0)
 
 

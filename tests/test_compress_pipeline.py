@@ -22,6 +22,7 @@ def compress_recipe(data, **sections) -> dict:
                  "teacher_logits": "online"},
         prune={"target_macs": 0.5, "steps": 2, "recover": {"epochs": 1}},
         quantize={"mode": "qat", "epochs": 1, "keep_ptq": True},
+        export={"formats": ["onnx", "openvino"]},
         train={"epochs": 2},
         # 12 val images at 32×32 after a 50 % prune: int8 accuracy swings by tens of points from one run to the
         # next. These tests check the stages' wiring; the accuracy budget has its own tests.
@@ -80,6 +81,13 @@ def test_qat_and_ptq_int8_artifacts_run_with_onnxruntime(compressed):
     artifacts = {a["name"]: a for a in compressed["summary"]["artifacts"]}
     assert artifacts["onnx_int8"]["quantization"] == "qat"
     assert artifacts["onnx_int8_ptq"]["quantization"] == "ptq"
+    # OpenVINO reads the QAT model's QDQ ONNX as an int8 IR with the learned scales; its PTQ twin comes from NNCF.
+    assert artifacts["openvino_int8"]["quantization"] == "qat" and artifacts["openvino_int8_ptq"]["quantization"] == "ptq"
+    openvino = load_runner(compressed["run"] / artifacts["openvino_int8"]["path"], threads=1)
+    onnx_qat = load_runner(compressed["run"] / artifacts["onnx_int8"]["path"], threads=1)
+    batch = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
+    scale = np.abs(onnx_qat.run(batch)).max()
+    assert np.abs(openvino.run(batch) - onnx_qat.run(batch)).max() <= 0.1 * scale  # the same quantized network
     for name in ("onnx_int8", "onnx_int8_ptq"):
         model = onnx.load(compressed["run"] / artifacts[name]["path"])
         ops = {n.op_type for n in model.graph.node}
@@ -118,4 +126,5 @@ def test_teacher_from_a_checkpoint_with_precomputed_logits(compressed, tmp_path)
     assert summary["distill"]["teacher"]["val_accuracy"] == compressed["summary"]["distill"]["teacher"]["val_accuracy"]
     assert np.load(tmp_path / "run" / "teacher" / "train_logits.npy").shape == (32, 2)
     assert summary["prune"] is None
-    assert [a["quantization"] for a in summary["artifacts"] if a["precision"] == "int8"] == ["ptq"]
+    assert [(a["name"], a["quantization"]) for a in summary["artifacts"] if a["precision"] == "int8"] == [
+        ("onnx_int8", "ptq"), ("openvino_int8", "ptq")]

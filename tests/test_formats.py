@@ -138,3 +138,72 @@ def test_broken_files_are_clear_errors(tmp_path, tiny):
     bogus.write_bytes(b"not a flatbuffer")
     with pytest.raises(ModelFileError, match=r"model\.tflite could not be loaded by the TFLite interpreter"):
         load_runner(bogus)
+
+
+class Outlier(torch.nn.Module):
+    """A conv whose output has one channel ~1000× larger than the rest (and unused downstream): per-tensor int8 of
+    that activation rounds every other channel to zero, so plain post-training int8 fails whatever the calibration."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.mix, self.head = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 1), \
+            torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.mix(torch.relu(self.stem(x)))).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def outlier(tmp_path_factory):
+    torch.manual_seed(0)
+    labels = np.arange(60) % 3
+    images = np.random.default_rng(0).normal(size=(60, 3, 16, 16)).astype(np.float32)
+    images[np.arange(60), labels] += 1.5  # class k: colour channel k is brighter
+    model = Outlier()
+    optimizer = torch.optim.Adam(model.parameters(), 0.01)
+    for _ in range(300):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(torch.from_numpy(images)), torch.from_numpy(labels)).backward()
+        optimizer.step()
+    with torch.no_grad():  # the outlier channel: huge, and ignored by the next layer (fp32 outputs unchanged)
+        model.stem.weight[0] *= 1000
+        model.stem.bias[0] = 0
+        model.mix.weight[:, 0] = 0
+    model.eval()
+    with torch.no_grad():
+        accuracy = float((model(torch.from_numpy(images)).argmax(1).numpy() == labels).mean() * 100)
+    out = tmp_path_factory.mktemp("outlier")
+    onnx_fp32 = export_fp32(model, ExportRequest(out / "onnx_fp32", "fp32", images[:2], {})).path
+    return {"model": model, "images": images, "labels": labels, "accuracy": accuracy, "out": out, "onnx": onnx_fp32}
+
+
+@pytest.mark.parametrize(("fmt", "fixing_step"), [("onnx", "exclude_sensitive (1)"),
+                                                  ("openvino", "exclude_sensitive (nncf accuracy control)")])
+def test_accuracy_aware_retry_fixes_a_model_built_to_fail_plain_int8(outlier, fmt, fixing_step):
+    from edgetl.evaluate import runner_logits, top1_accuracy
+    from edgetl.export.accuracy import quantize_within_budget
+
+    assert outlier["accuracy"] >= 95
+    exporter = importlib.import_module(formats.FORMATS[fmt].exporter)
+    images, labels = outlier["images"], outlier["labels"]
+    fp32 = outlier["onnx"] if fmt == "onnx" else exporter.export(
+        outlier["model"], ExportRequest(outlier["out"] / fmt, "fp32", images[:2], METADATA,
+                                        onnx_file=outlier["onnx"])).path
+    options = {"keep_fp32": []} if fmt == "onnx" else {"validation": (images, labels), "max_drop_pp": 5.0}
+    request = ExportRequest(outlier["out"] / f"{fmt}_int8", "int8", images[:2], METADATA, calibration=images[:20],
+                            options=options, fp32_file=fp32, onnx_file=outlier["onnx"])
+    result = quantize_within_budget(exporter, outlier["model"], request,
+                                    lambda path: top1_accuracy(runner_logits(load_runner(path), images), labels),
+                                    outlier["accuracy"], 5.0, lambda: images)
+    retry = result.details["accuracy_aware_retry"]
+    steps = [a["step"] for a in retry["attempts"]]
+    assert retry["attempts"][0]["step"] == "plain" and retry["attempts"][0]["drop_pp"] > 30  # plain int8 fails
+    assert steps[1] == "more_calibration"  # the order of the issue: (per-channel,) calibration, bias correction, ...
+    assert retry["within_budget"] and steps[-1] == fixing_step
+    assert retry["attempts"][-1]["drop_pp"] <= 5.0
+    assert retry["attempts"][-1]["kept_fp32_nodes"]  # which layers stayed in float is reported
+    if fmt == "onnx":  # the most damaged tensor is the outlier conv's output, and its conv is kept in float
+        assert retry["attempts"][-1]["excluded"][0]["tensor"] == "relu"
+        assert "node_conv2d" in retry["attempts"][-1]["kept_fp32_nodes"]
+    final = top1_accuracy(runner_logits(load_runner(result.path), images), labels)
+    assert final == retry["attempts"][-1]["val_accuracy"]

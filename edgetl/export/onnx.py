@@ -110,6 +110,10 @@ class _Calibration:
     def rewind(self) -> None:
         self.index = 0
 
+    def __iter__(self):
+        while (item := self.get_next()) is not None:
+            yield item
+
 
 def _edge_nodes(path: Path, keep_fp32: list[str]) -> list[str]:
     """Names of the first convolution and/or the final classifier layer (ONNX nodes are topologically sorted)."""
@@ -141,6 +145,11 @@ def quantize_int8(fp32_path: Path, request: ExportRequest, int8_format: str = "q
         except Exception:  # pre-processing is an optimisation; quantize the plain model if it fails
             shutil.copyfile(fp32_path, prepared)
         excluded = _edge_nodes(prepared, list(keep_fp32))
+        sensitive = []
+        if request.options.get("exclude_sensitive"):
+            ranking = _sensitive_tensors(prepared, request.calibration, excluded, Path(work))
+            sensitive = ranking[:request.options["exclude_sensitive"]]
+            excluded = list(dict.fromkeys(excluded + [n for item in sensitive for n in item["nodes"]]))
         with atomic_path(path) as tmp, reporter.task("calibrating int8", len(request.calibration)) as update:
             try:
                 # u8 activations: s8s8 runs ~3x slower than fp32 on CPUs without VNNI (see the toolchain notes).
@@ -156,7 +165,66 @@ def quantize_int8(fp32_path: Path, request: ExportRequest, int8_format: str = "q
     return ExportResult(path, {"quantization": "ptq", "int8_format": int8_format, "per_channel": per_channel,
                                "calibration_images": int(len(request.calibration)),
                                "kept_fp32": list(keep_fp32), "kept_fp32_nodes": excluded,
+                               **({"excluded": sensitive} if sensitive else {}),
                                "activations": "uint8", "weights": "int8"})
+
+
+def _quantize_plain(prepared: Path, out: Path, calibration: np.ndarray, excluded: list[str]) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    quantize_static(str(prepared), str(out), _Calibration(calibration, lambda n: None), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+
+
+def _sensitive_tensors(prepared: Path, calibration: np.ndarray, excluded: list[str], work: Path) -> list[dict]:
+    """Quantized activation tensors ranked by their signal-to-quantization-noise ratio (lowest, most damaged,
+    first), with the nodes that produce and read each: onnxruntime's QDQ debugging tools on a plain int8 model."""
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_signal_to_quantization_noice_ratio,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    qdq, augmented = work / "plain_int8.onnx", work / "augmented.onnx"
+    _quantize_plain(prepared, qdq, calibration, excluded)
+    modify_model_output_intermediate_tensors(str(qdq), str(augmented))
+    activations = collect_activations(str(augmented), _Calibration(calibration[:16], lambda n: None))
+    errors = {name: compute_signal_to_quantization_noice_ratio(match["pre_qdq"], match["post_qdq"])
+              for name, match in create_activation_matching(activations).items()}
+    graph = onnx.load(str(prepared)).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node.name)
+
+    def writers(name: str) -> list[str]:
+        # An activation's quantized output is also its conv's output (onnxruntime fuses Conv+Relu/Clip), so the
+        # conv that feeds the activation must stay in float too.
+        node = producers.get(name)
+        if node is None:
+            return []
+        upstream = writers(node.input[0]) if node.op_type in ("Relu", "Clip", "LeakyRelu", "HardSigmoid") else []
+        return [node.name, *upstream]
+
+    ranked = sorted((sqnr, name) for name, sqnr in errors.items() if name in producers or name in readers)
+    return [{"tensor": name, "sqnr_db": round(float(sqnr), 2), "nodes": [*writers(name), *readers.get(name, [])]}
+            for sqnr, name in ranked]
+
+
+RETRY_STEPS = ("per_channel", "more_calibration", "exclude_sensitive")
+
+
+def retry_steps(options: dict) -> list[tuple[str, dict]]:
+    """The accuracy-aware retry steps ONNX int8 has (see edgetl.export.accuracy); none that change nothing."""
+    steps = [] if options.get("per_channel", True) else [("per_channel", {"per_channel": True})]
+    steps.append(("more_calibration", {"more_calibration": True}))
+    # onnxruntime's quantizer has no bias correction; the next step keeps the most damaged tensors in float.
+    return steps + [(f"exclude_sensitive ({k})", {"exclude_sensitive": k}) for k in (1, 2, 4, 8)]
 
 
 def convert_fp16(fp32_path: Path, request: ExportRequest) -> ExportResult:

@@ -134,3 +134,10 @@ def from_qdq_onnx(onnx_file: Path, request: ExportRequest) -> ExportResult:
     """An int8 IR from a quantized (QDQ) ONNX model, e.g. the QAT model, with its learned scales."""
     path = _save(convert_onnx(onnx_file), request, compress_to_fp16=False)
     return ExportResult(path, {"converter": "openvino convert_model of the QDQ ONNX", "quantization": "qat"})
+
+
+def retry_steps(options: dict) -> list[tuple[str, dict]]:
+    """The accuracy-aware retry steps OpenVINO int8 has (see edgetl.export.accuracy). NNCF weights are always
+    per-channel; the last step is NNCF's accuracy control, which reverts the most sensitive layers to float."""
+    return [("more_calibration", {"more_calibration": True}), ("bias_correction", {"bias_correction": True}),
+            ("exclude_sensitive (nncf accuracy control)", {"accuracy_aware": True})]

@@ -151,3 +151,10 @@ def export(model: torch.nn.Module, request: ExportRequest, reporter: Reporter = 
     if request.precision == "fp32":
         return convert_fp32(model, request)
     return quantize(request, reporter)
+
+
+def retry_steps(options: dict) -> list[tuple[str, dict]]:
+    """The accuracy-aware retry steps TFLite int8 has (see edgetl.export.accuracy): ai-edge-quantizer's weights are
+    always per-channel and it has no bias correction or layer exclusion by sensitivity here, so only more
+    calibration images."""
+    return [("more_calibration", {"more_calibration": True})] if options.get("int8", "full") == "full" else []
