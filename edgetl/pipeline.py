@@ -613,8 +613,9 @@ def _format_options(recipe: Recipe, fmt: str) -> dict:
         return {"exporter": e.exporter, "opset": e.opset, "int8_format": e.int8_format, "per_channel": e.per_channel,
                 "keep_fp32": e.int8_keep_fp32}
     if fmt == "tflite":
-        return {"layout": e.tflite.layout, "int8": e.tflite.int8}
-    return {"accuracy_aware": e.openvino.accuracy_control, "max_drop_pp": recipe.verify.max_accuracy_drop_pp}
+        return {"layout": e.tflite.layout, "int8": e.tflite.int8, "keep_fp32": e.int8_keep_fp32}
+    return {"accuracy_aware": e.openvino.accuracy_control, "max_drop_pp": recipe.verify.max_accuracy_drop_pp,
+            "keep_fp32": e.int8_keep_fp32}
 
 
 def _write_model_json(result, name: str, fmt: str, precision: str, metadata: dict[str, str]) -> Path:
@@ -801,24 +802,29 @@ def _bench_stage(run: RunDir, recipe: Recipe, inputs_record: dict, export_record
               "val": inputs_record["files"][inputs_record["val"]]}
 
     def work(folder: Path) -> dict:
-        from edgetl.bench.harness import LatencyPlan, measure_latency
+        from edgetl.bench.harness import LatencyPlan, measure_interleaved
         from edgetl.runtime import load_runner
 
         cfg = recipe.bench
         plan = LatencyPlan(warmup=cfg.warmup, min_runs=cfg.min_runs, min_time_s=cfg.min_time_s, max_runs=cfg.max_runs)
         val = np.load(run.root / inputs_record["val"], mmap_mode="r")
         batch = np.ascontiguousarray(np.resize(np.asarray(val[:cfg.batch]), (cfg.batch, *val.shape[1:])))
-        results: dict[str, dict[str, dict]] = {}
-        for artifact in export_record["artifacts"]:
-            for threads in cfg.threads:
-                runner = load_runner(run.root / artifact["path"], threads=threads)
-                with run.reporter.task(f"benchmarking {artifact['name']} ({threads} thread"
-                                       f"{'s' if threads > 1 else ''}, batch {cfg.batch})", None) as update:
-                    stats = measure_latency(runner, batch, plan, update)
-                results.setdefault(artifact["name"], {})[str(threads)] = stats
+        artifacts = export_record["artifacts"]
+        results: dict[str, dict[str, dict]] = {a["name"]: {} for a in artifacts}
+        for threads in cfg.threads:
+            # Every artifact in alternating rounds: a change in machine load during the stage hits them alike, so
+            # ratios between them (int8 / fp32, one format / another) are not skewed by when each was measured.
+            runners = [load_runner(run.root / a["path"], threads=threads) for a in artifacts]
+            with run.reporter.task(f"benchmarking {len(artifacts)} artifacts ({threads} thread"
+                                   f"{'s' if threads > 1 else ''}, batch {cfg.batch}, alternating rounds)",
+                                   None) as update:
+                measured = measure_interleaved(runners, batch, plan, update=update)
+            del runners
+            for artifact, stats in zip(artifacts, measured, strict=True):
+                results[artifact["name"]][str(threads)] = stats
                 run.reporter.info(f"  {artifact['name']} @ {threads} thread(s): p50 {stats['p50']:.2f} ms, "
                                   f"p90 {stats['p90']:.2f} ms ({stats['runs']} runs)")
-        return {"batch": cfg.batch, "latency_ms": results, "files": {}}
+        return {"batch": cfg.batch, "latency_ms": results, "method": "alternating rounds", "files": {}}
 
     return run.stage("bench", inputs, work)
 

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from edgetl.bench.harness import LatencyPlan, measure_latency, time_runs
+from edgetl.bench.harness import LatencyPlan, measure_interleaved, measure_latency, time_runs
 from edgetl.bench.stats import summarize
 
 
@@ -53,3 +53,24 @@ def test_harness_keeps_running_until_min_time_but_stops_at_max_runs():
     assert samples.size > 10 and samples.sum() >= 45.0
     capped = time_runs(runner, np.zeros(1), LatencyPlan(warmup=0, min_runs=1, min_time_s=10, max_runs=7))
     assert capped.size == 7
+
+
+def test_interleaved_measurement_alternates_rounds_and_keeps_each_runner_apart():
+    order = []
+
+    class Logged(SleepRunner):
+        def __init__(self, seconds: float, name: str) -> None:
+            super().__init__(seconds)
+            self.name = name
+
+        def run(self, batch):
+            if not order or order[-1] != self.name:
+                order.append(self.name)
+            return super().run(batch)
+
+    fast, slow = Logged(0.001, "fast"), Logged(0.003, "slow")
+    stats = measure_interleaved([fast, slow], np.zeros((1, 3, 4, 4), np.float32),
+                                LatencyPlan(warmup=1, min_runs=10, min_time_s=0), rounds=5)
+    assert order == ["fast", "slow"] * 5  # five alternating rounds
+    assert [s["runs"] for s in stats] == [10, 10] and fast.calls == slow.calls == 15  # 2 timed + 1 warm-up a round
+    assert 2.0 <= stats[1]["p50"] / stats[0]["p50"] <= 4.0

@@ -207,3 +207,20 @@ def test_accuracy_aware_retry_fixes_a_model_built_to_fail_plain_int8(outlier, fm
         assert "node_conv2d" in retry["attempts"][-1]["kept_fp32_nodes"]
     final = top1_accuracy(runner_logits(load_runner(result.path), images), labels)
     assert final == retry["attempts"][-1]["val_accuracy"]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino", "tflite"])
+def test_int8_keeps_the_stem_conv_and_classifier_in_float_when_asked(tiny, fmt):
+    result = export(tiny, fmt, "int8", keep_fp32=("first_conv", "classifier"))
+    assert len(result.details["kept_fp32_nodes"]) == 2
+    out = load_runner(result.path).run(tiny["inputs"])
+    assert np.abs(out - tiny["reference"]).max() <= TOLERANCE["int8"] * np.abs(tiny["reference"]).max()
+    if fmt == "tflite":  # the stem conv and the classifier keep float weights; every other conv is int8
+        from ai_edge_litert.tools import flatbuffer_utils as fb
+
+        model = fb.read_model(str(result.path))
+        graph = model.subgraphs[0]
+        weights = [(fb.opcode_to_name(model, op.opcodeIndex), graph.tensors[op.inputs[1]].type)
+                   for op in graph.operators if fb.opcode_to_name(model, op.opcodeIndex).endswith(("CONV_2D", "CONNECTED"))]
+        float32, int8 = fb.schema_fb.TensorType.FLOAT32, fb.schema_fb.TensorType.INT8
+        assert weights == [("CONV_2D", float32), ("DEPTHWISE_CONV_2D", int8), ("FULLY_CONNECTED", float32)]

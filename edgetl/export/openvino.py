@@ -44,9 +44,7 @@ def _save(ov_model, request: ExportRequest, compress_to_fp16: bool) -> Path:
 
 
 def _dataset(images: np.ndarray):
-    import nncf
-
-    return nncf.Dataset([np.ascontiguousarray(images[i:i + 1], dtype=np.float32) for i in range(len(images))])
+    return _import_nncf().Dataset([np.ascontiguousarray(images[i:i + 1], dtype=np.float32) for i in range(len(images))])
 
 
 def _quiet() -> None:
@@ -55,18 +53,30 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _import_nncf():
+    # NNCF imports torch's C++ extension helpers, which log a CUDA warning on CPU-only machines.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import nncf
+    return nncf
+
+
 def quantize(ov_model, request: ExportRequest, reporter: Reporter = SILENT):
     """NNCF post-training int8 of an OpenVINO model; returns (quantized model, details)."""
-    import nncf
+    nncf = _import_nncf()
 
     options = request.options
     if request.calibration is None or not len(request.calibration):
         raise ExportError("OpenVINO int8 quantization needs calibration images, and none were given.")
     calibration = _dataset(request.calibration)
     fast_bias_correction = not options.get("bias_correction", False)
-    common = {"subset_size": len(request.calibration), "fast_bias_correction": fast_bias_correction}
+    kept = edge_nodes(ov_model, list(options.get("keep_fp32", ())))
+    common = {"subset_size": len(request.calibration), "fast_bias_correction": fast_bias_correction,
+              **({"ignored_scope": nncf.IgnoredScope(names=kept)} if kept else {})}
     details = {"quantization": "ptq", "tool": f"nncf {nncf.__version__}", "calibration_images": len(request.calibration),
-               "bias_correction": "full" if not fast_bias_correction else "fast", "activations": "uint8/int8 (NNCF CPU "
+               "bias_correction": "full" if not fast_bias_correction else "fast",
+               "kept_fp32": list(options.get("keep_fp32", ())), "kept_fp32_nodes": kept, "activations": "uint8/int8 (NNCF CPU "
                "preset: performance)", "weights": "int8 per-channel symmetric"}
     with warnings.catch_warnings():
         _quiet()
@@ -94,6 +104,17 @@ def quantize(ov_model, request: ExportRequest, reporter: Reporter = SILENT):
         except Exception as exc:  # NNCF raises many types; the build reports one line
             raise ExportError(f"NNCF int8 quantization failed: {_first_line(exc)}") from None
     return quantized, details
+
+
+def edge_nodes(ov_model, keep_fp32: list[str]) -> list[str]:
+    """Names of the first convolution and/or the last MatMul (the classifier) of an OpenVINO model."""
+    ops = [op for op in ov_model.get_ordered_ops() if op.get_type_name() in ("Convolution", "MatMul")]
+    names = []
+    if "first_conv" in keep_fp32:
+        names += [op.get_friendly_name() for op in ops if op.get_type_name() == "Convolution"][:1]
+    if "classifier" in keep_fp32:
+        names += [op.get_friendly_name() for op in ops if op.get_type_name() == "MatMul"][-1:]
+    return names
 
 
 def _float_nodes(ov_model) -> list[str]:

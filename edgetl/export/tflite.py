@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -29,13 +30,22 @@ def _first_line(exc: Exception) -> str:
 
 @contextlib.contextmanager
 def _quiet():
-    # litert-torch and ai-edge-quantizer print progress lines and absl logs to stdout/stderr.
+    """Silence litert-torch and ai-edge-quantizer: progress lines on stdout, tqdm bars and C++ (absl, XNNPACK) logs
+    written straight to file descriptor 2. What they wrote is dropped; failures surface as exceptions."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        for name in ("absl", "litert_torch", "torch.export", "torch._dynamo", "ai_edge_quantizer"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        yield
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull, warnings.catch_warnings(), \
+                contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            os.dup2(devnull.fileno(), 2)
+            warnings.simplefilter("ignore")
+            for name in ("absl", "litert_torch", "torch.export", "torch._dynamo", "ai_edge_quantizer"):
+                logging.getLogger(name).setLevel(logging.ERROR)
+            yield
+    finally:
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
 
 
 def with_metadata(content: bytes, metadata: dict[str, str]) -> bytes:
@@ -72,15 +82,15 @@ def _write(path: Path, content: bytes, metadata: dict[str, str]) -> None:
 
 def convert_fp32(model: torch.nn.Module, request: ExportRequest) -> ExportResult:
     """litert-torch conversion at batch 1; NHWC input and output layout unless `options.layout` is `nchw`."""
-    import litert_torch
-
     layout = request.options.get("layout", "nhwc")
     example = torch.from_numpy(np.array(request.example[:1], dtype=np.float32))
-    module = model.eval()
-    if layout == "nhwc":
-        module, example = litert_torch.to_channel_last_io(module, args=[0]).eval(), example.permute(0, 2, 3, 1)
     try:
         with _quiet():
+            import litert_torch  # its import logs (absl, oneDNN) are silenced too
+
+            module = model.eval()
+            if layout == "nhwc":
+                module, example = litert_torch.to_channel_last_io(module, args=[0]).eval(), example.permute(0, 2, 3, 1)
             content = litert_torch.convert(module, (example.contiguous(),)).model_content()
     except StorageError:
         raise
@@ -92,16 +102,44 @@ def convert_fp32(model: torch.nn.Module, request: ExportRequest) -> ExportResult
     return ExportResult(path, {"converter": "litert-torch", "layout": layout.upper()})
 
 
-def _quantizer_recipe(precision: str, int8: str):
-    from ai_edge_quantizer import qtyping, recipe, recipe_manager
+def edge_scopes(path: Path, keep_fp32: list[str]) -> list[str]:
+    """The op scopes (output tensor names) of the first convolution and/or the last fully-connected layer."""
+    import re
+
+    from ai_edge_litert.tools import flatbuffer_utils as fb
+    from ai_edge_quantizer.utils.tfl_flatbuffer_utils import get_op_scope
+
+    model = fb.read_model(str(path))
+    graph = model.subgraphs[0]
+    ops = [(fb.opcode_to_name(model, op.opcodeIndex), op) for op in graph.operators]
+
+    def scope(op) -> str:  # exactly the scope string ai-edge-quantizer matches recipes against
+        return "^" + re.escape(get_op_scope(op, graph.tensors)) + "$"
+
+    scopes = []
+    if "first_conv" in keep_fp32:
+        scopes += [scope(op) for name, op in ops if name == "CONV_2D"][:1]
+    if "classifier" in keep_fp32:
+        scopes += [scope(op) for name, op in ops if name == "FULLY_CONNECTED"][-1:]
+    return scopes
+
+
+def _quantizer_recipe(precision: str, int8: str, keep_scopes: list[str]):
+    from ai_edge_quantizer import qtyping, recipe_manager
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
+    manager = recipe_manager.RecipeManager()
+    every = qtyping.TFLOperationName.ALL_SUPPORTED
     if precision == "fp16":
-        manager = recipe_manager.RecipeManager()
-        manager.add_weight_only_config(".*", qtyping.TFLOperationName.ALL_SUPPORTED, 16,
-                                       algorithm_key=AlgorithmName.FLOAT_CASTING)
+        manager.add_weight_only_config(".*", every, 16, algorithm_key=AlgorithmName.FLOAT_CASTING)
         return manager.get_quantization_recipe()
-    return recipe.static_wi8_ai8() if int8 == "full" else recipe.dynamic_wi8_afp32()
+    if int8 == "full":
+        manager.add_static_config(".*", every, activation_num_bits=8, weight_num_bits=8)
+    else:
+        manager.add_dynamic_config(".*", every, num_bits=8)
+    for regex in keep_scopes:  # a later, narrower scope wins: these ops stay in float
+        manager.add_quantization_config(regex, every, algorithm_key=AlgorithmName.NO_QUANTIZE)
+    return manager.get_quantization_recipe()
 
 
 def quantize(request: ExportRequest, reporter: Reporter = SILENT) -> ExportResult:
@@ -113,9 +151,11 @@ def quantize(request: ExportRequest, reporter: Reporter = SILENT) -> ExportResul
     source = request.fp32_file
     metadata = read_metadata(source)
     layout = metadata.get("layout", "NHWC")
+    keep_fp32 = list(request.options.get("keep_fp32", ())) if request.precision == "int8" else []
+    keep_scopes = edge_scopes(source, keep_fp32)
     try:
         with _quiet():
-            engine = quantizer.Quantizer(str(source), _quantizer_recipe(request.precision, int8))
+            engine = quantizer.Quantizer(str(source), _quantizer_recipe(request.precision, int8, keep_scopes))
             calibration_result = None
             if engine.need_calibration:
                 if request.calibration is None or not len(request.calibration):
@@ -139,7 +179,7 @@ def quantize(request: ExportRequest, reporter: Reporter = SILENT) -> ExportResul
     if request.precision == "int8":
         details |= {"quantization": "ptq", "int8": int8,
                     "activations": "int8" if int8 == "full" else "float32 (quantized at run time)",
-                    "weights": "int8 per-channel",
+                    "weights": "int8 per-channel", "kept_fp32": keep_fp32, "kept_fp32_nodes": keep_scopes,
                     **({"calibration_images": len(request.calibration)} if int8 == "full" else {})}
     else:
         details["weights"] = "fp16 (dequantized to fp32 at load)"
