@@ -58,15 +58,21 @@ def figures(summary: dict) -> dict:
             "onnx_fp32_p50_ms_after": prune["onnx_fp32_latency_ms_after"]["p50"],
             "onnx_fp32_latency_ratio": prune["onnx_fp32_latency_ratio"],
             "threads": prune["onnx_fp32_latency_ms_after"]["threads"]}
-    fp32 = artifacts.get("onnx_fp32")
-    int8 = {a.get("quantization"): a for a in summary["artifacts"] if a["precision"] == "int8"}
-    if fp32 and int8:
-        result["quantize"] = {"onnx_fp32_val_accuracy": fp32["val_accuracy"], "onnx_fp32_p50_ms": fp32["latency_ms"]["p50"]}
+    quantize = {}
+    for fmt in ("onnx", "openvino", "tflite"):  # per format: its fp32 file and its int8 file(s), QAT and/or PTQ
+        fp32 = artifacts.get(f"{fmt}_fp32")
+        int8 = {a["quantization"]: a for a in summary["artifacts"] if a["format"] == fmt and a["precision"] == "int8"}
+        if not fp32 or not int8:
+            continue
+        quantize[fmt] = {"fp32_val_accuracy": fp32["val_accuracy"], "fp32_p50_ms": fp32["latency_ms"]["p50"],
+                         "fp32_mb": round(fp32["size_bytes"] / 1e6, 2)}
         for kind, artifact in int8.items():
-            result["quantize"] |= {
+            quantize[fmt] |= {
                 f"{kind}_artifact": artifact["name"], f"{kind}_val_accuracy": artifact["val_accuracy"],
                 f"{kind}_drop_pp": round(fp32["val_accuracy"] - artifact["val_accuracy"], 4),
                 f"{kind}_p50_ms": artifact["latency_ms"]["p50"], f"{kind}_mb": round(artifact["size_bytes"] / 1e6, 2)}
+    if quantize:
+        result["quantize"] = quantize
     return result
 
 
@@ -86,11 +92,11 @@ def verdicts(result: dict) -> list[dict]:
         rows.append({"figure": f"ORT fp32 latency pruned / unpruned (batch 1, {p['threads']} thread)",
                      "measured": f"{p['onnx_fp32_latency_ratio']:.3f}", "target": "≤ 0.65",
                      "met": p["onnx_fp32_latency_ratio"] <= 0.65})
-    q = result.get("quantize", {})
-    if "qat_drop_pp" in q and "ptq_drop_pp" in q:
-        rows.append({"figure": "int8 drop from fp32: QAT vs PTQ",
-                     "measured": f"QAT {q['qat_drop_pp']:.2f} pp, PTQ {q['ptq_drop_pp']:.2f} pp",
-                     "target": "QAT ≤ PTQ", "met": q["qat_drop_pp"] <= q["ptq_drop_pp"]})
+    for fmt, q in result.get("quantize", {}).items():
+        if "qat_drop_pp" in q and "ptq_drop_pp" in q:
+            rows.append({"figure": f"{fmt} int8 drop from fp32: QAT vs PTQ",
+                         "measured": f"QAT {q['qat_drop_pp']:.2f} pp, PTQ {q['ptq_drop_pp']:.2f} pp",
+                         "target": "QAT ≤ PTQ", "met": q["qat_drop_pp"] <= q["ptq_drop_pp"]})
     return rows
 
 
@@ -108,11 +114,11 @@ def markdown(result: dict, rows: list[dict]) -> str:
                   f"{p['val_accuracy_before']:.2f} % → {p['val_accuracy_pruned']:.2f} % right after pruning → "
                   f"{p['val_accuracy_after']:.2f} % after recovery; ONNX fp32 p50 {p['onnx_fp32_p50_ms_before']:.2f} → "
                   f"{p['onnx_fp32_p50_ms_after']:.2f} ms."]
-    if q and "qat_val_accuracy" in q:
-        ptq = (f"; PTQ int8 {q['ptq_val_accuracy']:.2f} % ({q['ptq_p50_ms']:.2f} ms, {q['ptq_mb']} MB)"
-               if "ptq_val_accuracy" in q else "")
-        lines += [f"Quantization: ONNX fp32 {q['onnx_fp32_val_accuracy']:.2f} % ({q['onnx_fp32_p50_ms']:.2f} ms); QAT int8 "
-                  f"{q['qat_val_accuracy']:.2f} % ({q['qat_p50_ms']:.2f} ms, {q['qat_mb']} MB){ptq}."]
+    for fmt, f in (q or {}).items():
+        parts = [f"{kind.upper()} int8 {f[f'{kind}_val_accuracy']:.2f} % ({f[f'{kind}_p50_ms']:.2f} ms, {f[f'{kind}_mb']} MB)"
+                 for kind in ("qat", "ptq") if f"{kind}_val_accuracy" in f]
+        lines += [f"{fmt}: fp32 {f['fp32_val_accuracy']:.2f} % ({f['fp32_p50_ms']:.2f} ms, {f['fp32_mb']} MB); "
+                  + "; ".join(parts) + " (p50 at 1 thread)."]
     return "\n".join(lines)
 
 

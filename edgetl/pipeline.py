@@ -838,13 +838,18 @@ def _environment() -> dict:
         except md.PackageNotFoundError:
             return None
 
-    cpu = platform.processor() or platform.machine()
+    # No platform.processor()/platform.platform(): they run `uname -p` in a subprocess, and forking this process
+    # after OpenVINO, XLA (litert-torch) and OpenMP have started their threads crashed it with SIGSEGV.
+    uname = os.uname()
+    libc = "".join(platform.libc_ver())  # reads the interpreter binary, no subprocess
+    system = "-".join(v for v in (uname.sysname, uname.release, uname.machine) if v) + (f"-with-{libc}" if libc else "")
+    cpu = uname.machine
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine(),
+    return {"python": platform.python_version(), "platform": system, "machine": uname.machine,
             "cpu": cpu, "cores": os.cpu_count(), "torch": version("torch"), "torchvision": version("torchvision"),
             "onnx": version("onnx"), "onnxruntime": version("onnxruntime"), "openvino": version("openvino"),
             "nncf": version("nncf"), "litert-torch": version("litert-torch"), "ai-edge-litert": version("ai-edge-litert"),

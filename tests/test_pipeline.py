@@ -233,3 +233,17 @@ def test_a_killed_build_resumes_training_from_its_last_epoch(tmp_path, tiny_data
     assert uninterrupted["model"]["val_accuracy"] == summary["model"]["val_accuracy"]
     assert not (run / "train" / "checkpoint.pt").exists()
     assert np.isfinite(summary["artifacts"][0]["latency_ms"]["p50"])
+
+
+def test_the_environment_record_starts_no_subprocess():
+    # platform.processor()/platform() fork `uname -p`; forking a build process that has OpenVINO, XLA and OpenMP
+    # threads running crashed it with SIGSEGV right before summary.json was written.
+    script = ("import subprocess\n"
+              "def refuse(*a, **k): raise RuntimeError('a subprocess was started')\n"
+              "subprocess.Popen.__init__ = refuse\n"
+              "from edgetl.pipeline import _environment\n"
+              "env = _environment()\n"
+              "print(env['platform'], env['cpu'])\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("Linux-") or result.stdout.strip()

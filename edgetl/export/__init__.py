@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,3 +35,26 @@ class ExportResult:
 
     path: Path
     details: dict = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def silenced(*loggers: str) -> Iterator[None]:
+    """Silence a converter or quantizer: Python warnings, the named loggers, stdout, and what C++ code (absl, XNNPACK,
+    progress bars) writes straight to file descriptor 2. Failures still surface as exceptions."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    levels = {name: logging.getLogger(name).level for name in loggers}
+    try:
+        with open(os.devnull, "w") as devnull, warnings.catch_warnings(), \
+                contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            os.dup2(devnull.fileno(), 2)
+            warnings.simplefilter("ignore")
+            for name in loggers:
+                logging.getLogger(name).setLevel(logging.ERROR)
+            yield
+    finally:
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from edgetl.errors import ExportError
-from edgetl.export import ExportRequest, ExportResult
+from edgetl.export import ExportRequest, ExportResult, silenced
 from edgetl.fsutil import _storage_error
 from edgetl.progress import SILENT, Reporter
 
@@ -92,14 +92,15 @@ def quantize(ov_model, request: ExportRequest, reporter: Reporter = SILENT):
                 validation = nncf.Dataset([(np.ascontiguousarray(val_inputs[i:i + 1], dtype=np.float32),
                                             int(val_labels[i])) for i in range(len(val_labels))],
                                           lambda item: item[0])
-                with reporter.task("NNCF accuracy-aware int8 quantization", None):
+                with reporter.task("NNCF accuracy-aware int8 quantization", None), silenced("nncf", "openvino"):
                     quantized = nncf.quantize_with_accuracy_control(
                         ov_model, calibration, validation, validation_fn=lambda m, d: validate(m, d),
                         max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, **common)
                 details |= {"accuracy_aware": True, "max_drop_pp": options["max_drop_pp"],
                             "kept_fp32_nodes": _float_nodes(quantized)}
             else:
-                with reporter.task(f"NNCF int8 quantization ({len(request.calibration)} calibration images)", None):
+                with reporter.task(f"NNCF int8 quantization ({len(request.calibration)} calibration images)", None), \
+                        silenced("nncf", "openvino"):
                     quantized = nncf.quantize(ov_model, calibration, **common)
         except Exception as exc:  # NNCF raises many types; the build reports one line
             raise ExportError(f"NNCF int8 quantization failed: {_first_line(exc)}") from None

@@ -3,20 +3,14 @@ XNNPACK); ai-edge-quantizer makes fp16 weights, full-integer int8 (calibrated) o
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
-import os
-import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from edgetl.errors import ExportError, StorageError
-from edgetl.export import ExportRequest, ExportResult
+from edgetl.export import ExportRequest, ExportResult, silenced
 from edgetl.fsutil import atomic_path
 from edgetl.progress import SILENT, Reporter
 
@@ -26,26 +20,6 @@ METADATA_NAME = "edgetl"  # the TFLite metadata entry holding the artifact's met
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence litert-torch and ai-edge-quantizer: progress lines on stdout, tqdm bars and C++ (absl, XNNPACK) logs
-    written straight to file descriptor 2. What they wrote is dropped; failures surface as exceptions."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved_fd = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull, warnings.catch_warnings(), \
-                contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            os.dup2(devnull.fileno(), 2)
-            warnings.simplefilter("ignore")
-            for name in ("absl", "litert_torch", "torch.export", "torch._dynamo", "ai_edge_quantizer"):
-                logging.getLogger(name).setLevel(logging.ERROR)
-            yield
-    finally:
-        os.dup2(saved_fd, 2)
-        os.close(saved_fd)
 
 
 def with_metadata(content: bytes, metadata: dict[str, str]) -> bytes:
@@ -85,7 +59,7 @@ def convert_fp32(model: torch.nn.Module, request: ExportRequest) -> ExportResult
     layout = request.options.get("layout", "nhwc")
     example = torch.from_numpy(np.array(request.example[:1], dtype=np.float32))
     try:
-        with _quiet():
+        with silenced("absl", "litert_torch", "torch.export", "torch._dynamo", "ai_edge_quantizer"):
             import litert_torch  # its import logs (absl, oneDNN) are silenced too
 
             module = model.eval()
@@ -154,7 +128,7 @@ def quantize(request: ExportRequest, reporter: Reporter = SILENT) -> ExportResul
     keep_fp32 = list(request.options.get("keep_fp32", ())) if request.precision == "int8" else []
     keep_scopes = edge_scopes(source, keep_fp32)
     try:
-        with _quiet():
+        with silenced("absl", "litert_torch", "torch.export", "torch._dynamo", "ai_edge_quantizer"):
             engine = quantizer.Quantizer(str(source), _quantizer_recipe(request.precision, int8, keep_scopes))
             calibration_result = None
             if engine.need_calibration:
