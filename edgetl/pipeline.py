@@ -456,11 +456,9 @@ def _prune_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_r
         from edgetl.backbones import CreatedModel, get_backbone
         from edgetl.compress.prune import PrunePlan, apply_structure, count_macs_params, prune_to_macs, structure_of
         from edgetl.evaluate import top1_accuracy
-        from edgetl.train import AugmentedImages, Checkpointer, fine_tune, predict, seed_everything
+        from edgetl.train import AugmentedImages, Checkpointer, fine_tune, predict, start_run
 
-        seed_everything(recipe.train.seed)
-        if recipe.train.threads:
-            torch.set_num_threads(recipe.train.threads)
+        start_run(recipe.train)
         model, saved = _load_saved(run.root / train_record["model"])
         backbone = get_backbone(saved["backbone"])
         val = np.asarray(np.load(run.root / inputs_record["val"], mmap_mode="r"))
@@ -563,11 +561,9 @@ def _qat_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_rec
         import torch
 
         from edgetl.compress.qat import convert, export_onnx, prepare_qat
-        from edgetl.train import AugmentedImages, Checkpointer, build_optimizer, seed_everything, train_loop
+        from edgetl.train import AugmentedImages, Checkpointer, build_optimizer, start_run, train_loop
 
-        seed_everything(recipe.train.seed)
-        if recipe.train.threads:
-            torch.set_num_threads(recipe.train.threads)
+        start_run(recipe.train)
         model = _load_trained(run.root / model_record["model"])
         val = np.asarray(np.load(run.root / inputs_record["val"], mmap_mode="r"))
         val_labels = np.load(run.root / inputs_record["val_labels"])

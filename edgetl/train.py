@@ -69,6 +69,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def start_run(cfg: TrainSection) -> None:
+    """Seed every RNG and set torch's thread count (`train.threads`) before a training run."""
+    seed_everything(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, inputs: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Logits of `model` (eval mode) for a preprocessed N×3×H×W array."""
@@ -147,9 +154,7 @@ def fine_tune(created: CreatedModel, train_samples: list[Sample], val_inputs: np
     """Fine-tune `created.model` in place per `cfg` (with the KD loss when `distiller` is given); returns the best
     (by val accuracy) weights."""
     freeze_bn = cfg.freeze_batchnorm if cfg.freeze_batchnorm is not None else created.weights_file is not None
-    seed_everything(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    start_run(cfg)
     if cfg.mode == "linear_probe":
         return _linear_probe(created, train_samples, val_inputs, val_labels, cfg, reporter)
     model = created.model
