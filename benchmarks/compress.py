@@ -13,24 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def build(recipe: Path, out: Path) -> tuple[float, dict]:
-    """`edgetl build` in a fresh process, as a user runs it; (wall seconds, summary)."""
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "edgetl.cli", "build", str(recipe), "--out", str(out)],
-                            stderr=subprocess.PIPE, text=True)
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"build of {recipe} failed:\n{result.stderr[-3000:]}")
-    return seconds, json.loads((out / "summary.json").read_text())
+from common import REPO, targets_table, timed_build
 
 
 def figures(summary: dict) -> dict:
@@ -101,8 +87,7 @@ def verdicts(result: dict) -> list[dict]:
 
 
 def markdown(result: dict, rows: list[dict]) -> str:
-    lines = ["| figure | measured | target | met |", "| --- | --- | --- | --- |"]
-    lines += [f"| {r['figure']} | {r['measured']} | {r['target']} | {'yes' if r['met'] else '**no**'} |" for r in rows]
+    lines = targets_table(rows)
     d, p, q = result.get("distill"), result.get("prune"), result.get("quantize")
     if d:
         lines += ["", f"Teacher {d['teacher']} {d['teacher_val_accuracy']:.2f} %; student {d['student']} with KD "
@@ -130,7 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgetl-bench-") as tmp:
         run_dir = args.run_dir or Path(tmp) / "compress"
-        seconds, summary = build(args.recipe, run_dir)
+        seconds, summary = timed_build(args.recipe, run_dir)
     result = figures(summary)
     rows = verdicts(result)
     recipe = args.recipe.resolve()

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import yaml
+from common import REPO, targets_table, timed_build
 
-REPO = Path(__file__).resolve().parents[1]
 FORMATS, PRECISIONS, THREADS = ["onnx", "openvino", "tflite"], ["fp32", "fp16", "int8"], [1, 2]
 
 
@@ -34,11 +32,7 @@ def build(recipe_path: Path, out: Path) -> dict:
         recipe["data"]["path"] = str((recipe_path.parent / recipe["data"]["path"]).resolve())
     derived = out.parent / f"{out.name}.yaml"
     derived.write_text(yaml.safe_dump(recipe))
-    result = subprocess.run([sys.executable, "-m", "edgetl.cli", "build", str(derived), "--out", str(out), "--quiet"],
-                            stderr=subprocess.PIPE, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"build failed:\n{result.stderr[-3000:]}")
-    return json.loads((out / "summary.json").read_text())
+    return timed_build(derived, out)[1]
 
 
 class TorchRunner:
@@ -127,8 +121,7 @@ def markdown(result: dict, checks: list[dict]) -> str:
     t = result["torch_eager_p50_ms"]
     lines += ["", f"torch eager fp32: val accuracy {result['torch_val_accuracy']:.2f} %, p50 {t['1']:.2f} ms "
               f"(1 thread), {t['2']:.2f} ms (2 threads).", "",
-              "| figure | measured | target | met |", "| --- | --- | --- | --- |"]
-    lines += [f"| {c['figure']} | {c['measured']} | {c['target']} | {'yes' if c['met'] else '**no**'} |" for c in checks]
+              *targets_table(checks)]
     return "\n".join(lines)
 
 

@@ -10,26 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def timed_build(recipe: Path, out: Path) -> tuple[float, dict]:
-    """Run `edgetl build` as a user would (a fresh process) and return (wall seconds, summary)."""
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "edgetl.cli", "build", str(recipe), "--out", str(out), "--quiet"],
-                            capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"build of {recipe} failed:\n{result.stderr[-3000:]}")
-    return seconds, json.loads((out / "summary.json").read_text())
+from common import REPO, timed_build
 
 
 def row(label: str, summary: dict, build_s: float | None, rebuild_s: float | None) -> dict:
