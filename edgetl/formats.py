@@ -22,11 +22,6 @@ class Format:
     runtime_imports: tuple[str, ...]  # import names of the runtime, tried in order (a device may have only a fallback)
     sidecar_suffixes: tuple[str, ...] = ()  # files that belong to the model file (OpenVINO's weights)
 
-    @property
-    def runtime_import(self) -> str:
-        """The preferred import name of the runtime."""
-        return self.runtime_imports[0]
-
     def files(self, path: Path) -> list[Path]:
         """The model file and the files that go with it."""
         return [path, *(path.with_suffix(s) for s in self.sidecar_suffixes)]
