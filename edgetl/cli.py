@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import statistics
 import sys
 from pathlib import Path
 
@@ -72,6 +73,122 @@ def check(recipe: Path) -> None:
                f"{len(index.val)} val images, {len(index.bad_images)} bad images skipped, "
                f"{sum(index.converted.values())} converted to RGB; backbone {parsed.model.backbone} loads weights "
                f"{created.weights_file or parsed.model.weights}.")
+
+
+def _percent(value: str) -> float:
+    text = value.strip()
+    try:
+        number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a percentage like 10% or 0.1") from None
+    if not 0 <= number < 10:
+        raise click.BadParameter(f"{value!r} is out of range")
+    return number
+
+
+def _threads(values: tuple[str, ...]) -> tuple[int, ...]:
+    try:
+        threads = tuple(int(v) for value in values for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{','.join(values)!r}: give thread counts like 1,2,4") from None
+    if not threads or min(threads) < 1:
+        raise click.BadParameter("thread counts must be positive integers")
+    return threads
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--threads", "-t", multiple=True, default=("1",), show_default=True,
+              help="Intra-op threads; a list (1,2,4 or repeated) gives one row per value.")
+@click.option("--batch", "-b", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size.")
+@click.option("--warmup", default="auto", show_default=True,
+              help="Warm-up calls before timing: a count, or 'auto' (until two windows of 10 calls agree within 3%).")
+@click.option("--runs", "-n", type=click.IntRange(min=1), help="Timed runs per row (instead of --time).")
+@click.option("--time", "time_s", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Seconds of timed runs per row (at least 50 runs), when --runs is not given.")
+@click.option("--repeats", "-r", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Interleaved rounds over all models; the gate compares the rounds' medians.")
+@click.option("--images", multiple=True, type=click.Path(path_type=Path, exists=True),
+              help="Real input images (files or folders), preprocessed like the model's model.json says; "
+                   "default: random inputs.")
+@click.option("--no-cold-start", is_flag=True, help="Skip the fresh-process probe (cold start and peak RSS).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write rows as JSON.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path, dir_okay=False), help="Write rows as CSV.")
+@click.option("--markdown", "markdown_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the table as Markdown.")
+@click.option("--save-baseline", type=click.Path(path_type=Path, dir_okay=False),
+              help="Save these results as a latency baseline file.")
+@click.option("--baseline", type=click.Path(path_type=Path, dir_okay=False),
+              help="Compare against a baseline file; exit 1 on a significant regression.")
+@click.option("--max-regression", default="10%", show_default=True,
+              help="Slowdown the gate tolerates (10% or 0.1).")
+@click.option("--confidence", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True,
+              help="Confidence the gate needs before it calls a slowdown a regression.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress; print only the table and the gate's verdict.")
+@_handle_errors
+def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup: str, runs: int | None,
+          time_s: float, repeats: int, images: tuple[Path, ...], no_cold_start: bool, json_path: Path | None,
+          csv_path: Path | None, markdown_path: Path | None, save_baseline: Path | None, baseline: Path | None,
+          max_regression: str, confidence: float, quiet: bool) -> None:
+    """Measure the latency of MODELS (.onnx, .xml, .tflite files or edgetl run directories).
+
+    \b
+    Exit codes: 0 ok (or no significant regression), 1 regression against --baseline, 2 bad usage or baseline.
+    """
+    from edgetl.bench.baseline import compare, environment_warnings, load_baseline
+    from edgetl.bench.baseline import save_baseline as save
+    from edgetl.bench.measure import BenchOptions, benchmark, find_models
+    from edgetl.bench.output import print_table, write_outputs
+    from edgetl.progress import Reporter
+
+    if warmup != "auto" and not warmup.isdigit():
+        raise click.BadParameter(f"{warmup!r}: give a count or 'auto'", param_hint="--warmup")
+    tolerance = _percent(max_regression)
+    reference = load_baseline(baseline) if baseline else None  # a bad baseline fails before minutes of measuring
+    if reference is not None and repeats < 3:
+        raise click.BadParameter("the regression gate needs at least 3 repeats", param_hint="--repeats")
+    options = BenchOptions(threads=_threads(threads), batch=batch, warmup="auto" if warmup == "auto" else int(warmup),
+                           runs=runs, time_s=time_s, repeats=repeats, images=images, cold_start=not no_cold_start)
+    reporter = Reporter(enabled=not quiet)
+    rows = benchmark(find_models(list(models)), options, reporter)
+    comparisons = []
+    if reference is not None:
+        comparisons = compare(reference, rows, tolerance, confidence)
+        for comparison in comparisons:
+            comparison.row["gate"] = comparison.as_dict()
+    print_table(rows, _stdout_console())
+    write_outputs(rows, json_path, csv_path, markdown_path)
+    if save_baseline:
+        save(save_baseline, rows)
+        click.echo(f"baseline saved: {save_baseline}")
+    if reference is None:
+        return
+    for warning in environment_warnings(reference):
+        click.echo(f"warning: {warning} (the comparison may not be like for like)", err=True)
+    regressions = 0
+    for comparison in comparisons:
+        label = f"{comparison.row['name']} @ {comparison.row['threads']} thread(s), batch {comparison.row['batch']}"
+        for note in comparison.warnings:
+            click.echo(f"warning: {label}: {note}", err=True)
+        decision = comparison.decision
+        if decision is None:
+            click.echo(f"{label}: no baseline row; not checked")
+            continue
+        regressions += decision.status == "regression"
+        before, after = (statistics.median(r["trial_p50_ms"]) for r in (comparison.baseline_row, comparison.row))
+        click.echo(f"{label}: {decision.status.upper()} median of repeats {before:.3f} → {after:.3f} ms, "
+                   f"×{decision.ratio:.3f} (×{decision.low:.3f}–×{decision.high:.3f} "
+                   f"at {confidence:.0%}, p={decision.p_value:.3f}); tolerance +{tolerance:.0%}")
+    if regressions:
+        click.echo(f"edgetl: {regressions} latency regression(s) beyond +{tolerance:.0%} against {baseline}", err=True)
+        sys.exit(1)
+
+
+def _stdout_console():
+    from rich.console import Console
+
+    # A pipe or CI log has no width: rich would squeeze the 16 columns into 80 characters.
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 if __name__ == "__main__":

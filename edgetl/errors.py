@@ -72,3 +72,17 @@ class StorageError(EdgetlError):
     """Writing to the run directory or cache failed (disk full, permissions)."""
 
     kind = "storage error"
+
+
+class BenchUsageError(EdgetlError):
+    """`edgetl bench` was asked for something it cannot measure (no models, bad inputs, bad options)."""
+
+    exit_code = 2
+    kind = "bench usage error"
+
+
+class BaselineError(EdgetlError):
+    """A latency baseline file is missing, not an edgetl baseline, from an incompatible version, or matches nothing."""
+
+    exit_code = 2
+    kind = "baseline error"

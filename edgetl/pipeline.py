@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -826,30 +825,12 @@ def _bench_stage(run: RunDir, recipe: Recipe, inputs_record: dict, export_record
 
 
 def _environment() -> dict:
-    import importlib.metadata as md
+    from edgetl.bench.environment import machine_info, package_version
 
-    def version(name: str) -> str | None:
-        try:
-            return md.version(name)
-        except md.PackageNotFoundError:
-            return None
-
-    # No platform.processor()/platform.platform(): they run `uname -p` in a subprocess, and forking this process
-    # after OpenVINO, XLA (litert-torch) and OpenMP have started their threads crashed it with SIGSEGV.
-    uname = os.uname()
-    libc = "".join(platform.libc_ver())  # reads the interpreter binary, no subprocess
-    system = "-".join(v for v in (uname.sysname, uname.release, uname.machine) if v) + (f"-with-{libc}" if libc else "")
-    cpu = uname.machine
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"python": platform.python_version(), "platform": system, "machine": uname.machine,
-            "cpu": cpu, "cores": os.cpu_count(), "torch": version("torch"), "torchvision": version("torchvision"),
-            "onnx": version("onnx"), "onnxruntime": version("onnxruntime"), "openvino": version("openvino"),
-            "nncf": version("nncf"), "litert-torch": version("litert-torch"), "ai-edge-litert": version("ai-edge-litert"),
-            "ai-edge-quantizer": version("ai-edge-quantizer")}
+    # Only what summary.json has always carried (usable_cores is new and harmless).
+    return {**machine_info(), **{name: package_version(name) for name in (
+        "torch", "torchvision", "onnx", "onnxruntime", "openvino", "nncf", "litert-torch", "ai-edge-litert",
+        "ai-edge-quantizer")}}
 
 
 def _compression_summary(recipe: Recipe, records: dict) -> dict:

@@ -55,3 +55,22 @@ def measure_interleaved(runners: list[Runner], batch: np.ndarray, plan: LatencyP
         for i, runner in enumerate(runners):
             samples[i].append(time_runs(runner, batch, per_round, update))
     return [{**summarize(np.concatenate(s)), "runs": int(sum(x.size for x in s))} for s in samples]
+
+
+def warm_up(runner: Runner, batch: np.ndarray, warmup: int | str, window: int = 10, tolerance: float = 0.03,
+            max_runs: int = 500, max_seconds: float = 20.0) -> int:
+    """Warm `runner` up: `warmup` calls, or with "auto" windows of `window` calls until two successive windows'
+    medians agree within `tolerance` (caches, lazy allocations and CPU frequency have settled). Returns the calls made."""
+    if warmup != "auto":
+        for _ in range(int(warmup)):
+            runner.run(batch)
+        return int(warmup)
+    previous, done = None, 0
+    deadline = time.perf_counter_ns() + int(max_seconds * 1e9)
+    while done < max_runs and time.perf_counter_ns() < deadline:
+        current = float(np.median(time_runs(runner, batch, LatencyPlan(0, window, 0.0, window))))
+        done += window
+        if previous is not None and abs(current - previous) <= tolerance * previous:
+            break
+        previous = current
+    return done

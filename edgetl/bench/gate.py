@@ -1,0 +1,98 @@
+"""The noise-aware regression decision: is `current` slower than `baseline` by more than the tolerance, with
+confidence? Pure numpy, torch-free.
+
+Each side is a set of trial medians (one per interleaved repeat). The slowdown is the ratio of the medians of
+those trials; a bootstrap over the trials gives a one-sided confidence bound, and a Mann–Whitney U test says
+whether the two sets differ at all. A regression needs both: the lower bound of the slowdown above
+1 + tolerance, and a significant difference. Noise widens the bound, so noise alone cannot fail the gate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import combinations
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The gate's verdict on one row."""
+
+    status: str  # regression | inconclusive | ok | faster
+    ratio: float  # median current / median baseline
+    low: float  # one-sided lower confidence bound of the ratio
+    high: float  # one-sided upper confidence bound of the ratio
+    p_value: float  # one-sided Mann–Whitney: current slower than baseline
+
+    def as_dict(self) -> dict:
+        return {"status": self.status, "ratio": round(self.ratio, 4), "ratio_low": round(self.low, 4),
+                "ratio_high": round(self.high, 4), "p_value": round(self.p_value, 5)}
+
+
+def mann_whitney_greater(x: np.ndarray, y: np.ndarray) -> float:
+    """One-sided p-value that `x` tends to be larger than `y` (exact by enumeration for small samples, else the
+    normal approximation with tie correction)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    n, m = x.size, y.size
+    joined = np.concatenate([x, y])
+    ranks = _ranks(joined)
+    u = ranks[:n].sum() - n * (n + 1) / 2
+    if math.comb(n + m, n) <= 20_000:
+        count = total = 0
+        for chosen in combinations(range(n + m), n):
+            u_perm = ranks[list(chosen)].sum() - n * (n + 1) / 2
+            count += u_perm >= u - 1e-9
+            total += 1
+        return count / total
+    _, tie_counts = np.unique(joined, return_counts=True)
+    sigma = math.sqrt(n * m / 12 * ((n + m + 1) - (tie_counts ** 3 - tie_counts).sum() / ((n + m) * (n + m - 1))))
+    if sigma == 0:
+        return 1.0
+    z = (u - n * m / 2 - 0.5) / sigma
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based), ties sharing the mean rank."""
+    order = values.argsort(kind="mergesort")
+    ranks = np.empty(values.size)
+    ranks[order] = np.arange(1, values.size + 1)
+    for value in np.unique(values):
+        tied = values == value
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def bootstrap_ratio(baseline: np.ndarray, current: np.ndarray, confidence: float, resamples: int = 4000,
+                    seed: int = 0) -> tuple[float, float]:
+    """One-sided (lower, upper) bounds of median(current) / median(baseline), resampling trials with replacement."""
+    rng = np.random.default_rng(seed)
+    base = np.median(rng.choice(baseline, (resamples, baseline.size)), axis=1)
+    curr = np.median(rng.choice(current, (resamples, current.size)), axis=1)
+    ratios = curr / base
+    return float(np.quantile(ratios, 1 - confidence)), float(np.quantile(ratios, confidence))
+
+
+def decide(baseline_trials, current_trials, tolerance: float, confidence: float = 0.95) -> Decision:
+    """Regression when the slowdown is larger than `tolerance` (0.10 = 10 %) with `confidence`, and significant."""
+    base = np.asarray(baseline_trials, dtype=np.float64)
+    curr = np.asarray(current_trials, dtype=np.float64)
+    if base.size == 0 or curr.size == 0 or (base <= 0).any() or (curr <= 0).any():
+        raise ValueError("the gate needs positive trial latencies on both sides")
+    ratio = float(np.median(curr) / np.median(base))
+    low, high = bootstrap_ratio(base, curr, confidence)
+    slower_p = mann_whitney_greater(curr, base)
+    faster_p = mann_whitney_greater(base, curr)
+    alpha = 1 - confidence
+    if low > 1 + tolerance and slower_p <= alpha:
+        status = "regression"
+    elif ratio > 1 + tolerance:
+        status = "inconclusive"  # looks slower than allowed, but the noise does not let us say so
+    elif high < 1 - tolerance and faster_p <= alpha:
+        status = "faster"
+    else:
+        status = "ok"
+    return Decision(status, ratio, low, high, slower_p)

@@ -1,0 +1,225 @@
+"""`edgetl bench`: find the models, build their inputs, measure them in interleaved repeats, one row per
+model × threads × batch. Torch-free."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.bench.environment import package_version
+from edgetl.bench.harness import LatencyPlan, time_runs, warm_up
+from edgetl.bench.stats import summarize
+from edgetl.errors import BenchUsageError, ModelFileError
+from edgetl.formats import FORMATS, format_for_file
+from edgetl.progress import SILENT, Reporter
+
+ROW_FIELDS = ("model", "name", "format", "precision", "threads", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
+              "std_ms", "min_ms", "max_ms", "throughput_ips", "cold_start_ms", "load_ms", "first_inference_ms",
+              "peak_rss_mb", "size_bytes", "runs", "repeats", "warmup_runs", "input", "runtime", "runtime_version",
+              "trial_p50_ms")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One model file to measure, with what is known about it."""
+
+    path: Path
+    name: str
+    format: str
+    precision: str | None = None
+    preprocessing: dict | None = None
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in FORMATS[self.format].files(self.path) if p.is_file())
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """How to measure (see `edgetl bench --help`)."""
+
+    threads: tuple[int, ...] = (1,)
+    batch: int = 1
+    warmup: int | str = "auto"  # a count, or "auto": until the median of two windows agrees
+    runs: int | None = None  # exact timed runs per row (split over the repeats) ...
+    time_s: float = 5.0  # ... or a time budget per row (used when runs is None)
+    min_runs: int = 50
+    max_runs: int = 100_000
+    repeats: int = 5  # interleaved rounds over all models: each gives one trial median
+    images: tuple[Path, ...] = ()  # real images (files or folders); random inputs when empty
+    cold_start: bool = True
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def trial_plan(self) -> LatencyPlan:
+        """The timed loop of one repeat."""
+        if self.runs is not None:
+            per = max(1, -(-self.runs // self.repeats))
+            return LatencyPlan(warmup=0, min_runs=per, min_time_s=0.0, max_runs=per)
+        return LatencyPlan(warmup=0, min_runs=max(1, -(-self.min_runs // self.repeats)),
+                           min_time_s=self.time_s / self.repeats, max_runs=max(1, self.max_runs // self.repeats))
+
+
+def _sidecar(path: Path) -> dict:
+    """The model.json edgetl writes beside every exported file (empty when there is none)."""
+    for candidate in (path.with_suffix(".json"), path.parent / "model.json"):
+        if candidate.is_file():
+            try:
+                data = json.loads(candidate.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return {}
+            if isinstance(data, dict) and data.get("file", path.name) == path.name:
+                return data
+    return {}
+
+
+def _model_ref(path: Path, name: str | None = None, precision: str | None = None) -> ModelRef:
+    fmt = format_for_file(path)
+    if not path.is_file():
+        raise ModelFileError(f"Model file {path} does not exist.")
+    meta = _sidecar(path)
+    return ModelRef(path, name or meta.get("name") or path.stem, fmt.name, precision or meta.get("precision"),
+                    meta.get("preprocessing"))
+
+
+def find_models(targets: list[str | Path]) -> list[ModelRef]:
+    """Model files, and every artifact of each run directory (read from its summary.json), in the order given."""
+    models: list[ModelRef] = []
+    for target in map(Path, targets):
+        if target.is_dir():
+            summary_file = target / "summary.json"
+            if not summary_file.is_file():
+                raise BenchUsageError(f"{target} is a folder without summary.json: give model files (.onnx, .xml, "
+                                      ".tflite) or an edgetl run directory.")
+            try:
+                artifacts = json.loads(summary_file.read_text(encoding="utf-8"))["artifacts"]
+                models += [_model_ref(target / a["path"], a["name"], a.get("precision")) for a in artifacts]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise BenchUsageError(f"{summary_file}: not an edgetl summary (field 'artifacts': {exc}).") from None
+        elif target.exists() or target.suffix:
+            models.append(_model_ref(target))
+        else:
+            raise ModelFileError(f"{target} does not exist.")
+    names = [m.name for m in models]
+    if len(set(names)) < len(names):  # two files called model.onnx: name them by their path instead
+        models = [ModelRef(m.path, str(m.path), m.format, m.precision, m.preprocessing) for m in models]
+    if not models:
+        raise BenchUsageError("no models to benchmark.")
+    return models
+
+
+def _image_files(sources: tuple[Path, ...]) -> list[str]:
+    from edgetl.data import IMAGE_EXTENSIONS
+
+    files: list[str] = []
+    for source in sources:
+        if source.is_dir():
+            files += sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        elif source.is_file():
+            files.append(str(source))
+        else:
+            raise BenchUsageError(f"--images {source}: no such file or folder.")
+    if not files:
+        raise BenchUsageError(f"--images {', '.join(map(str, sources))}: no images found.")
+    return files
+
+
+def make_inputs(model: ModelRef, input_shape: tuple, options: BenchOptions) -> np.ndarray:
+    """One batch, allocated once: real images preprocessed like the model's training, or seeded random values."""
+    shape = [options.batch if i == 0 or d is None else d for i, d in enumerate(input_shape)]
+    if isinstance(input_shape[0], int) and input_shape[0] != options.batch:
+        raise BenchUsageError(f"{model.path}: the model's batch size is fixed at {input_shape[0]}; use "
+                              f"--batch {input_shape[0]}.")
+    if any(d is None for d in input_shape[1:]):
+        raise BenchUsageError(f"{model.path}: the input shape {list(input_shape)} has dynamic sizes; edgetl bench "
+                              "needs fixed image sizes.")
+    if not options.images:
+        return np.random.default_rng(options.seed).standard_normal(shape).astype(np.float32)
+    from edgetl.preprocess import Preprocessing, preprocess_files
+
+    files = _image_files(options.images)
+    picked = [files[i % len(files)] for i in range(options.batch)]
+    prep = (Preprocessing.from_json(model.preprocessing) if model.preprocessing
+            else Preprocessing(resize=round(shape[-1] * 256 / 224), crop=shape[-1]))  # ImageNet's default ratio
+    inputs = preprocess_files(picked, prep)
+    if list(inputs.shape) != shape:
+        raise BenchUsageError(f"{model.path}: images preprocess to {list(inputs.shape)}, the model takes {shape}.")
+    return np.ascontiguousarray(inputs)
+
+
+def cold_start(model: ModelRef, threads: int, batch: int) -> dict:
+    """Load + first inference time and peak RSS, measured in a fresh process (see edgetl.bench.probe)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2]),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-m", "edgetl.bench.probe", str(model.path), str(threads), str(batch)],
+                            capture_output=True, text=True, env=env, timeout=600, check=False)
+    lines = result.stdout.strip().splitlines()
+    try:
+        measured = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ModelFileError(f"{model.path}: the cold-start probe failed (exit {result.returncode}): {tail}") from None
+    if "error" in measured:
+        raise ModelFileError(measured["error"])
+    return measured
+
+
+def benchmark(models: list[ModelRef], options: BenchOptions, reporter: Reporter = SILENT) -> list[dict]:
+    """Rows of latency statistics, one per model × threads (at `options.batch`).
+
+    For each thread count every model is loaded, warmed up, then timed in `options.repeats` alternating rounds:
+    a change of machine load during the run hits all models alike, and the rounds' medians show the run-to-run
+    spread that the regression gate needs.
+    """
+    from edgetl.runtime import load_runner
+
+    # Cold starts first, in child processes, before this process starts any runtime's threads.
+    probes: dict[tuple[Path, int], dict] = {}
+    if options.cold_start:
+        with reporter.task("cold start (fresh process per model)", len(models) * len(options.threads)) as update:
+            for threads in options.threads:
+                for model in models:
+                    probes[(model.path, threads)] = cold_start(model, threads, options.batch)
+                    update(1)
+    rows: list[dict] = []
+    plan = options.trial_plan()
+    for threads in options.threads:
+        runners = [load_runner(m.path, threads=threads) for m in models]
+        batches = [make_inputs(m, r.input_shape, options) for m, r in zip(models, runners, strict=True)]
+        warmups = [warm_up(r, b, options.warmup) for r, b in zip(runners, batches, strict=True)]
+        trials: list[list[np.ndarray]] = [[] for _ in models]
+        with reporter.task(f"benchmarking {len(models)} model{'s' if len(models) > 1 else ''} ({threads} thread"
+                           f"{'s' if threads > 1 else ''}, batch {options.batch}, {options.repeats} interleaved "
+                           "repeats)", None) as update:
+            for _ in range(options.repeats):
+                for i, (runner, batch) in enumerate(zip(runners, batches, strict=True)):
+                    trials[i].append(time_runs(runner, batch, plan, update))
+        del runners
+        for model, model_trials, warmup_runs in zip(models, trials, warmups, strict=True):
+            rows.append(_row(model, threads, options, model_trials, warmup_runs, probes.get((model.path, threads))))
+            reporter.info(f"  {model.name} @ {threads} thread(s): p50 {rows[-1]['p50_ms']:.3f} ms, "
+                          f"p90 {rows[-1]['p90_ms']:.3f} ms ({rows[-1]['runs']} runs)")
+    return rows
+
+
+def _row(model: ModelRef, threads: int, options: BenchOptions, trials: list[np.ndarray], warmup_runs: int,
+         probe: dict | None) -> dict:
+    stats = summarize(np.concatenate(trials))
+    fmt = FORMATS[model.format]
+    probe = probe or {}
+    return {"model": str(model.path), "name": model.name, "format": model.format, "precision": model.precision,
+            "threads": threads, "batch": options.batch,
+            **{f"{k}_ms": v for k, v in stats.items()},
+            "throughput_ips": round(options.batch * 1000.0 / stats["mean"], 2),
+            "cold_start_ms": probe.get("cold_start_ms"), "load_ms": probe.get("load_ms"),
+            "first_inference_ms": probe.get("first_inference_ms"), "peak_rss_mb": probe.get("peak_rss_mb"),
+            "size_bytes": model.size_bytes, "runs": int(sum(t.size for t in trials)), "repeats": len(trials),
+            "warmup_runs": warmup_runs, "input": "images" if options.images else "random",
+            "runtime": fmt.runtime_package, "runtime_version": package_version(fmt.runtime_package),
+            "trial_p50_ms": [round(float(np.median(t)), 4) for t in trials]}
