@@ -1,0 +1,208 @@
+"""`edgetl bench` end to end on tiny models with the real runtimes: rows, files, run directories, real-image inputs,
+baselines and the gate's exit codes, error messages, and the edgetl.testing assertions."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import REPO, make_image_folder
+from edgetl.bench.baseline import load_baseline
+from edgetl.bench.measure import ROW_FIELDS, BenchOptions, benchmark, find_models
+from edgetl.cli import main
+from edgetl.errors import BaselineError
+from edgetl.export import ExportRequest
+from edgetl.export.onnx import export_fp32
+from edgetl.testing import assert_latency, assert_no_regression
+
+QUICK = ["--time", "0.3", "--repeats", "3", "--warmup", "5", "-q"]
+REQUIRED = ("model", "format", "precision", "threads", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms",
+            "min_ms", "throughput_ips", "cold_start_ms", "peak_rss_mb", "size_bytes", "runs")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A tiny CNN as ONNX, OpenVINO IR and TFLite, each with the model.json edgetl writes beside it."""
+    from edgetl.export.openvino import export as export_openvino
+    from edgetl.export.tflite import export as export_tflite
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 2)).eval()
+    example = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    root = tmp_path_factory.mktemp("bench")
+    onnx_path = export_fp32(model, ExportRequest(root / "onnx_fp32", "fp32", example, {})).path
+    paths = {"onnx": onnx_path,
+             "openvino": export_openvino(model, ExportRequest(root / "openvino_fp32", "fp32", example, {},
+                                                              onnx_file=onnx_path)).path,
+             "tflite": export_tflite(model, ExportRequest(root / "tflite_fp32", "fp32", example, {"layout": "NCHW"},
+                                                          onnx_file=onnx_path)).path}
+    prep = {"resize": 36, "crop": 32, "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear"}
+    for fmt, path in paths.items():
+        (path.parent / "model.json").write_text(json.dumps({"name": f"{fmt}_fp32", "format": fmt, "precision": "fp32",
+                                                            "file": path.name, "preprocessing": prep}))
+    return root, paths
+
+
+def test_rows_files_and_fields_for_every_format_and_thread_count(models, tmp_path):
+    root, paths = models
+    out = {kind: tmp_path / f"rows.{kind}" for kind in ("json", "csv", "md")}
+    result = CliRunner().invoke(main, ["bench", *map(str, paths.values()), "--threads", "1,2", *QUICK,
+                                       "--json", str(out["json"]), "--csv", str(out["csv"]),
+                                       "--markdown", str(out["md"])])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out["json"].read_text())
+    assert [(r["name"], r["threads"]) for r in rows] == [(f"{f}_fp32", t) for t in (1, 2) for f in paths]
+    for row in rows:
+        assert set(REQUIRED) <= set(row)
+        assert row["precision"] == "fp32" and row["batch"] == 1 and row["input"] == "random"
+        assert 0 < row["min_ms"] <= row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["max_ms"]
+        assert row["throughput_ips"] == pytest.approx(1000 / row["mean_ms"], rel=0.01)
+        assert row["cold_start_ms"] >= row["first_inference_ms"] > 0 and 20 < row["peak_rss_mb"] < 2000
+        assert len(row["trial_p50_ms"]) == 3 and row["runs"] >= 3
+    assert rows[0]["size_bytes"] == paths["onnx"].stat().st_size
+    assert rows[1]["size_bytes"] == sum(p.stat().st_size for p in (paths["openvino"], paths["openvino"].with_suffix(".bin")))
+    with out["csv"].open() as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == list(ROW_FIELDS) and len(table) == 6 and float(table[0]["p50_ms"]) == rows[0]["p50_ms"]
+    markdown = out["md"].read_text().splitlines()
+    assert markdown[0].startswith("| model | format") and len(markdown) == 2 + 6 and "tflite_fp32" in markdown[-1]
+    assert "p50 ms" in result.output and "openvino_fp32" in result.output  # the printed table
+
+
+def test_runs_count_batch_and_real_images(models, tmp_path):
+    _, paths = models
+    images = make_image_folder(tmp_path / "imgs", {"x": 3}, size=40)
+    rows = benchmark(find_models([paths["onnx"]]),
+                     BenchOptions(batch=4, runs=12, repeats=3, warmup=2, images=(images,), cold_start=False))
+    assert rows[0]["runs"] == 12 and rows[0]["batch"] == 4 and rows[0]["input"] == "images"
+    assert rows[0]["warmup_runs"] == 2 and rows[0]["cold_start_ms"] is None
+    assert rows[0]["throughput_ips"] == pytest.approx(4000 / rows[0]["mean_ms"], rel=0.01)
+
+
+def test_a_run_directory_means_all_its_artifacts(models, tmp_path):
+    root, paths = models
+    summary = {"artifacts": [{"name": f"{fmt}_fp32", "precision": "fp32", "path": str(path.relative_to(root))}
+                             for fmt, path in paths.items()]}
+    (root / "summary.json").write_text(json.dumps(summary))
+    found = find_models([root])
+    assert [(m.name, m.format, m.path) for m in found] == [(f"{f}_fp32", f, p) for f, p in paths.items()]
+    result = CliRunner().invoke(main, ["bench", str(tmp_path)])
+    assert result.exit_code == 2 and "without summary.json" in result.output
+
+
+def test_baseline_round_trip_and_gate_exit_codes(models, tmp_path):
+    _, paths = models
+    base = tmp_path / "base.json"
+    saved = CliRunner().invoke(main, ["bench", str(paths["onnx"]), *QUICK, "--no-cold-start", "--save-baseline",
+                                      str(base)])
+    assert saved.exit_code == 0, saved.output
+    data = load_baseline(base)
+    assert data["machine"]["cores"] and data["runtimes"]["onnxruntime"] and data["rows"][0]["name"] == "onnx_fp32"
+    # The same model again: within a generous tolerance it must pass (this checks matching and the exit path,
+    # not the gate's false-alarm rate, which tests/test_gate.py and benchmarks/bench_gate.py measure).
+    same = CliRunner().invoke(main, ["bench", str(paths["onnx"]), *QUICK, "--no-cold-start", "--baseline", str(base),
+                                     "--max-regression", "200%"])
+    assert same.exit_code == 0, same.output
+    assert "onnx_fp32 @ 1 thread(s), batch 1:" in same.output
+    # A baseline three times faster than anything this model can do: a regression, exit 1.
+    data["rows"][0]["trial_p50_ms"] = [t / 3 for t in data["rows"][0]["trial_p50_ms"]]
+    data["rows"][0]["p50_ms"] /= 3
+    fast = tmp_path / "fast.json"
+    fast.write_text(json.dumps(data))
+    slow = CliRunner().invoke(main, ["bench", str(paths["onnx"]), *QUICK, "--no-cold-start", "--baseline", str(fast),
+                                     "--json", str(tmp_path / "gate.json")])
+    assert slow.exit_code == 1, slow.output
+    assert "REGRESSION" in slow.output and "latency regression" in slow.output
+    gate = json.loads((tmp_path / "gate.json").read_text())[0]["gate"]
+    assert gate["status"] == "regression" and gate["ratio_low"] > 1.1
+    # Another thread count than the baseline's: still compared (one model each side), with a warning.
+    other = CliRunner().invoke(main, ["bench", str(paths["onnx"]), *QUICK, "--no-cold-start", "-t", "2",
+                                      "--baseline", str(base), "--max-regression", "500%"])
+    assert other.exit_code == 0 and "threads differs: baseline 1, here 2" in other.output
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json", "is not a JSON file"),
+    ('{"rows": []}', "is not an edgetl latency baseline"),
+    ('{"schema": "edgetl-latency-baseline", "schema_version": 99, "rows": []}', "schema_version 99"),
+    ('{"schema": "edgetl-latency-baseline", "schema_version": 1, "rows": [{"name": "m"}]}', "rows[0].trial_p50_ms"),
+])
+def test_bad_baselines_exit_2_before_measuring(models, tmp_path, content, message):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    result = CliRunner().invoke(main, ["bench", str(models[1]["onnx"]), "--baseline", str(bad)])
+    assert result.exit_code == 2 and message in result.output and str(bad) in result.output
+    with pytest.raises(BaselineError):
+        load_baseline(bad)
+
+
+def test_a_baseline_that_matches_nothing_is_a_usage_error(models, tmp_path):
+    _, paths = models
+    base = tmp_path / "base.json"
+    assert CliRunner().invoke(main, ["bench", str(paths["onnx"]), str(paths["tflite"]), *QUICK, "--no-cold-start",
+                                     "--save-baseline", str(base)]).exit_code == 0
+    result = CliRunner().invoke(main, ["bench", str(paths["openvino"]), *QUICK, "--no-cold-start", "--baseline",
+                                       str(base)])
+    assert result.exit_code == 2 and "matches a row of the baseline" in result.output
+
+
+def test_bad_files_and_options_are_clear_errors(tmp_path, models):
+    garbage = tmp_path / "broken.onnx"
+    garbage.write_bytes(b"not a model")
+    for args, code, message in [
+        ([str(garbage)], 2, "could not be loaded by onnxruntime"),
+        ([str(tmp_path / "missing.tflite")], 2, "does not exist"),
+        ([str(tmp_path / "notes.txt")], 2, "unknown model file type"),
+        ([str(models[1]["onnx"]), "--threads", "0"], 2, "thread counts must be positive"),
+        ([str(models[1]["onnx"]), "--max-regression", "ten"], 2, "is not a percentage"),
+        ([str(models[1]["onnx"]), "--warmup", "soon"], 2, "give a count or 'auto'"),
+    ]:
+        result = CliRunner().invoke(main, ["bench", *args])
+        assert result.exit_code == code and message in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_a_missing_runtime_names_the_package_to_install(models):
+    script = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class NoOrt(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "onnxruntime":
+                    raise ImportError("blocked")
+        sys.meta_path.insert(0, NoOrt())
+        from edgetl.cli import main
+        sys.argv = ["edgetl", "bench", {str(models[1]["onnx"])!r}, "--no-cold-start", "--time", "0.1"]
+        main()
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "missing runtime" in result.stderr and "pip install onnxruntime" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_latency_assertions_for_user_test_suites(models, tmp_path, edgetl_bench):
+    _, paths = models
+    row = edgetl_bench(paths["onnx"], time_s=0.2, repeats=3)  # the pytest plugin's fixture
+    assert row["format"] == "onnx" and row["p50_ms"] > 0
+    assert assert_latency(paths["onnx"], p90_ms=1000, time_s=0.2, repeats=3)["p90_ms"] < 1000
+    with pytest.raises(AssertionError, match="over its latency budget: p50_ms"):
+        assert_latency(paths["onnx"], p50_ms=0.000001, time_s=0.2, repeats=3)
+    with pytest.raises(TypeError):
+        assert_latency(paths["onnx"], p51_ms=3)
+    base = tmp_path / "base.json"
+    CliRunner().invoke(main, ["bench", str(paths["onnx"]), *QUICK, "--no-cold-start", "--save-baseline", str(base)])
+    assert assert_no_regression(paths["onnx"], base, max_regression=2.0, time_s=0.3, repeats=3)["gate"]["status"]
+    data = json.loads(base.read_text())
+    data["rows"][0]["trial_p50_ms"] = [t / 3 for t in data["rows"][0]["trial_p50_ms"]]
+    base.write_text(json.dumps(data))
+    with pytest.raises(AssertionError, match="is slower than"):
+        assert_no_regression(paths["onnx"], base, time_s=0.3, repeats=3)

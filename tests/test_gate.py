@@ -1,0 +1,70 @@
+"""The regression gate's decisions on synthetic latency distributions, and its statistics on known samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgetl.bench.gate import bootstrap_ratio, decide, mann_whitney_greater
+
+
+def trials(rng, median: float, spread: float, repeats: int = 5) -> np.ndarray:
+    """Trial medians as the bench makes them: a median of 200 noisy calls per repeat, plus a per-repeat drift."""
+    drift = rng.normal(0, spread, repeats)
+    calls = rng.lognormal(np.log(median), 0.15, (repeats, 200)) * (1 + drift[:, None])
+    return np.median(calls, axis=1)
+
+
+def test_mann_whitney_exact_values():
+    # Complete separation of 5 vs 5: one arrangement of C(10, 5) = 252 is as extreme.
+    assert mann_whitney_greater([6, 7, 8, 9, 10], [1, 2, 3, 4, 5]) == pytest.approx(1 / 252)
+    assert mann_whitney_greater([1, 2, 3, 4, 5], [6, 7, 8, 9, 10]) == pytest.approx(1.0)
+    # scipy.stats.mannwhitneyu([3, 5, 7], [1, 2, 4], alternative="greater", method="exact").pvalue == 0.1
+    assert mann_whitney_greater([3, 5, 7], [1, 2, 4]) == pytest.approx(0.1)
+    # Large samples use the normal approximation: a clear shift is tiny, no shift is about one half.
+    rng = np.random.default_rng(0)
+    assert mann_whitney_greater(rng.normal(1, 1, 300), rng.normal(0, 1, 300)) < 1e-10
+    assert 0.2 < mann_whitney_greater(rng.normal(0, 1, 300), rng.normal(0, 1, 300)) < 0.8
+
+
+def test_bootstrap_bounds_bracket_the_ratio():
+    base, current = np.array([10.0, 10.2, 9.9, 10.1, 10.0]), np.array([13.0, 13.1, 12.9, 13.2, 13.0])
+    low, high = bootstrap_ratio(base, current, 0.95)
+    assert 1.26 < low <= 1.3 <= high < 1.34
+
+
+def test_a_real_slowdown_of_1_25_is_caught_every_time():
+    rng = np.random.default_rng(1)
+    decisions = [decide(trials(rng, 5.0, 0.02), trials(rng, 6.25, 0.02), 0.10) for _ in range(50)]
+    assert all(d.status == "regression" for d in decisions), [d.as_dict() for d in decisions if d.status != "regression"]
+    assert all(1.18 < d.ratio < 1.32 for d in decisions)
+
+
+def test_a_1_3_slowdown_is_caught_and_the_same_model_never_fails():
+    rng = np.random.default_rng(2)
+    slow = [decide(trials(rng, 4.0, 0.03), trials(rng, 5.2, 0.03), 0.10).status for _ in range(20)]
+    same = [decide(trials(rng, 4.0, 0.03), trials(rng, 4.0, 0.03), 0.10).status for _ in range(200)]
+    assert slow == ["regression"] * 20
+    assert "regression" not in same and same.count("ok") >= 190
+
+
+def test_noise_alone_cannot_fail_the_gate():
+    # Per-repeat drift of 15 %: the same model can look 20 % slower, but the bound stays wide, so no failure.
+    rng = np.random.default_rng(3)
+    statuses = [decide(trials(rng, 4.0, 0.15), trials(rng, 4.0, 0.15), 0.10).status for _ in range(200)]
+    assert "regression" not in statuses
+    assert "inconclusive" in statuses  # and the gate says so instead of calling it fine
+
+
+def test_small_slowdowns_within_tolerance_pass_and_speedups_are_reported():
+    rng = np.random.default_rng(4)
+    assert decide(trials(rng, 4.0, 0.01), trials(rng, 4.2, 0.01), 0.10).status == "ok"  # +5 % < 10 %
+    faster = decide(trials(rng, 4.0, 0.01), trials(rng, 3.0, 0.01), 0.10)
+    assert faster.status == "faster" and faster.high < 0.9
+
+
+def test_the_gate_refuses_empty_or_non_positive_trials():
+    with pytest.raises(ValueError):
+        decide([], [1.0], 0.1)
+    with pytest.raises(ValueError):
+        decide([1.0, 0.0], [1.0], 0.1)
