@@ -58,10 +58,21 @@ def test_runtime_side_runs_with_torch_unimportable(tmp_path):
             logits = runner_logits(runner, inputs)
             stats = measure_latency(runner, inputs[:1], LatencyPlan(warmup=1, min_runs=3, min_time_s=0))
             results.append([runner.format, list(logits.shape), stats["runs"]])
+        from edgetl.bench.measure import BenchOptions, benchmark, find_models
+        from edgetl.bench.baseline import compare, save_baseline
+        from edgetl.testing import assert_latency
+        rows = benchmark(find_models({[str(p) for p in paths]!r}),
+                         BenchOptions(threads=(1, 2), time_s=0.1, repeats=3, warmup="auto"))
+        save_baseline({str(tmp_path / "base.json")!r}, rows)
+        gate = [c.status for c in compare(json.load(open({str(tmp_path / "base.json")!r})), rows, 10.0)]
+        assert_latency({str(paths[0])!r}, p50_ms=1000, time_s=0.1, repeats=3)
+        results += [[r["format"], r["threads"], r["cold_start_ms"] > 0] for r in rows] + [gate]
         print(json.dumps({{"results": results,
                           "torch_loaded": any(m.split(".")[0] == "torch" for m in sys.modules)}}))
     """)
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out == {"results": [[fmt, [4, 2], 3] for fmt in ("onnx", "openvino", "tflite")], "torch_loaded": False}
+    formats = ("onnx", "openvino", "tflite")
+    assert out == {"results": [[fmt, [4, 2], 3] for fmt in formats] + [[f, t, True] for t in (1, 2) for f in formats]
+                   + [["ok"] * 6], "torch_loaded": False}
