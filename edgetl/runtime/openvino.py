@@ -12,37 +12,55 @@ from edgetl.runtime import require_runtime
 
 
 class OpenVinoRunner:
-    """A model compiled for the CPU with a fixed thread count, one stream, latency hint, and fp32 inference."""
+    """A model compiled for the CPU with a fixed thread count, one stream, latency hint, and fp32 inference.
+
+    A model whose batch dimension is dynamic is compiled with a static shape per batch size it is given (batch 1
+    at load): the CPU plugin runs static shapes faster, and a deployed model and `benchmark_app -shape` use them.
+    """
 
     format = "openvino"
 
     def __init__(self, path: Path, threads: int = 1) -> None:
         ov = require_runtime(FORMATS["openvino"])
-        core = ov.Core()
+        self.core = ov.Core()
         # One stream and an explicit thread count make a synchronous call comparable to the other runtimes;
         # an f32 precision hint keeps CPUs with bf16 support from silently running in bf16.
-        config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_PRECISION_HINT": "f32"}
+        self.config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+                       "INFERENCE_PRECISION_HINT": "f32"}
+        self.path, self.threads = path, threads
         try:
-            self.compiled = core.compile_model(str(path), "CPU", config)
+            self.model = self.core.read_model(str(path))
+            shape = self.model.inputs[0].get_partial_shape()
+            self.input_shape = tuple(d.get_length() if d.is_static else None for d in shape)
+            self._requests: dict[int, object] = {}
+            self._batch = self.input_shape[0] if isinstance(self.input_shape[0], int) else 1
+            self.request = self._request(self._batch)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own for bad files
             first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise ModelFileError(f"{path} could not be loaded by OpenVINO: {first_line}.") from None
-        self.request = self.compiled.create_infer_request()
-        self.path, self.threads = path, threads
-        shape = self.compiled.inputs[0].get_partial_shape()
-        self.input_shape = tuple(d.get_length() if d.is_static else None for d in shape)
+
+    def _request(self, batch: int):
+        """The infer request of the model compiled for `batch` (compiled on first use)."""
+        if batch not in self._requests:
+            if self.input_shape[0] is None:
+                shape = self.model.inputs[0].get_partial_shape()
+                shape[0] = batch
+                self.model.reshape({self.model.inputs[0]: shape})
+            self._requests[batch] = self.core.compile_model(self.model, "CPU", self.config).create_infer_request()
+        return self._requests[batch]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits for a float32 batch (a synchronous infer request)."""
-        self.request.infer({0: batch})
-        return self.request.get_output_tensor(0).data.copy()
+        request = self._request(len(batch))
+        request.infer({0: batch})
+        return request.get_output_tensor(0).data.copy()
 
     def prepare(self, batch: np.ndarray):
         """The bare synchronous call (`infer()`) with `batch` bound as the input tensor, for timing."""
         ov = require_runtime(FORMATS["openvino"])
-        self.request.set_input_tensor(ov.Tensor(np.ascontiguousarray(batch)))
-        return self.request.infer
+        request = self._request(len(batch))
+        request.set_input_tensor(ov.Tensor(np.ascontiguousarray(batch)))
+        return request.infer
 
 
 def load(path: Path, threads: int = 1) -> OpenVinoRunner:
