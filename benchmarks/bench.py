@@ -4,8 +4,8 @@ spread, and the gate's false alarms and misses — every invocation a fresh `edg
     python benchmarks/bench.py [--out benchmarks/results/bench.json] [--comparisons 20] [--workdir DIR]
 
 Models: MobileNetV2 (2 classes; ImageNet weights from $TORCH_HOME when present, else random — latency does not
-depend on the values) exported by edgetl to ONNX fp32 at 224×224 and 196×196 (1.31× fewer MACs, about 1.25× less time), OpenVINO IR fp32
-and TFLite fp32 at 224×224.
+depend on the values) exported by edgetl to ONNX fp32 at 224×224 and 196×196 (1.31× fewer MACs, about 1.25× less
+time), OpenVINO IR fp32 and TFLite fp32 at 224×224.
 
 1. Fidelity: OpenVINO's `benchmark_app` (sync API, 1 stream, same threads, f32, `-hint none`) and a bare
    onnxruntime loop in a fresh process, alternating with `edgetl bench` on the same file, 3 rounds each; the ratio
@@ -13,6 +13,8 @@ and TFLite fp32 at 224×224.
 2. Spread: 5 separate `edgetl bench` runs of each model (default settings); coefficient of variation of the p50.
 3. The gate at 10 %: N comparisons of a model against its own saved baseline (false alarms), and N comparisons
    with a real slowdown: the 224 px model against the 196 px model's baseline, and 1 thread against 2 threads.
+   Each in both of the gate's modes: "saved" (only the baseline file's trials: the baseline's model file is
+   gone) and "interleaved" (the baseline's model file is still there, so it is re-measured in the same rounds).
 """
 
 from __future__ import annotations
@@ -151,17 +153,26 @@ def gate(paths: dict[str, Path], comparisons: int, folder: Path) -> list[dict]:
         ("1 thread vs 2-thread baseline, openvino", paths["openvino"], 2, paths["openvino"], 1, True),
     ]
     rows = []
-    for what, base_model, base_threads, model, threads, slower in cases:
+    for (what, base_model, base_threads, model, threads, slower), mode in [
+            (case, mode) for case in cases for mode in ("saved", "interleaved") if mode == "saved" or case[2] == case[4]]:
         baseline = folder / f"baseline-{len(rows)}.json"
         edgetl_bench([base_model], base_threads, "--save-baseline", str(baseline), "--no-cold-start")
-        failures, ratios, statuses = 0, [], []
+        if mode == "saved":  # as if the baseline's model file were gone: only its saved trials are compared
+            saved = json.loads(baseline.read_text())
+            for row in saved["rows"]:
+                row.pop("model_sha256")
+            baseline.write_text(json.dumps(saved))
+        failures, ratios, statuses, modes = 0, [], [], set()
         for _ in range(comparisons):
             code, measured, _ = edgetl_bench([model], threads, "--baseline", str(baseline), "--max-regression", "10%",
                                              "--no-cold-start")
             failures += code == 1
             ratios.append(measured[0]["gate"]["ratio"])
             statuses.append(measured[0]["gate"]["status"])
-        rows.append({"case": what, "real_slowdown": slower, "comparisons": comparisons, "failed": failures,
+            modes.add(measured[0]["gate"]["mode"])
+        assert modes == {mode}, (mode, modes)
+        what = f"{what} [{mode}]"
+        rows.append({"case": what, "mode": mode, "real_slowdown": slower, "comparisons": comparisons, "failed": failures,
                      "ratio_median": round(statistics.median(ratios), 4), "ratio_min": min(ratios),
                      "ratio_max": max(ratios), "statuses": {s: statuses.count(s) for s in sorted(set(statuses))}})
         print(f"  {what}: {failures}/{comparisons} failed, ratio {min(ratios):.3f}–{max(ratios):.3f}, "

@@ -118,8 +118,9 @@ def _threads(values: tuple[str, ...]) -> tuple[int, ...]:
               help="Write the table as Markdown.")
 @click.option("--save-baseline", type=click.Path(path_type=Path, dir_okay=False),
               help="Save these results as a latency baseline file.")
-@click.option("--baseline", type=click.Path(path_type=Path, dir_okay=False),
-              help="Compare against a baseline file; exit 1 on a significant regression.")
+@click.option("--baseline", type=click.Path(path_type=Path),
+              help="Compare against a baseline: a --save-baseline .json file, or the old model file(s) / run directory "
+                   "(measured now, in the same rounds); exit 1 on a significant regression.")
 @click.option("--max-regression", default="10%", show_default=True,
               help="Slowdown the gate tolerates (10% or 0.1).")
 @click.option("--confidence", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True,
@@ -135,7 +136,7 @@ def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup
     \b
     Exit codes: 0 ok (or no significant regression), 1 regression against --baseline, 2 bad usage or baseline.
     """
-    from edgetl.bench.baseline import compare, environment_warnings, load_baseline
+    from edgetl.bench.baseline import bench_against, environment_warnings, is_baseline_file, load_baseline
     from edgetl.bench.baseline import save_baseline as save
     from edgetl.bench.measure import BenchOptions, benchmark, find_models
     from edgetl.bench.output import print_table, write_outputs
@@ -144,16 +145,21 @@ def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup
     if warmup != "auto" and not warmup.isdigit():
         raise click.BadParameter(f"{warmup!r}: give a count or 'auto'", param_hint="--warmup")
     tolerance = _percent(max_regression)
-    reference = load_baseline(baseline) if baseline else None  # a bad baseline fails before minutes of measuring
+    reference = None
+    if baseline:  # a bad baseline fails before minutes of measuring
+        reference = load_baseline(baseline) if is_baseline_file(baseline) else find_models([baseline])
     if reference is not None and repeats < 3:
         raise click.BadParameter("the regression gate needs at least 3 repeats", param_hint="--repeats")
     options = BenchOptions(threads=_threads(threads), batch=batch, warmup="auto" if warmup == "auto" else int(warmup),
                            runs=runs, time_s=time_s, repeats=repeats, images=images, cold_start=not no_cold_start)
     reporter = Reporter(enabled=not quiet)
-    rows = benchmark(find_models(list(models)), options, reporter)
     comparisons = []
-    if reference is not None:
-        comparisons = compare(reference, rows, tolerance, confidence)
+    if reference is None:
+        rows = benchmark(find_models(list(models)), options, reporter)
+    else:
+        gated = bench_against(find_models(list(models)), reference if isinstance(reference, dict) else baseline,
+                              options, tolerance, confidence, reporter)
+        rows, comparisons, reference = gated.rows, gated.comparisons, gated.baseline
         for comparison in comparisons:
             comparison.row["gate"] = comparison.as_dict()
     print_table(rows, _stdout_console())
@@ -178,7 +184,9 @@ def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup
         before, after = (statistics.median(r["trial_p50_ms"]) for r in (comparison.baseline_row, comparison.row))
         click.echo(f"{label}: {decision.status.upper()} median of repeats {before:.3f} → {after:.3f} ms, "
                    f"×{decision.ratio:.3f} (×{decision.low:.3f}–×{decision.high:.3f} "
-                   f"at {confidence:.0%}, p={decision.p_value:.3f}); tolerance +{tolerance:.0%}")
+                   f"at {confidence:.0%}, p={decision.p_value:.3f}); tolerance +{tolerance:.0%}; "
+                   + ("baseline model re-measured in the same rounds" if comparison.mode == "interleaved"
+                      else "against the baseline's saved trials"))
     if regressions:
         click.echo(f"edgetl: {regressions} latency regression(s) beyond +{tolerance:.0%} against {baseline}", err=True)
         sys.exit(1)

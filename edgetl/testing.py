@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgetl.bench.baseline import compare, load_baseline
+from edgetl.bench.baseline import bench_against, is_baseline_file, load_baseline
 from edgetl.bench.measure import BenchOptions, benchmark, find_models
 
 STAT_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "peak_rss_mb", "cold_start_ms")
@@ -48,13 +48,18 @@ def assert_latency(model: str | Path, *, threads: int = 1, batch: int = 1, time_
 
 def assert_no_regression(model: str | Path, baseline: str | Path, *, max_regression: float = 0.10,
                          confidence: float = 0.95, time_s: float = 2.0, repeats: int = 5) -> dict:
-    """Fail when `model` is significantly slower than the matching row of `baseline` (an `edgetl bench
-    --save-baseline` file) by more than `max_regression`; measured at the baseline row's threads and batch."""
-    reference = load_baseline(Path(baseline))
-    rows, name = reference["rows"], find_models([model])[0].name
-    wanted = next((r for r in rows if r["name"] == name), rows[0])
-    row = measure(model, int(wanted["threads"]), int(wanted["batch"]), time_s, repeats)
-    comparison = compare(reference, [row], max_regression, confidence)[0]
+    """Fail when `model` is significantly slower than the matching row of `baseline` by more than
+    `max_regression`. `baseline` is an `edgetl bench --save-baseline` file (measured at its row's threads and
+    batch; its model file is re-measured beside `model` when still there) or the old model file itself."""
+    target = find_models([model])
+    if is_baseline_file(Path(baseline)):
+        reference = load_baseline(Path(baseline))
+        wanted = next((r for r in reference["rows"] if r["name"] == target[0].name), reference["rows"][0])
+        threads, batch = int(wanted["threads"]), int(wanted["batch"])
+    else:
+        reference, threads, batch = Path(baseline), 1, 1
+    run = bench_against(target, reference, _options(threads, batch, time_s, repeats, False), max_regression, confidence)
+    row, comparison = run.rows[0], run.comparisons[0]
     decision = comparison.decision
     assert decision is not None and decision.status != "regression", (
         f"{model} is slower than {baseline}: p50 {comparison.baseline_row['p50_ms']:.3f} → {row['p50_ms']:.3f} ms "

@@ -113,8 +113,10 @@ def test_baseline_round_trip_and_gate_exit_codes(models, tmp_path):
                                      "--max-regression", "200%"])
     assert same.exit_code == 0, same.output
     assert "onnx_fp32 @ 1 thread(s), batch 1:" in same.output
-    # A baseline three times faster than anything this model can do: a regression, exit 1.
+    # A baseline three times faster than anything this model can do (and whose model file is "gone", so only its
+    # saved trials count): a regression, exit 1.
     data["rows"][0]["trial_p50_ms"] = [t / 3 for t in data["rows"][0]["trial_p50_ms"]]
+    data["rows"][0].pop("model_sha256")
     data["rows"][0]["p50_ms"] /= 3
     fast = tmp_path / "fast.json"
     fast.write_text(json.dumps(data))
@@ -123,7 +125,7 @@ def test_baseline_round_trip_and_gate_exit_codes(models, tmp_path):
     assert slow.exit_code == 1, slow.output
     assert "REGRESSION" in slow.output and "latency regression" in slow.output
     gate = json.loads((tmp_path / "gate.json").read_text())[0]["gate"]
-    assert gate["status"] == "regression" and gate["ratio_low"] > 1.1
+    assert gate["status"] == "regression" and gate["ratio_low"] > 1.1 and gate["mode"] == "saved"
     # Another thread count than the baseline's: still compared (one model each side), with a warning.
     other = CliRunner().invoke(main, ["bench", str(paths["onnx"]), *QUICK, "--no-cold-start", "-t", "2",
                                       "--baseline", str(base), "--max-regression", "500%"])
@@ -203,6 +205,40 @@ def test_latency_assertions_for_user_test_suites(models, tmp_path, edgetl_bench)
     assert assert_no_regression(paths["onnx"], base, max_regression=2.0, time_s=0.3, repeats=3)["gate"]["status"]
     data = json.loads(base.read_text())
     data["rows"][0]["trial_p50_ms"] = [t / 3 for t in data["rows"][0]["trial_p50_ms"]]
+    data["rows"][0].pop("model_sha256")  # its model file "gone": the saved trials are what it is held against
     base.write_text(json.dumps(data))
     with pytest.raises(AssertionError, match="is slower than"):
         assert_no_regression(paths["onnx"], base, time_s=0.3, repeats=3)
+
+
+def test_the_baseline_model_is_re_measured_in_the_same_rounds_when_it_is_still_there(models, tmp_path):
+    _, paths = models
+    base = tmp_path / "base.json"
+    assert CliRunner().invoke(main, ["bench", str(paths["onnx"]), *QUICK, "--no-cold-start", "--save-baseline",
+                                     str(base)]).exit_code == 0
+    assert json.loads(base.read_text())["rows"][0]["model_sha256"]
+    # Its saved trials say it was 3× faster, but its file is here and unchanged: the gate measures it again beside
+    # the new model and compares those trials, so the stale numbers cannot fail it.
+    data = json.loads(base.read_text())
+    data["rows"][0]["trial_p50_ms"] = [t / 3 for t in data["rows"][0]["trial_p50_ms"]]
+    base.write_text(json.dumps(data))
+    out = tmp_path / "rows.json"
+    result = CliRunner().invoke(main, ["bench", str(paths["onnx"]), *QUICK, "--no-cold-start", "--baseline", str(base),
+                                       "--max-regression", "200%", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())
+    assert len(rows) == 1 and rows[0]["gate"]["mode"] == "interleaved" and rows[0]["gate"]["status"] != "regression"
+    assert "re-measured in the same rounds" in result.output
+    # An old model file as the baseline works the same way, with no baseline file at all.
+    direct = CliRunner().invoke(main, ["bench", str(paths["onnx"]), *QUICK, "--no-cold-start", "--baseline",
+                                       str(paths["onnx"]), "--max-regression", "200%", "--json", str(out)])
+    assert direct.exit_code == 0 and json.loads(out.read_text())[0]["gate"]["mode"] == "interleaved"
+    # A changed model file at the baseline's path is not the baseline's model: back to the saved trials.
+    copy = tmp_path / "copy.onnx"
+    copy.write_bytes(paths["onnx"].read_bytes())
+    assert CliRunner().invoke(main, ["bench", str(copy), *QUICK, "--no-cold-start", "--save-baseline",
+                                     str(base)]).exit_code == 0
+    copy.write_bytes(paths["onnx"].read_bytes() + b"\0")
+    changed = CliRunner().invoke(main, ["bench", str(paths["onnx"]), *QUICK, "--no-cold-start", "--baseline",
+                                        str(base), "--max-regression", "200%", "--json", str(out)])
+    assert changed.exit_code == 0 and json.loads(out.read_text())[0]["gate"]["mode"] == "saved"

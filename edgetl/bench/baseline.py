@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgetl import __version__
 from edgetl.bench.environment import machine_info, runtime_versions
 from edgetl.bench.gate import Decision, decide
-from edgetl.errors import BaselineError
+from edgetl.bench.measure import BenchOptions, ModelRef, benchmark, find_models
+from edgetl.errors import BaselineError, EdgetlError
 from edgetl.fsutil import write_json
 
 SCHEMA = "edgetl-latency-baseline"
@@ -60,12 +61,14 @@ def load_baseline(path: Path) -> dict:
 
 @dataclass(frozen=True)
 class Comparison:
-    """One current row held against its baseline row."""
+    """One current row held against its baseline row: `mode` "interleaved" when the baseline's own model file was
+    re-measured in the same rounds (machine drift cancels out), "saved" when only its saved trials were there."""
 
     row: dict
     baseline_row: dict | None
     decision: Decision | None
     warnings: tuple[str, ...] = ()
+    mode: str = "saved"
 
     @property
     def status(self) -> str:
@@ -75,7 +78,7 @@ class Comparison:
         return {"name": self.row["name"], "threads": self.row["threads"], "batch": self.row["batch"],
                 "baseline_p50_ms": self.baseline_row["p50_ms"] if self.baseline_row else None,
                 "p50_ms": self.row["p50_ms"], **(self.decision.as_dict() if self.decision else {"status": self.status}),
-                "warnings": list(self.warnings)}
+                "mode": self.mode, "warnings": list(self.warnings)}
 
 
 def environment_warnings(baseline: dict) -> list[str]:
@@ -104,15 +107,78 @@ def _match(row: dict, rows: list[dict], single: bool) -> tuple[dict | None, list
     return None, []
 
 
-def compare(baseline: dict, rows: list[dict], tolerance: float, confidence: float = 0.95) -> list[Comparison]:
-    """Each row of a new benchmark against the baseline row of the same model name, threads and batch."""
+def live_references(baseline: dict) -> list[ModelRef]:
+    """The baseline's own model files that are still where it says, unchanged (same sha256): `edgetl bench`
+    re-measures them in the same rounds as the new models."""
+    references: dict[Path, ModelRef] = {}
+    for row in baseline["rows"]:
+        path = Path(str(row.get("model", "")))
+        if not row.get("model_sha256") or path in references or not path.is_file():
+            continue
+        try:
+            found = find_models([path])[0]
+        except EdgetlError:
+            continue
+        if found.sha256() == row["model_sha256"]:
+            references[path] = replace(found, name=row["name"], role="baseline")
+    return list(references.values())
+
+
+def baseline_from_rows(rows: list[dict], source: Path) -> dict:
+    """An in-memory baseline made of freshly measured rows of reference models (`--baseline OLD_MODEL`)."""
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "source": str(source), "machine": machine_info(),
+            "runtimes": runtime_versions(), "rows": rows}
+
+
+def compare(baseline: dict, rows: list[dict], tolerance: float, confidence: float = 0.95,
+            live_rows: list[dict] = ()) -> list[Comparison]:
+    """Each row of a new benchmark against the baseline row of the same model name, threads and batch; against
+    the baseline model's re-measured trials (`live_rows`) when it was measured in the same rounds."""
     single = len(baseline["rows"]) == 1 and len(rows) == 1
     comparisons = []
     for row in rows:
         match, notes = _match(row, baseline["rows"], single)
-        decision = decide(match["trial_p50_ms"], row["trial_p50_ms"], tolerance, confidence) if match else None
-        comparisons.append(Comparison(row, match, decision, tuple(notes)))
+        live = next((r for r in live_rows if match and r["model"] == match.get("model")
+                     and (r["threads"], r["batch"]) == (match["threads"], match["batch"])), None)
+        reference = live or match
+        decision = decide(reference["trial_p50_ms"], row["trial_p50_ms"], tolerance, confidence) if match else None
+        comparisons.append(Comparison(row, reference, decision, tuple(notes), "interleaved" if live else "saved"))
     if not any(c.baseline_row for c in comparisons):
         names = sorted({f"{r['name']} ({r['threads']} threads, batch {r['batch']})" for r in baseline["rows"]})
         raise BaselineError(f"no benchmarked model matches a row of the baseline, which has: {', '.join(names)}.")
     return comparisons
+
+
+@dataclass(frozen=True)
+class GateRun:
+    """A benchmark held against a baseline: the new rows, the comparisons, and the baseline used."""
+
+    rows: list[dict]
+    comparisons: list[Comparison]
+    baseline: dict
+
+
+def is_baseline_file(target: Path) -> bool:
+    """A .json baseline file, as opposed to model files or a run directory to use as the baseline."""
+    return Path(target).suffix.lower() == ".json"
+
+
+def bench_against(models: list[ModelRef], baseline: Path | dict, options: BenchOptions, tolerance: float,
+                  confidence: float = 0.95, reporter=None) -> GateRun:
+    """Measure `models` and hold them against `baseline`: a baseline file (its model files, when still there and
+    unchanged, are re-measured in the same rounds) or a loaded baseline dict, or model files / a run directory
+    measured now as the baseline."""
+    from edgetl.progress import SILENT
+
+    reporter = reporter or SILENT
+    if isinstance(baseline, dict) or is_baseline_file(baseline):
+        reference = baseline if isinstance(baseline, dict) else load_baseline(baseline)
+        references = live_references(reference)
+    else:
+        reference, references = None, [replace(m, role="baseline") for m in find_models([baseline])]
+    measured = benchmark(models + references, options, reporter)
+    rows = [r for r in measured if r["role"] == "model"]
+    live = [r for r in measured if r["role"] == "baseline"]
+    if reference is None:
+        reference = baseline_from_rows(live, Path(baseline))
+    return GateRun(rows, compare(reference, rows, tolerance, confidence, live), reference)

@@ -17,12 +17,13 @@ from edgetl.bench.harness import LatencyPlan, time_runs, warm_up
 from edgetl.bench.stats import summarize
 from edgetl.errors import BenchUsageError, ModelFileError
 from edgetl.formats import FORMATS, format_for_file
+from edgetl.fsutil import sha256_json
 from edgetl.progress import SILENT, Reporter
 
-ROW_FIELDS = ("model", "name", "format", "precision", "threads", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
+ROW_FIELDS = ("model", "name", "role", "format", "precision", "threads", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
               "std_ms", "min_ms", "max_ms", "throughput_ips", "cold_start_ms", "load_ms", "first_inference_ms",
               "peak_rss_mb", "size_bytes", "runs", "repeats", "warmup_runs", "input", "runtime", "runtime_version",
-              "trial_p50_ms")
+              "model_sha256", "trial_p50_ms")
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,18 @@ class ModelRef:
     format: str
     precision: str | None = None
     preprocessing: dict | None = None
+    role: str = "model"  # or "baseline": a baseline's own model file, re-measured beside the new ones
 
     @property
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in FORMATS[self.format].files(self.path) if p.is_file())
+
+    def sha256(self) -> str:
+        """One hash over the model file and the files that go with it (OpenVINO's .bin)."""
+        from edgetl.fsutil import sha256_file
+
+        hashes = [sha256_file(p) for p in FORMATS[self.format].files(self.path) if p.is_file()]
+        return hashes[0] if len(hashes) == 1 else sha256_json(hashes)
 
 
 @dataclass(frozen=True)
@@ -181,10 +190,11 @@ def benchmark(models: list[ModelRef], options: BenchOptions, reporter: Reporter 
 
     # Cold starts first, in child processes, before this process starts any runtime's threads.
     probes: dict[tuple[Path, int], dict] = {}
-    if options.cold_start:
-        with reporter.task("cold start (fresh process per model)", len(models) * len(options.threads)) as update:
+    probed = [m for m in models if m.role == "model"]  # a baseline's model, re-measured, needs only its latency
+    if options.cold_start and probed:
+        with reporter.task("cold start (fresh process per model)", len(probed) * len(options.threads)) as update:
             for threads in options.threads:
-                for model in models:
+                for model in probed:
                     probes[(model.path, threads)] = cold_start(model, threads, options.batch)
                     update(1)
     rows: list[dict] = []
@@ -203,7 +213,8 @@ def benchmark(models: list[ModelRef], options: BenchOptions, reporter: Reporter 
         del runners
         for model, model_trials, warmup_runs in zip(models, trials, warmups, strict=True):
             rows.append(_row(model, threads, options, model_trials, warmup_runs, probes.get((model.path, threads))))
-            reporter.info(f"  {model.name} @ {threads} thread(s): p50 {rows[-1]['p50_ms']:.3f} ms, "
+            label = f"baseline {model.name}" if model.role == "baseline" else model.name
+            reporter.info(f"  {label} @ {threads} thread(s): p50 {rows[-1]['p50_ms']:.3f} ms, "
                           f"p90 {rows[-1]['p90_ms']:.3f} ms ({rows[-1]['runs']} runs)")
     return rows
 
@@ -213,8 +224,8 @@ def _row(model: ModelRef, threads: int, options: BenchOptions, trials: list[np.n
     stats = summarize(np.concatenate(trials))
     fmt = FORMATS[model.format]
     probe = probe or {}
-    return {"model": str(model.path), "name": model.name, "format": model.format, "precision": model.precision,
-            "threads": threads, "batch": options.batch,
+    return {"model": str(model.path), "name": model.name, "role": model.role, "format": model.format,
+            "precision": model.precision, "threads": threads, "batch": options.batch,
             **{f"{k}_ms": v for k, v in stats.items()},
             "throughput_ips": round(options.batch * 1000.0 / stats["mean"], 2),
             "cold_start_ms": probe.get("cold_start_ms"), "load_ms": probe.get("load_ms"),
@@ -222,4 +233,4 @@ def _row(model: ModelRef, threads: int, options: BenchOptions, trials: list[np.n
             "size_bytes": model.size_bytes, "runs": int(sum(t.size for t in trials)), "repeats": len(trials),
             "warmup_runs": warmup_runs, "input": "images" if options.images else "random",
             "runtime": fmt.runtime_package, "runtime_version": package_version(fmt.runtime_package),
-            "trial_p50_ms": [round(float(np.median(t)), 4) for t in trials]}
+            "model_sha256": model.sha256(), "trial_p50_ms": [round(float(np.median(t)), 4) for t in trials]}
