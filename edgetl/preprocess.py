@@ -58,7 +58,7 @@ class Preprocessing:
 def preprocess_files(paths: list[str], prep: Preprocessing, out: Path | None = None,
                      progress=None) -> np.ndarray:
     """Load and preprocess images into one N×3×H×W float32 array (memory-mapped at `out` when given)."""
-    from edgetl.data import load_rgb  # local: data imports nothing from here, keeps import order simple
+    from edgetl.images import load_rgb
 
     shape = (len(paths), 3, prep.crop, prep.crop)
     if out is None:

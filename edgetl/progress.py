@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+if TYPE_CHECKING:
+    from rich.console import Console
 
 Update = Callable[..., None]
 
@@ -16,8 +17,18 @@ class Reporter:
 
     def __init__(self, enabled: bool = True, console: Console | None = None) -> None:
         self.enabled = enabled
-        # soft_wrap: long paths stay on one line in CI logs instead of being wrapped at 80 columns.
-        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
+        self._console = console
+
+    @property
+    def console(self) -> Console:
+        """The rich console (stderr); rich is imported only when something is printed, so a silent reporter works
+        on a device that has only numpy, Pillow and a runtime."""
+        if self._console is None:
+            from rich.console import Console
+
+            # soft_wrap: long paths stay on one line in CI logs instead of being wrapped at 80 columns.
+            self._console = Console(stderr=True, highlight=False, soft_wrap=True)
+        return self._console
 
     def info(self, message: str) -> None:
         """One status line."""
@@ -30,6 +41,8 @@ class Reporter:
         if not self.enabled:
             yield lambda advance=1, description=None: None
             return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("eta"), TimeRemainingColumn()]
         with Progress(*columns, console=self.console, transient=False) as bar:

@@ -1,4 +1,5 @@
-"""The deployment side (data, preprocessing, runtimes, evaluation, bench) imports and runs without torch."""
+"""The deployment side (data, preprocessing, runtimes, evaluation, bench, baselines, gate, edgetl.testing) imports
+and runs with numpy, Pillow and the runtimes only: torch, rich, click, yaml and pydantic made unimportable."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ BLOCK_TORCH = textwrap.dedent("""
     import importlib.abc, sys
     class NoTorch(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {"torch", "torchvision", "timm"}:
+            if name.split(".")[0] in {"torch", "torchvision", "timm", "rich", "click", "yaml", "pydantic"}:
                 raise ImportError(f"{name} is blocked in this test")
     sys.meta_path.insert(0, NoTorch())
 """)
