@@ -125,12 +125,21 @@ def _threads(values: tuple[str, ...]) -> tuple[int, ...]:
               help="Slowdown the gate tolerates (10% or 0.1).")
 @click.option("--confidence", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True,
               help="Confidence the gate needs before it calls a slowdown a regression.")
+@click.option("--device", "-d", multiple=True,
+              help="Measure on ssh://[user@]host[:port] instead of here (repeatable; see `edgetl deploy`).")
+@click.option("--devices", "devices_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="A devices.yaml: measure on every device listed, concurrently.")
+@click.option("--install", is_flag=True, help="With --device: pip-install the runtime on the device when missing.")
+@click.option("--python", default="python3", show_default=True, help="With --device: the Python on the device.")
+@click.option("--ssh-config", type=click.Path(path_type=Path, dir_okay=False),
+              help="With --device: an ssh_config file instead of ~/.ssh/config.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress; print only the table and the gate's verdict.")
 @_handle_errors
 def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup: str, runs: int | None,
           time_s: float, repeats: int, images: tuple[Path, ...], no_cold_start: bool, json_path: Path | None,
           csv_path: Path | None, markdown_path: Path | None, save_baseline: Path | None, baseline: Path | None,
-          max_regression: str, confidence: float, quiet: bool) -> None:
+          max_regression: str, confidence: float, device: tuple[str, ...], devices_file: Path | None, install: bool,
+          python: str, ssh_config: Path | None, quiet: bool) -> None:
     """Measure the latency of MODELS (.onnx, .xml, .tflite files or edgetl run directories).
 
     \b
@@ -153,6 +162,13 @@ def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup
     options = BenchOptions(threads=_threads(threads), batch=batch, warmup="auto" if warmup == "auto" else int(warmup),
                            runs=runs, time_s=time_s, repeats=repeats, images=images, cold_start=not no_cold_start)
     reporter = Reporter(enabled=not quiet)
+    if device or devices_file:
+        if baseline or save_baseline:
+            raise click.UsageError("--baseline/--save-baseline are for local measurements; save the device's rows "
+                                   "with --json.")
+        _bench_on_devices(find_models(list(models)), _devices(device, devices_file, python, ssh_config), options,
+                          runs or 50, install, json_path, csv_path, markdown_path)
+        return
     comparisons = []
     if reference is None:
         rows = benchmark(find_models(list(models)), options, reporter)
@@ -192,11 +208,102 @@ def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup
         sys.exit(1)
 
 
+def _bench_on_devices(models, devices, options, runs: int, install: bool, json_path, csv_path, markdown_path) -> None:
+    from edgetl.bench.output import print_table, write_outputs
+    from edgetl.bench.remote import bench_on_devices
+
+    warmup = 5 if options.warmup == "auto" else int(options.warmup)
+    answers = bench_on_devices(models, devices, options.threads, options.batch, runs, warmup, install)
+    rows = [row for answer in answers if not answer["error"] for row in answer["rows"]]
+    if rows:
+        print_table(rows, _stdout_console(), title="edgetl bench (on devices)")
+    write_outputs(rows, json_path, csv_path, markdown_path)
+    failed = [answer for answer in answers if answer["error"]]
+    for answer in failed:
+        click.echo(f"{answer['device']}: device error: {answer['error']}", err=True)
+    if failed:
+        sys.exit(1)
+
+
 def _stdout_console():
     from rich.console import Console
 
     # A pipe or CI log has no width: rich would squeeze the 16 columns into 80 characters.
     return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--format", "fmt", default="tflite", show_default=True, help="Artifact format (onnx, openvino, tflite).")
+@click.option("--precision", default="int8", show_default=True, help="Artifact precision (fp32, fp16, int8).")
+@click.option("--out", "-o", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Bundle folder to write (replaced).")
+@click.option("--zip", "zip_file", is_flag=True, help="Also write OUT.zip.")
+@_handle_errors
+def bundle(run_dir: Path, fmt: str, precision: str, out: Path, zip_file: bool) -> None:
+    """Write a deploy bundle of one artifact of RUN_DIR: the model, model.json, a torch-free runner
+    (`python -m edgetl_runner predict|bench|info`) and the device's requirements.txt."""
+    from edgetl.bundle import make_bundle
+
+    made = make_bundle(run_dir, fmt, precision, out, zip_file)
+    click.echo(f"bundle of {made.artifact}: {made.folder}" + (f" and {made.zip_file}" if made.zip_file else ""))
+    click.echo("on the device: pip install -r requirements.txt && python -m edgetl_runner predict IMAGE")
+
+
+def _devices(device: tuple[str, ...], devices_file: Path | None, python: str, ssh_config: Path | None):
+    from edgetl.bench.remote import Device, load_devices
+
+    found = [Device.parse(url, python, ssh_config) for url in device]
+    if devices_file:
+        found += load_devices(devices_file, ssh_config)
+    return found
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--device", "-d", multiple=True, help="ssh://[user@]host[:port] (repeatable).")
+@click.option("--devices", "devices_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="A devices.yaml listing several devices (run concurrently).")
+@click.option("--format", "fmt", default="tflite", show_default=True)
+@click.option("--precision", default="int8", show_default=True)
+@click.option("--dest", help="Folder on the device to deploy into and keep (default: a temp folder, removed).")
+@click.option("--images", multiple=True, type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Images to classify on the device.")
+@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True, help="Timed runs on the device.")
+@click.option("--threads", "-t", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--install", is_flag=True, help="pip-install the bundle's requirements on the device when missing.")
+@click.option("--python", default="python3", show_default=True, help="The Python to use on the device.")
+@click.option("--ssh-config", type=click.Path(path_type=Path, dir_okay=False), help="An ssh_config file to use.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write results as JSON.")
+@_handle_errors
+def deploy(run_dir: Path, device: tuple[str, ...], devices_file: Path | None, fmt: str, precision: str,
+           dest: str | None, images: tuple[Path, ...], runs: int, threads: int, install: bool, python: str,
+           ssh_config: Path | None, json_path: Path | None) -> None:
+    """Bundle one artifact of RUN_DIR, copy it to the device(s) over SSH, classify --images there and benchmark it;
+    prints what each device answered (exit 1 when a device failed; the others' results are kept)."""
+    from edgetl.bench.remote import deploy_to_devices
+    from edgetl.fsutil import write_json
+
+    targets = _devices(device, devices_file, python, ssh_config)
+    if not targets:
+        raise click.UsageError("give --device ssh://... or --devices devices.yaml")
+    results = deploy_to_devices(run_dir, targets, fmt, precision, dest, list(images), runs, threads, install)
+    failed = 0
+    for result in results:
+        if result["error"]:
+            failed += 1
+            click.echo(f"{result['device']}: device error: {result['error']}", err=True)
+            continue
+        info = result["bench"]["device"]
+        click.echo(f"{result['device']}: {info['machine']} {info['cpu']} ({info['cores']} cores), "
+                   f"p50 {result['bench']['p50_ms']:.3f} ms over {result['bench']['runs']} runs")
+        for prediction in result["predictions"]:
+            top = prediction["top"][0]
+            click.echo(f"  {Path(prediction['image']).name}: {top['label']} {top['probability']:.3f}")
+    if json_path:
+        write_json(json_path, results)
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -86,3 +86,10 @@ class BaselineError(EdgetlError):
 
     exit_code = 2
     kind = "baseline error"
+
+
+class BundleError(EdgetlError):
+    """A deploy bundle cannot be made: no such artifact in the run directory, or its files are missing."""
+
+    exit_code = 2
+    kind = "bundle error"

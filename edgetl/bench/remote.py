@@ -1,0 +1,229 @@
+"""Devices over SSH: copy a bundle to a temp (or named) folder on the device, check or install its runtime, run the
+bundle's torch-free runner there, bring back its JSON, clean up. Uses the system `ssh` client, so the user's
+~/.ssh/config, keys and agent apply; host keys are checked (BatchMode: an unknown host is an error, never a
+silent accept); every remote argument is quoted with shlex.quote."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shlex
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from edgetl.errors import DeviceError
+
+CONNECT_TIMEOUT_S = 10
+
+
+@dataclass(frozen=True)
+class Device:
+    """An ssh://[user@]host[:port] device, with the Python to run there."""
+
+    url: str
+    host: str
+    user: str | None = None
+    port: int | None = None
+    python: str = "python3"
+    ssh_config: Path | None = None  # an ssh_config file instead of ~/.ssh/config (tests, CI)
+    name: str | None = None
+
+    @classmethod
+    def parse(cls, url: str, python: str = "python3", ssh_config: Path | None = None, name: str | None = None) -> Device:
+        parts = urlsplit(url)
+        if parts.scheme != "ssh" or not parts.hostname or parts.path not in ("", "/") or parts.query:
+            raise DeviceError(f"device '{url}': expected ssh://[user@]host[:port].")
+        try:
+            port = parts.port
+        except ValueError:
+            raise DeviceError(f"device '{url}': the port is not a number.") from None
+        return cls(url, parts.hostname, parts.username, port, python, ssh_config, name or url)
+
+    def ssh_args(self) -> list[str]:
+        args = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}",
+                "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
+        if self.ssh_config:
+            args += ["-F", str(self.ssh_config)]
+        if self.port:
+            args += ["-p", str(self.port)]
+        return [*args, f"{self.user}@{self.host}" if self.user else self.host, "--"]
+
+    def run(self, argv: list[str], stdin: bytes | None = None, timeout: float = 600, cwd: str | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+        """Run `argv` on the device (each argument quoted for the remote shell)."""
+        command = " ".join(shlex.quote(a) for a in argv)
+        if cwd:
+            command = f"cd {shlex.quote(cwd)} && {command}"
+        try:
+            result = subprocess.run([*self.ssh_args(), command], input=stdin, capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise DeviceError(f"{self.name}: `{argv[0]}` did not finish within {timeout:.0f} s.") from None
+        except FileNotFoundError:
+            raise DeviceError("the `ssh` client is not installed here (apt install openssh-client).") from None
+        if result.returncode == 255:  # ssh's own failures: unreachable, refused, auth, host key
+            raise DeviceError(f"{self.name}: ssh failed: {_last_line(result.stderr)}")
+        if check and result.returncode != 0:
+            raise DeviceError(f"{self.name}: `{' '.join(argv[:4])}` failed (exit {result.returncode}): "
+                              f"{_last_line(result.stderr) or _last_line(result.stdout)}")
+        return result
+
+
+def _last_line(data: bytes) -> str:
+    lines = [line for line in data.decode("utf-8", "replace").strip().splitlines() if line.strip()]
+    return lines[-1][:400] if lines else ""
+
+
+def upload(device: Device, folder: Path, remote_dir: str) -> None:
+    """Copy `folder`'s contents into `remote_dir` (created) as one tar stream over ssh."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(folder.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
+    device.run(["mkdir", "-p", remote_dir])
+    device.run(["tar", "-xzf", "-", "-C", remote_dir], stdin=buffer.getvalue())
+
+
+def _check_runtime(device: Device, remote_dir: str, fmt: str, install: bool) -> dict:
+    """The device's Python, machine and runtime; installs the bundle's requirements when asked and missing."""
+    from edgetl.formats import FORMATS
+
+    probe = ("import json, platform, sys, importlib\n"
+             "found = None\n"
+             f"for name in {list(FORMATS[fmt].runtime_imports)!r}:\n"
+             "    try:\n"
+             "        importlib.import_module(name); found = name; break\n"
+             "    except Exception as exc:\n"
+             "        pass\n"
+             "print(json.dumps({'python': platform.python_version(), 'machine': platform.machine(), 'runtime': found}))")
+    info = json.loads(device.run([device.python, "-c", probe], timeout=120).stdout.decode().strip().splitlines()[-1])
+    if info["runtime"] is None and install:
+        device.run([device.python, "-m", "pip", "install", "--quiet", "-r", "requirements.txt"], cwd=remote_dir,
+                   timeout=1800)
+        info = json.loads(device.run([device.python, "-c", probe], timeout=120).stdout.decode().strip().splitlines()[-1])
+    if info["runtime"] is None:
+        raise DeviceError(f"{device.name}: the {fmt} runtime ({FORMATS[fmt].runtime_package}) is not installed for "
+                          f"{device.python} on the device (Python {info['python']}, {info['machine']}). Install it "
+                          f"there with `{device.python} -m pip install {FORMATS[fmt].runtime_package}`, or pass "
+                          "--install to let edgetl install the bundle's requirements.txt.")
+    return info
+
+
+def run_bundle(device: Device, bundle: Path, fmt: str, commands: list[list[str]], remote_dir: str | None = None,
+               install: bool = False, extra_files: dict[str, Path] | None = None) -> list:
+    """Upload `bundle` (and `extra_files`, remote name → local path) to the device, check its runtime, run each
+    `python -m edgetl_runner COMMAND...` there and return their JSON outputs. A temp folder is removed afterwards;
+    a named `remote_dir` is kept (deploy)."""
+    temporary = remote_dir is None
+    if temporary:
+        remote_dir = device.run(["mktemp", "-d", "/tmp/edgetl.XXXXXXXX"], timeout=60).stdout.decode().strip()
+    try:
+        upload(device, bundle, remote_dir)
+        for name, local in (extra_files or {}).items():
+            device.run(["sh", "-c", 'cat > "$1"', "sh", f"{remote_dir}/{name}"], stdin=Path(local).read_bytes())
+        _check_runtime(device, remote_dir, fmt, install)
+        outputs = []
+        for command in commands:
+            result = device.run([device.python, "-m", "edgetl_runner", *command], cwd=remote_dir, timeout=1800)
+            try:
+                outputs.append(json.loads(result.stdout.decode().strip().splitlines()[-1]))
+            except (IndexError, ValueError):
+                raise DeviceError(f"{device.name}: `edgetl_runner {command[0]}` printed no JSON: "
+                                  f"{_last_line(result.stderr)}") from None
+        return outputs
+    finally:
+        if temporary:
+            with contextlib.suppress(DeviceError):
+                device.run(["rm", "-rf", remote_dir], timeout=60, check=False)
+
+
+def load_devices(path: Path, ssh_config: Path | None = None) -> list[Device]:
+    """Devices from a devices.yaml: `devices: [{name: pi4, url: ssh://pi@pi4.local, python: python3}, ...]`."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise DeviceError(f"{path}: cannot read the devices file ({exc}).") from None
+    entries = data.get("devices") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise DeviceError(f"{path}: expected `devices:` with a list of {{name, url}} entries.")
+    devices = []
+    for number, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+            raise DeviceError(f"{path}: devices[{number}].url must be an ssh://[user@]host[:port] string.")
+        unknown = set(entry) - {"name", "url", "python", "ssh_config"}
+        if unknown:
+            raise DeviceError(f"{path}: devices[{number}] has unknown keys {sorted(unknown)} "
+                              "(valid: name, url, python, ssh_config).")
+        config = Path(entry["ssh_config"]) if entry.get("ssh_config") else ssh_config
+        devices.append(Device.parse(entry["url"], entry.get("python", "python3"), config, entry.get("name")))
+    return devices
+
+
+def for_each_device(devices: list[Device], work) -> list[dict]:
+    """`work(device)` on every device concurrently; a device's DeviceError is its result's `error`, the others' results
+    are kept."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def guarded(device: Device) -> dict:
+        try:
+            return {"device": device.name, "error": None, **work(device)}
+        except DeviceError as exc:
+            return {"device": device.name, "error": str(exc)}
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(devices)))) as pool:
+        return list(pool.map(guarded, devices))
+
+
+def deploy_to_devices(run_dir: Path, devices: list[Device], fmt: str, precision: str, dest: str | None,
+                      images: list[Path], runs: int, threads: int, install: bool) -> list[dict]:
+    """Bundle the artifact once, then on every device: upload, check the runtime, predict `images`, benchmark."""
+    import tempfile
+
+    from edgetl.bundle import make_bundle
+
+    with tempfile.TemporaryDirectory(prefix="edgetl-deploy-") as scratch:
+        bundle = make_bundle(run_dir, fmt, precision, Path(scratch) / "bundle").folder
+        names = {f"image{i}{Path(p).suffix}": Path(p) for i, p in enumerate(images)}
+        commands = [["bench", "--threads", str(threads), "--runs", str(runs)]]
+        if names:
+            commands.append(["predict", "--json", "--threads", str(threads), *names])
+
+        def work(device: Device) -> dict:
+            outputs = run_bundle(device, bundle, fmt, commands, dest, install, names)
+            predictions = outputs[1] if names else []
+            for prediction, original in zip(predictions, images, strict=True):
+                prediction["image"] = str(original)
+            return {"artifact": f"{fmt}_{precision}", "dest": dest, "bench": outputs[0], "predictions": predictions}
+
+        return for_each_device(devices, work)
+
+
+def bench_on_devices(models: list, devices: list[Device], threads: tuple[int, ...], batch: int, runs: int,
+                     warmup: int, install: bool) -> list[dict]:
+    """`edgetl bench --device`: every model (edgetl.bench.measure.ModelRef) on every device; rows as `edgetl bench`
+    makes them, plus `device` (the device's URL) and `device_info`."""
+    import tempfile
+
+    from edgetl.bundle import bundle_model_file
+
+    with tempfile.TemporaryDirectory(prefix="edgetl-remote-bench-") as scratch:
+        bundles = [bundle_model_file(m.path, Path(scratch) / f"model{i}", m.name, m.precision)
+                   for i, m in enumerate(models)]
+
+        def work(device: Device) -> dict:
+            rows = []
+            for model, bundle in zip(models, bundles, strict=True):
+                commands = [["bench", "--threads", str(t), "--batch", str(batch), "--runs", str(runs), "--warmup",
+                             str(warmup)] for t in threads]
+                for row in run_bundle(device, bundle, model.format, commands, None, install):
+                    info = row.pop("device")
+                    rows.append({**row, "model": str(model.path), "name": model.name, "device": device.url,
+                                 "device_info": info})
+            return {"rows": rows}
+
+        return for_each_device(devices, work)

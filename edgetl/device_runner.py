@@ -1,0 +1,125 @@
+"""The device-side runner of an edgetl bundle: `python -m edgetl_runner predict IMAGE...` prints the top-k labels,
+`python -m edgetl_runner bench` prints latency statistics as JSON, `python -m edgetl_runner info` the device and
+runtime. Needs only numpy, Pillow and the model's runtime; Python 3.9+.
+
+Everything in this package except this file is copied from edgetl itself when the bundle is made (imports renamed),
+so the device preprocesses, runs and times the model exactly as the build verified it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+BUNDLE = Path(__file__).resolve().parent.parent
+
+
+def _metadata(bundle: Path) -> dict:
+    return json.loads((bundle / "model.json").read_text(encoding="utf-8"))
+
+
+def _model_path(bundle: Path, meta: dict) -> Path:
+    return bundle / meta["file"]
+
+
+def device_info() -> dict:
+    """What the device is: machine type, CPU model, cores, Python, numpy and runtime versions."""
+    from edgetl_runner.bench.environment import machine_info, runtime_versions
+
+    return {**machine_info(), "runtimes": runtime_versions()}
+
+
+def predict(bundle: Path, images: list[str], top_k: int, threads: int) -> list[dict]:
+    """Top-k labels and probabilities of each image."""
+    import numpy as np
+    from edgetl_runner.preprocess import Preprocessing, preprocess_files
+    from edgetl_runner.runtime import load_runner
+
+    meta = _metadata(bundle)
+    runner = load_runner(_model_path(bundle, meta), threads=threads)
+    inputs = preprocess_files(images, Preprocessing.from_json(meta["preprocessing"]))
+    results = []
+    for path, image in zip(images, inputs):
+        logits = runner.run(np.ascontiguousarray(image[None]))[0].astype(np.float64)
+        probabilities = np.exp(logits - logits.max())
+        probabilities /= probabilities.sum()
+        order = np.argsort(-probabilities, kind="stable")[:top_k]
+        results.append({"image": path, "top": [{"label": meta["labels"][i], "index": int(i),
+                                                "probability": round(float(probabilities[i]), 6)} for i in order],
+                        "logits": [round(float(v), 6) for v in logits]})
+    return results
+
+
+def bench(bundle: Path, threads: int, batch: int, runs: int, warmup: int) -> dict:
+    """Cold start, then latency statistics of `runs` synchronous calls, as one JSON-able row plus the device."""
+    import numpy as np
+
+    started = time.perf_counter_ns()
+    from edgetl_runner.bench.harness import LatencyPlan, time_runs
+    from edgetl_runner.bench.probe import peak_rss_mb
+    from edgetl_runner.bench.stats import summarize
+    from edgetl_runner.runtime import load_runner
+
+    meta = _metadata(bundle)
+    runner = load_runner(_model_path(bundle, meta), threads=threads)
+    loaded = time.perf_counter_ns()
+    shape = [batch if i == 0 or d is None else d for i, d in enumerate(runner.input_shape)]
+    inputs = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    first_start = time.perf_counter_ns()
+    runner.run(inputs)
+    first = time.perf_counter_ns()
+    samples = time_runs(runner, inputs, LatencyPlan(warmup=warmup, min_runs=runs, min_time_s=0.0, max_runs=runs))
+    stats = summarize(samples)
+    return {"model": meta["file"], "name": meta.get("name"), "format": meta.get("format"),
+            "precision": meta.get("precision"), "threads": threads, "batch": batch,
+            **{f"{k}_ms": v for k, v in stats.items()},
+            "throughput_ips": round(batch * 1000.0 / stats["mean"], 2),
+            "cold_start_ms": round((loaded - started + first - first_start) / 1e6, 3),
+            "load_ms": round((loaded - started) / 1e6, 3), "first_inference_ms": round((first - first_start) / 1e6, 3),
+            "peak_rss_mb": peak_rss_mb(),
+            "size_bytes": sum(p.stat().st_size for p in bundle.iterdir() if p.is_file() and p.stem == "model"
+                              and p.suffix != ".json"),
+            "runs": int(samples.size), "warmup_runs": warmup, "input": "random", "device": device_info()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edgetl_runner", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, default=BUNDLE, help="the bundle folder (default: this one)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("predict", help="print the top-k labels of images")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top-k", "-k", type=int, default=3)
+    p.add_argument("--threads", "-t", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    b = commands.add_parser("bench", help="print latency statistics as JSON")
+    b.add_argument("--threads", "-t", type=int, default=1)
+    b.add_argument("--batch", "-b", type=int, default=1)
+    b.add_argument("--runs", "-n", type=int, default=50)
+    b.add_argument("--warmup", type=int, default=5)
+    commands.add_parser("info", help="print the device, runtimes and model as JSON")
+    args = parser.parse_args(argv)
+    from edgetl_runner.errors import EdgetlError
+
+    try:
+        if args.command == "predict":
+            results = predict(args.bundle, args.images, args.top_k, args.threads)
+            if args.json:
+                print(json.dumps(results))
+            for result in results if not args.json else []:
+                print(result["image"] + ": " + ", ".join(f"{t['label']} {t['probability']:.3f}" for t in result["top"]))
+        elif args.command == "bench":
+            print(json.dumps(bench(args.bundle, args.threads, args.batch, args.runs, args.warmup)))
+        else:
+            print(json.dumps({"model": _metadata(args.bundle), "device": device_info()}))
+    except EdgetlError as exc:
+        print(f"edgetl_runner: {exc.kind}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""A run directory with real artifacts of a tiny CNN (ONNX fp32/int8, OpenVINO fp32, TFLite int8, each with the
+model.json a build writes), for the bundle, deploy and remote-bench tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+LABELS = ["red", "green", "blue"]
+PREP = {"resize": 36, "crop": 32, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+        "interpolation": "bilinear"}
+
+
+def tiny_run(root: Path) -> Path:
+    """`root` as an edgetl run directory holding onnx_int8 and tflite_int8 (plus onnx_fp32)."""
+    from edgetl.export import ExportRequest
+    from edgetl.export.onnx import export_fp32, quantize_int8
+    from edgetl.export.openvino import export as export_openvino
+    from edgetl.export.tflite import export as export_tflite
+    from edgetl.pipeline import _write_model_json
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU6(),
+        torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU6(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, len(LABELS))).eval()
+    rng = np.random.default_rng(0)
+    calibration = rng.normal(size=(16, 3, 32, 32)).astype(np.float32)
+    metadata = {"edgetl_version": "test", "labels": json.dumps(LABELS), "preprocessing": json.dumps(PREP),
+                "layout": "NCHW", "input_shape": json.dumps([None, 3, 32, 32]), "backbone": "tiny",
+                "recipe_sha256": "0" * 64}
+    export = root / "export"
+    results = {}
+    fp32 = export_fp32(model, ExportRequest(export / "onnx_fp32", "fp32", calibration[:2], metadata))
+    results["onnx_fp32"] = fp32
+    results["onnx_int8"] = quantize_int8(fp32.path, ExportRequest(export / "onnx_int8", "int8", calibration[:2],
+                                                                  metadata, calibration=calibration))
+    results["openvino_fp32"] = export_openvino(model, ExportRequest(export / "openvino_fp32", "fp32", calibration[:2],
+                                                                    metadata, onnx_file=fp32.path))
+    tflite_fp32 = export_tflite(model, ExportRequest(export / "tflite_fp32", "fp32", calibration[:2], metadata,
+                                                     options={"layout": "nhwc"}, onnx_file=fp32.path))
+    results["tflite_int8"] = export_tflite(model, ExportRequest(export / "tflite_int8", "int8", calibration[:2],
+                                                                metadata, calibration=calibration,
+                                                                options={"layout": "nhwc", "int8": "full"},
+                                                                fp32_file=tflite_fp32.path))
+    artifacts = []
+    for name, result in results.items():
+        fmt, precision = name.split("_")
+        _write_model_json(result, name, fmt, precision, metadata)
+        artifacts.append({"name": name, "format": fmt, "precision": precision,
+                          "path": str(result.path.relative_to(root))})
+    (root / "summary.json").write_text(json.dumps({"artifacts": artifacts}))
+    return root

@@ -1,0 +1,116 @@
+"""The device path end to end on real arm64 code: a Debian arm64 userland under qemu-user behind an sshd on
+127.0.0.1 (tests/arm64_device.py). Bundle → deploy → predict → remote bench for TFLite int8 and ONNX int8, with
+predictions identical to this machine's. Emulated latency means nothing and is never asserted.
+
+Run only these with `pytest -m arm64`; they skip with the reason where root, binfmt_misc, qemu-user-static,
+debootstrap or sshd is missing.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from arm64_device import Unavailable, emulated_device
+from click.testing import CliRunner
+from device_fixtures import LABELS, PREP, tiny_run
+
+from conftest import make_image_folder
+from edgetl.cli import main
+from edgetl.errors import DeviceError
+
+pytestmark = pytest.mark.arm64
+
+
+@pytest.fixture(scope="module")
+def device(tmp_path_factory):
+    try:
+        with emulated_device(tmp_path_factory.mktemp("sshd")) as (ssh_config, alias, port):
+            yield {"config": ssh_config, "url": f"ssh://{alias}", "port": port}
+    except Unavailable as exc:
+        pytest.skip(f"no emulated arm64 device: {exc}")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return tiny_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return sorted(make_image_folder(tmp_path_factory.mktemp("imgs"), {"x": 3}, size=48).rglob("*.jpg"))
+
+
+def test_the_device_is_arm64(device):
+    from edgetl.bench.remote import Device
+
+    out = Device.parse(device["url"], ssh_config=device["config"]).run(["uname", "-m"])
+    assert out.stdout.decode().strip() == "aarch64"
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_deploy_predict_and_bench_on_arm64_match_x86(device, run_dir, images, tmp_path, fmt):
+    from edgetl.preprocess import Preprocessing, preprocess_files
+    from edgetl.runtime import load_runner
+
+    out = tmp_path / "result.json"
+    result = CliRunner().invoke(main, ["deploy", str(run_dir), "--device", device["url"], "--ssh-config",
+                                       str(device["config"]), "--format", fmt, "--precision", "int8", "--runs", "2",
+                                       "--dest", f"/opt/edgetl-{fmt}", *[a for p in images for a in ("--images", str(p))],
+                                       "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(out.read_text())[0]
+    assert answer["error"] is None and answer["bench"]["device"]["machine"] == "aarch64"
+    assert answer["bench"]["runs"] == 2 and answer["bench"]["format"] == fmt
+    suffix = ".tflite" if fmt == "tflite" else ".onnx"
+    expected = load_runner(run_dir / "export" / f"{fmt}_int8" / f"model{suffix}").run(
+        preprocess_files([str(p) for p in images], Preprocessing.from_json(PREP)))
+    assert [p["top"][0]["label"] for p in answer["predictions"]] == [LABELS[i] for i in expected.argmax(1)]
+    np.testing.assert_allclose([p["logits"] for p in answer["predictions"]], expected, atol=1e-5)
+    # `--dest` keeps the deployed bundle on the device.
+    from edgetl.bench.remote import Device
+
+    listing = Device.parse(device["url"], ssh_config=device["config"]).run(["ls", f"/opt/edgetl-{fmt}"])
+    assert f"model{suffix}" in listing.stdout.decode().split()
+
+
+def test_remote_bench_rows_come_back_with_the_device(device, run_dir, tmp_path):
+    out = tmp_path / "rows.json"
+    models = [run_dir / "export" / "onnx_int8" / "model.onnx", run_dir / "export" / "tflite_int8" / "model.tflite"]
+    result = CliRunner().invoke(main, ["bench", *map(str, models), "--device", device["url"], "--ssh-config",
+                                       str(device["config"]), "--runs", "2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())
+    assert [(r["name"], r["device"], r["runs"]) for r in rows] == [("onnx_int8", device["url"], 2),
+                                                                   ("tflite_int8", device["url"], 2)]
+    assert all(r["device_info"]["machine"] == "aarch64" for r in rows)
+
+
+def test_device_errors_are_clear_and_other_devices_answer(device, run_dir, tmp_path):
+    from edgetl.bench.remote import Device
+
+    devices = tmp_path / "devices.yaml"
+    devices.write_text(f"devices:\n  - {{name: emulated-pi, url: '{device['url']}'}}\n"
+                       "  - {name: gone, url: 'ssh://root@127.0.0.1:9'}\n")
+    out = tmp_path / "result.json"
+    result = CliRunner().invoke(main, ["deploy", str(run_dir), "--devices", str(devices), "--ssh-config",
+                                       str(device["config"]), "--format", "onnx", "--precision", "int8", "--runs", "1",
+                                       "--json", str(out)])
+    assert result.exit_code == 1 and "gone: device error" in result.output and "Traceback" not in result.output
+    answers = {a["device"]: a for a in json.loads(out.read_text())}
+    assert answers["emulated-pi"]["error"] is None and "ssh failed" in answers["gone"]["error"]
+    # A runtime the device does not have (OpenVINO is not installed there): named, with how to install it.
+    from edgetl.bench.remote import run_bundle
+    from edgetl.bundle import bundle_model_file
+
+    bundle = bundle_model_file(run_dir / "export" / "openvino_fp32" / "model.xml", tmp_path / "ovb")
+    with pytest.raises(DeviceError, match="openvino.*is not installed"):
+        run_bundle(Device.parse(device["url"], ssh_config=device["config"]), bundle, "openvino", [["info"]])
+    # An unknown host key is refused, never silently accepted.
+    (device["config"].parent / "known_hosts").rename(device["config"].parent / "known_hosts.saved")
+    try:
+        with pytest.raises(DeviceError, match="ssh failed: .*(Host key verification failed|No .* host key)"):
+            Device.parse(device["url"], ssh_config=device["config"]).run(["true"])
+    finally:
+        (device["config"].parent / "known_hosts.saved").rename(device["config"].parent / "known_hosts")

@@ -1,0 +1,114 @@
+"""Deploy bundles on this machine: contents, the torch-free runner's predictions against edgetl's own runners,
+its bench JSON, the zip, and errors. (The same bundles on an emulated arm64 device: tests/test_arm64.py.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from device_fixtures import LABELS, PREP, tiny_run
+
+from conftest import make_image_folder
+from edgetl.bundle import make_bundle
+from edgetl.cli import main
+from edgetl.errors import BundleError
+
+# The device has no torch and no edgetl: the runner must not import either.
+BLOCK = textwrap.dedent("""
+    import importlib.abc, runpy, sys
+    class Blocked(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {"torch", "torchvision", "edgetl"}:
+                raise ImportError(f"{name} is not on the device")
+    sys.meta_path.insert(0, Blocked())
+    sys.argv = ["edgetl_runner", *sys.argv[1:]]
+    runpy.run_module("edgetl_runner", run_name="__main__", alter_sys=True)
+""")
+
+
+def device_run(bundle, *args):
+    return subprocess.run([sys.executable, "-c", BLOCK, *map(str, args)], cwd=bundle, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return tiny_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return sorted(make_image_folder(tmp_path_factory.mktemp("imgs"), {"x": 3}, size=48).rglob("*.jpg"))
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_bundle_predicts_like_edgetl_without_torch_or_edgetl(run_dir, images, tmp_path, fmt):
+    from edgetl.preprocess import Preprocessing, preprocess_files
+    from edgetl.runtime import load_runner
+
+    result = CliRunner().invoke(main, ["bundle", str(run_dir), "--format", fmt, "--precision", "int8", "-o",
+                                       str(tmp_path / "bundle"), "--zip"])
+    assert result.exit_code == 0, result.output
+    bundle = tmp_path / "bundle"
+    suffix = ".tflite" if fmt == "tflite" else ".onnx"
+    assert sorted(p.name for p in bundle.iterdir()) == sorted(
+        ["README.md", "edgetl_runner", "model.json", f"model{suffix}", "requirements.txt"])
+    requirements = (bundle / "requirements.txt").read_text().split()
+    assert requirements[:2] == ["numpy>=1.21", "Pillow>=9"] and len(requirements) == 3
+    assert requirements[2].startswith("ai-edge-litert" if fmt == "tflite" else "onnxruntime")
+    meta = json.loads((bundle / "model.json").read_text())
+    assert meta["file"] == f"model{suffix}" and meta["labels"] == LABELS and meta["preprocessing"] == PREP
+    with zipfile.ZipFile(tmp_path / "bundle.zip") as archive:
+        assert f"model{suffix}" in archive.namelist() and "edgetl_runner/__main__.py" in archive.namelist()
+    # What edgetl itself predicts for these images with this very file...
+    expected = load_runner(run_dir / "export" / f"{fmt}_int8" / f"model{suffix}").run(
+        preprocess_files([str(p) for p in images], Preprocessing.from_json(PREP)))
+    # ... the bundle's runner predicts on "the device" (no torch, no edgetl importable).
+    out = device_run(bundle, "predict", "--json", "--threads", "1", *images)
+    assert out.returncode == 0, out.stderr
+    predictions = json.loads(out.stdout)
+    assert [p["top"][0]["label"] for p in predictions] == [LABELS[i] for i in expected.argmax(1)]
+    np.testing.assert_allclose([p["logits"] for p in predictions], expected, atol=1e-5)
+    assert all(abs(sum(t["probability"] for t in p["top"]) - 1) < 1e-5 for p in predictions)  # 3 labels, top-3
+    text = device_run(bundle, "predict", "-k", "1", images[0])
+    assert text.returncode == 0 and text.stdout.startswith(f"{images[0]}: {LABELS[expected[0].argmax()]} ")
+    bench = device_run(bundle, "bench", "--runs", "7", "--warmup", "1")
+    assert bench.returncode == 0, bench.stderr
+    row = json.loads(bench.stdout)
+    assert row["runs"] == 7 and row["format"] == fmt and row["precision"] == "int8"
+    assert 0 < row["min_ms"] <= row["p50_ms"] <= row["max_ms"] and row["cold_start_ms"] > 0
+    assert row["device"]["machine"] == "x86_64" and row["device"]["runtimes"]
+
+
+def test_runner_errors_are_one_line(run_dir, tmp_path):
+    bundle = make_bundle(run_dir, "onnx", "int8", tmp_path / "b").folder
+    (tmp_path / "not-an-image.jpg").write_text("hello")
+    out = device_run(bundle, "predict", tmp_path / "not-an-image.jpg")
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "not-an-image.jpg" in out.stderr
+
+
+def test_bundle_errors_name_what_is_missing(run_dir, tmp_path):
+    with pytest.raises(BundleError, match="has no openvino_int8 artifact .*onnx_fp32, onnx_int8, openvino_fp32, tflite"):
+        make_bundle(run_dir, "openvino", "int8", tmp_path / "b")
+    with pytest.raises(BundleError, match="not an edgetl run directory"):
+        make_bundle(tmp_path, "onnx", "int8", tmp_path / "b")
+    result = CliRunner().invoke(main, ["bundle", str(run_dir), "--format", "coreml", "-o", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "unknown format 'coreml'" in result.output and not (tmp_path / "b").exists()
+
+
+def test_runner_is_python39_syntax_and_imports_fast(run_dir, tmp_path):
+    import ast
+
+    bundle = make_bundle(run_dir, "tflite", "int8", tmp_path / "b").folder
+    for source in (bundle / "edgetl_runner").rglob("*.py"):
+        ast.parse(source.read_text(), feature_version=(3, 9))  # SyntaxError if it needs a newer Python
+        assert "edgetl." not in source.read_text().replace("edgetl_runner.", "")
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import edgetl_runner.__main__"], cwd=bundle,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
