@@ -19,16 +19,19 @@ def package_version(name: str) -> str | None:
 
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (falls back to the machine type)."""
-    machine = os.uname().machine
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                # x86 says "model name"; many ARM kernels say "Model" (the board) or only "CPU part".
-                if line.split(":", 1)[0].strip() in ("model name", "Model", "Hardware"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return machine
+    # x86 says "model name"; a Raspberry Pi's kernel says "Model" (the board) and "Hardware" (the SoC).
+    for key in ("model name", "Model", "Hardware"):
+        if fields.get(key):
+            return fields[key]
+    return os.uname().machine
 
 
 def machine_info() -> dict:

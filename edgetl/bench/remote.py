@@ -50,7 +50,8 @@ class Device:
             args += ["-F", str(self.ssh_config)]
         if self.port:
             args += ["-p", str(self.port)]
-        return [*args, f"{self.user}@{self.host}" if self.user else self.host, "--"]
+        # "--" ends ssh's options: a host name can never be read as one.
+        return [*args, "--", f"{self.user}@{self.host}" if self.user else self.host]
 
     def run(self, argv: list[str], stdin: bytes | None = None, timeout: float = 600, cwd: str | None = None,
             check: bool = True) -> subprocess.CompletedProcess:

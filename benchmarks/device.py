@@ -1,0 +1,151 @@
+"""The device path, measured: the runner's footprint and import time, and bundle → deploy → predict → remote bench
+on the emulated arm64 device of the tests (qemu-user + sshd; needs root, see tests/arm64_device.py).
+
+    python benchmarks/device.py [--out benchmarks/results/device.json]
+
+1. Installed size on an aarch64 device of what a bundle's requirements.txt pulls in (numpy, Pillow and one runtime,
+   with their dependencies), per runtime: pip-installed for aarch64 into a scratch folder and measured there.
+2. Import time of the runner on this machine (fresh process, 5 runs, median): the runner package alone, and with
+   the runtime module it loads.
+3. End to end on the emulated device, for TFLite int8 and ONNX int8 of a tiny CNN: `edgetl deploy` (bundle, copy,
+   runtime check, predict 3 images, remote bench) and `edgetl bench --device`, wall time, and whether the
+   device's predictions equal this machine's. Emulated latency means nothing and is not reported as latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import REPO, targets_table
+
+sys.path.insert(0, str(REPO / "tests"))
+PLATFORMS = [a for p in ("manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_28_aarch64",
+                         "manylinux_2_34_aarch64") for a in ("--platform", p)]
+RUNTIMES = {"tflite": "ai-edge-litert", "onnx": "onnxruntime", "openvino": "openvino"}
+
+
+def folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def footprint(scratch: Path) -> list[dict]:
+    rows = []
+    for fmt, runtime in RUNTIMES.items():
+        target = scratch / f"site-{fmt}"
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--only-binary=:all:", "--implementation",
+                        "cp", "--python-version", "3.11", "--abi", "cp311", *PLATFORMS, "--target", str(target),
+                        "numpy", "pillow", runtime], check=True, capture_output=True)
+        packages = sorted(p.name.split("-")[0] for p in target.glob("*.dist-info"))
+        rows.append({"format": fmt, "runtime": runtime, "packages": packages, "installed_mb": round(
+            folder_size(target) / 1e6, 1)})
+        print(f"  {fmt}: {rows[-1]['installed_mb']} MB ({', '.join(packages)})", flush=True)
+    return rows
+
+
+def import_times(run_dir: Path, scratch: Path) -> list[dict]:
+    from edgetl.bundle import make_bundle
+
+    rows = []
+    for fmt, module in (("tflite", "edgetl_runner.runtime.tflite"), ("onnx", "edgetl_runner.runtime.onnx")):
+        bundle = make_bundle(run_dir, fmt, "int8", scratch / f"bundle-{fmt}").folder
+        runtime = "ai_edge_litert.interpreter" if fmt == "tflite" else "onnxruntime"
+        times = {"runner": [], "runner_and_runtime": []}
+        for _ in range(5):
+            for key, code in (("runner", "import edgetl_runner.__main__, edgetl_runner.preprocess, "
+                                         f"edgetl_runner.runtime, {module}"),
+                              ("runner_and_runtime", f"import edgetl_runner.__main__, {module}, {runtime}")):
+                script = f"import time; t = time.perf_counter(); {code}; print(time.perf_counter() - t)"
+                out = subprocess.run([sys.executable, "-c", script], cwd=bundle, capture_output=True, text=True,
+                                     check=True)
+                times[key].append(float(out.stdout.strip().splitlines()[-1]))
+        rows.append({"format": fmt, **{f"{k}_import_s": round(statistics.median(v), 3) for k, v in times.items()}})
+        print(f"  {fmt}: {rows[-1]}", flush=True)
+    return rows
+
+
+def end_to_end(run_dir: Path, scratch: Path) -> dict:
+    import numpy as np
+    from arm64_device import Unavailable, emulated_device
+    from click.testing import CliRunner
+    from device_fixtures import LABELS, PREP
+
+    from conftest import make_image_folder
+    from edgetl.cli import main
+    from edgetl.preprocess import Preprocessing, preprocess_files
+    from edgetl.runtime import load_runner
+
+    images = sorted(make_image_folder(scratch / "imgs", {"x": 3}, size=48).rglob("*.jpg"))
+    try:
+        with emulated_device(scratch / "sshd") as (config, alias, _):
+            rows = []
+            for fmt, suffix in (("tflite", ".tflite"), ("onnx", ".onnx")):
+                out = scratch / f"{fmt}.json"
+                started = time.perf_counter()
+                result = CliRunner().invoke(main, ["deploy", str(run_dir), "--device", f"ssh://{alias}",
+                                                   "--ssh-config", str(config), "--format", fmt, "--precision", "int8",
+                                                   "--runs", "3", *[a for p in images for a in ("--images", str(p))],
+                                                   "--json", str(out)])
+                deploy_s = time.perf_counter() - started
+                answer = json.loads(out.read_text())[0] if out.is_file() else {"error": result.output}
+                expected = load_runner(run_dir / "export" / f"{fmt}_int8" / f"model{suffix}").run(
+                    preprocess_files([str(p) for p in images], Preprocessing.from_json(PREP)))
+                same = (not answer["error"] and [p["top"][0]["label"] for p in answer["predictions"]]
+                        == [LABELS[i] for i in expected.argmax(1)])
+                diff = (float(np.abs(np.array([p["logits"] for p in answer["predictions"]]) - expected).max())
+                        if not answer["error"] else None)
+                started = time.perf_counter()
+                bench = CliRunner().invoke(main, ["bench", str(run_dir / "export" / f"{fmt}_int8" / f"model{suffix}"),
+                                                  "--device", f"ssh://{alias}", "--ssh-config", str(config), "--runs",
+                                                  "3"])
+                bench_s = time.perf_counter() - started
+                device = answer.get("bench", {}).get("device", {})
+                rows.append({"format": fmt, "precision": "int8", "deploy_exit": result.exit_code,
+                             "bench_exit": bench.exit_code, "device_machine": device.get("machine"),
+                             "device_cpu": device.get("cpu"), "device_runtimes": device.get("runtimes"),
+                             "predictions_identical": bool(same), "max_abs_logit_diff": diff,
+                             "deploy_seconds": round(deploy_s, 1), "remote_bench_seconds": round(bench_s, 1)})
+                print(f"  {fmt} int8: {rows[-1]}", flush=True)
+            return {"available": True, "rows": rows}
+    except Unavailable as exc:
+        print(f"  no emulated device: {exc}")
+        return {"available": False, "reason": str(exc), "rows": []}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "device.json")
+    args = parser.parse_args()
+    from device_fixtures import tiny_run
+
+    with tempfile.TemporaryDirectory() as scratch_dir:
+        scratch = Path(scratch_dir)
+        run_dir = tiny_run(scratch / "run")
+        print("device-side install size (aarch64 wheels)", flush=True)
+        sizes = footprint(scratch)
+        print("runner import time on this machine", flush=True)
+        imports = import_times(run_dir, scratch)
+        print("end to end on the emulated arm64 device", flush=True)
+        e2e = end_to_end(run_dir, scratch)
+    targets = [{"figure": f"{r['format']} int8 on emulated arm64: predictions identical to x86",
+                "measured": f"{r['predictions_identical']} (max |Δlogit| {r['max_abs_logit_diff']:.1e}, "
+                            f"uname -m {r['device_machine']})", "target": "identical",
+                "met": r["predictions_identical"] and r["device_machine"] == "aarch64"} for r in e2e["rows"]]
+    targets += [{"figure": f"runner import, {r['format']} (with its runtime)",
+                 "measured": f"{r['runner_import_s']:.3f} s ({r['runner_and_runtime_import_s']:.3f} s)",
+                 "target": "< 1 s", "met": r["runner_and_runtime_import_s"] < 1} for r in imports]
+    result = {"footprint": sizes, "imports": imports, "end_to_end": e2e, "targets": targets}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print("\n".join(targets_table(targets)))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
