@@ -148,7 +148,8 @@ def spread(paths: dict[str, Path], runs: int = 5, *args: str) -> list[dict]:
     return rows
 
 
-def gate(paths: dict[str, Path], comparisons: int, folder: Path) -> list[dict]:
+def gate(paths: dict[str, Path], comparisons: int, folder: Path, modes: tuple[str, ...] = ("saved", "interleaved")
+         ) -> list[dict]:
     cases = [  # (what, baseline model, baseline threads, current model, current threads, a real slowdown?)
         ("same model, onnx_fp32 1 thread", paths["onnx_224"], 1, paths["onnx_224"], 1, False),
         ("same model, openvino_fp32 2 threads", paths["openvino"], 2, paths["openvino"], 2, False),
@@ -157,7 +158,7 @@ def gate(paths: dict[str, Path], comparisons: int, folder: Path) -> list[dict]:
     ]
     rows = []
     for (what, base_model, base_threads, model, threads, slower), mode in [
-            (case, mode) for case in cases for mode in ("saved", "interleaved") if mode == "saved" or case[2] == case[4]]:
+            (case, mode) for case in cases for mode in modes if mode == "saved" or case[2] == case[4]]:
         baseline = folder / f"baseline-{len(rows)}.json"
         edgetl_bench([base_model], base_threads, "--save-baseline", str(baseline), "--no-cold-start")
         if mode == "saved":  # as if the baseline's model file were gone: only its saved trials are compared
@@ -188,6 +189,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "bench.json")
     parser.add_argument("--comparisons", type=int, default=20)
     parser.add_argument("--parts", default="fidelity,spread,gate", help="Which parts to measure (comma-separated).")
+    parser.add_argument("--modes", default="saved,interleaved", help="The gate's modes to measure (with --parts gate, "
+                        "the other mode's rows are kept from --out).")
     parser.add_argument("--quick", action="store_true", help="A smoke run of the script (1 s budgets, 1 round).")
     parser.add_argument("--workdir", type=Path, help="Keep the exported models here (default: a temp folder).")
     args = parser.parse_args()
@@ -209,7 +212,11 @@ def main() -> None:
             cvs = spread(paths, 2, "--time", "1") if args.quick else spread(paths)
         if "gate" in parts:
             print(f"gate, {args.comparisons} comparisons per case", flush=True)
-            gates = gate(paths, args.comparisons, folder)
+            modes = tuple(args.modes.split(","))
+            kept = [g for g in gates if g.get("mode") not in modes and "mode" in g]
+            measured = gate(paths, args.comparisons, folder, modes)
+            order = {"saved": 0, "interleaved": 1}
+            gates = sorted(kept + measured, key=lambda g: (g["case"].rsplit(" [", 1)[0], order[g["mode"]]))
     from edgetl.bench.environment import machine_info, runtime_versions
 
     targets = [{"figure": f"p50 ratio, {r['comparison']} @ {r['threads']} thread(s)", "measured": f"{r['ratio']:.3f}",

@@ -187,6 +187,11 @@ def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup
         return
     for warning in environment_warnings(reference):
         click.echo(f"warning: {warning} (the comparison may not be like for like)", err=True)
+    if any(c.mode == "saved" for c in comparisons):
+        click.echo("note: compared against the baseline's saved trials (its model file is not where it was, or has "
+                   "changed): a change of machine speed since then counts as a change of the model. Keep the "
+                   "baseline's model file, or pass it as --baseline, so it is re-measured in the same rounds.",
+                   err=True)
     regressions = 0
     for comparison in comparisons:
         label = f"{comparison.row['name']} @ {comparison.row['threads']} thread(s), batch {comparison.row['batch']}"

@@ -16,9 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOTFS_CACHE = Path(os.environ.get("EDGETL_ARM64_ROOTFS", "/var/tmp/edgetl-arm64-rootfs-v1"))
+ROOTFS_CACHE = Path(os.environ.get("EDGETL_ARM64_ROOTFS", "/var/tmp/edgetl-arm64-rootfs-v2"))
 SUITE = "bookworm"
 WHEELS = ("numpy", "pillow", "onnxruntime", "ai-edge-litert")
+# A second site with numpy 1.x (what older devices and tflite-runtime have), used through `python3-numpy1`.
+WHEELS_NUMPY1 = ("numpy<2", "pillow", "onnxruntime")
 PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_28_aarch64", "manylinux_2_34_aarch64")
 # qemu-user passes the host's /proc/cpuinfo through; onnxruntime's CPU detection crashes on an x86 one.
 CPUINFO = "".join(f"""processor\t: {n}
@@ -98,11 +100,16 @@ def build_rootfs(root: Path = ROOTFS_CACHE) -> Path:
     (staging / "tmp").mkdir(exist_ok=True)
     (staging / "tmp").chmod(0o1777)
     platforms = [a for p in PLATFORMS for a in ("--platform", p)]
-    wheels = _run([sys.executable, "-m", "pip", "install", "--quiet", "--only-binary=:all:", "--implementation", "cp",
-                   "--python-version", "3.11", "--abi", "cp311", *platforms, "--target", str(staging / "opt/site"),
-                   *WHEELS], timeout=900)
-    if wheels.returncode != 0:
-        raise Unavailable(f"aarch64 wheels could not be installed: {wheels.stderr.strip().splitlines()[-1:]}")
+    for site, wanted in (("opt/site", WHEELS), ("opt/site-numpy1", WHEELS_NUMPY1)):
+        wheels = _run([sys.executable, "-m", "pip", "install", "--quiet", "--only-binary=:all:", "--implementation",
+                       "cp", "--python-version", "3.11", "--abi", "cp311", *platforms, "--target", str(staging / site),
+                       *wanted], timeout=900)
+        if wheels.returncode != 0:
+            raise Unavailable(f"aarch64 wheels could not be installed: {wheels.stderr.strip().splitlines()[-1:]}")
+    wrapper = staging / "usr/local/bin/python3-numpy1"
+    wrapper.parent.mkdir(parents=True, exist_ok=True)
+    wrapper.write_text('#!/bin/sh\nPYTHONPATH=/opt/site-numpy1 exec python3 "$@"\n')
+    wrapper.chmod(0o755)
     marker_tmp = staging / ".edgetl-ready"
     marker_tmp.write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
     shutil.rmtree(root, ignore_errors=True)

@@ -114,3 +114,19 @@ def test_device_errors_are_clear_and_other_devices_answer(device, run_dir, tmp_p
             Device.parse(device["url"], ssh_config=device["config"]).run(["true"])
     finally:
         (device["config"].parent / "known_hosts.saved").rename(device["config"].parent / "known_hosts")
+
+
+def test_the_runner_works_with_numpy_1_on_the_device(device, run_dir, images, tmp_path):
+    """The same ONNX int8 bundle through a Python whose numpy is 1.x (python3-numpy1 on the device)."""
+    from edgetl.bench.remote import Device
+
+    out = tmp_path / "result.json"
+    result = CliRunner().invoke(main, ["deploy", str(run_dir), "--device", device["url"], "--ssh-config",
+                                       str(device["config"]), "--format", "onnx", "--precision", "int8", "--runs", "1",
+                                       "--python", "python3-numpy1", "--images", str(images[0]), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(out.read_text())[0]
+    assert answer["bench"]["device"]["runtimes"]["numpy"].startswith("1.")
+    version = Device.parse(device["url"], ssh_config=device["config"]).run(
+        ["python3-numpy1", "-c", "import numpy; print(numpy.__version__)"])
+    assert version.stdout.decode().strip().startswith("1.")

@@ -68,3 +68,26 @@ def test_the_gate_refuses_empty_or_non_positive_trials():
         decide([], [1.0], 0.1)
     with pytest.raises(ValueError):
         decide([1.0, 0.0], [1.0], 0.1)
+
+
+def test_paired_rounds_cancel_machine_drift():
+    # Rounds measured back to back share the machine's speed of the moment (drift up to ±20 % here); the paired
+    # ratios are 1.25 ± 1 %, so the paired decision catches it where the unpaired one cannot.
+    rng = np.random.default_rng(5)
+    caught = unpaired = 0
+    for _ in range(50):
+        speed = 1 + rng.uniform(-0.2, 0.2, 5)
+        base = 4.0 * speed * (1 + rng.normal(0, 0.01, 5))
+        current = 5.0 * speed * (1 + rng.normal(0, 0.01, 5))
+        caught += decide(base, current, 0.10, paired=True).status == "regression"
+        unpaired += decide(base, current, 0.10).status == "regression"
+        same = 4.0 * speed * (1 + rng.normal(0, 0.01, 5))
+        assert decide(base, same, 0.10, paired=True).status in ("ok", "faster")
+    assert caught == 50 and unpaired < 50
+
+
+def test_sign_test_values():
+    from edgetl.bench.gate import sign_test_greater
+
+    assert sign_test_greater(np.array([1.2] * 5)) == pytest.approx(1 / 32)
+    assert sign_test_greater(np.array([1.2, 1.2, 1.2, 1.2, 0.9])) == pytest.approx(6 / 32)

@@ -141,7 +141,8 @@ def compare(baseline: dict, rows: list[dict], tolerance: float, confidence: floa
         live = next((r for r in live_rows if match and r["model"] == match.get("model")
                      and (r["threads"], r["batch"]) == (match["threads"], match["batch"])), None)
         reference = live or match
-        decision = decide(reference["trial_p50_ms"], row["trial_p50_ms"], tolerance, confidence) if match else None
+        decision = (decide(reference["trial_p50_ms"], row["trial_p50_ms"], tolerance, confidence, paired=live is not None)
+                    if match else None)
         comparisons.append(Comparison(row, reference, decision, tuple(notes), "interleaved" if live else "saved"))
     if not any(c.baseline_row for c in comparisons):
         names = sorted({f"{r['name']} ({r['threads']} threads, batch {r['batch']})" for r in baseline["rows"]})

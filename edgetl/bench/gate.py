@@ -3,8 +3,10 @@ confidence? Pure numpy, torch-free.
 
 Each side is a set of trial medians (one per interleaved repeat). The slowdown is the ratio of the medians of
 those trials; a bootstrap over the trials gives a one-sided confidence bound, and a Mann–Whitney U test says
-whether the two sets differ at all. A regression needs both: the lower bound of the slowdown above
-1 + tolerance, and a significant difference. Noise widens the bound, so noise alone cannot fail the gate.
+whether the two sets differ at all. When both sides were measured in the same rounds (paired), each round's
+ratio is used instead, which cancels the machine's drift: a bootstrap of their median and a sign test.
+A regression needs both: the lower bound of the slowdown above 1 + tolerance, and a significant difference.
+Noise widens the bound, so noise alone cannot fail the gate.
 """
 
 from __future__ import annotations
@@ -76,16 +78,40 @@ def bootstrap_ratio(baseline: np.ndarray, current: np.ndarray, confidence: float
     return float(np.quantile(ratios, 1 - confidence)), float(np.quantile(ratios, confidence))
 
 
-def decide(baseline_trials, current_trials, tolerance: float, confidence: float = 0.95) -> Decision:
-    """Regression when the slowdown is larger than `tolerance` (0.10 = 10 %) with `confidence`, and significant."""
+def sign_test_greater(ratios: np.ndarray) -> float:
+    """One-sided sign test p-value that the paired ratios tend to be above 1."""
+    n, above = ratios.size, int((ratios > 1).sum())
+    return sum(math.comb(n, k) for k in range(above, n + 1)) / 2 ** n
+
+
+def paired_bounds(ratios: np.ndarray, confidence: float, resamples: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """One-sided (lower, upper) bounds of the median of paired ratios, resampling the pairs with replacement."""
+    medians = np.median(np.random.default_rng(seed).choice(ratios, (resamples, ratios.size)), axis=1)
+    return float(np.quantile(medians, 1 - confidence)), float(np.quantile(medians, confidence))
+
+
+def decide(baseline_trials, current_trials, tolerance: float, confidence: float = 0.95,
+           paired: bool = False) -> Decision:
+    """Regression when the slowdown is larger than `tolerance` (0.10 = 10 %) with `confidence`, and significant.
+
+    `paired`: round i of both sides was measured back to back (the baseline's model re-measured in the same
+    rounds), so each round's ratio cancels the machine's drift; the bounds and the test use those ratios (a
+    bootstrap of their median and a sign test) instead of the two sides' medians and Mann–Whitney.
+    """
     base = np.asarray(baseline_trials, dtype=np.float64)
     curr = np.asarray(current_trials, dtype=np.float64)
     if base.size == 0 or curr.size == 0 or (base <= 0).any() or (curr <= 0).any():
         raise ValueError("the gate needs positive trial latencies on both sides")
-    ratio = float(np.median(curr) / np.median(base))
-    low, high = bootstrap_ratio(base, curr, confidence)
-    slower_p = mann_whitney_greater(curr, base)
-    faster_p = mann_whitney_greater(base, curr)
+    if paired and base.size == curr.size:
+        ratios = curr / base
+        ratio = float(np.median(ratios))
+        low, high = paired_bounds(ratios, confidence)
+        slower_p, faster_p = sign_test_greater(ratios), sign_test_greater(1 / ratios)
+    else:
+        ratio = float(np.median(curr) / np.median(base))
+        low, high = bootstrap_ratio(base, curr, confidence)
+        slower_p = mann_whitney_greater(curr, base)
+        faster_p = mann_whitney_greater(base, curr)
     alpha = 1 - confidence
     if low > 1 + tolerance and slower_p <= alpha:
         status = "regression"
