@@ -62,3 +62,18 @@ def tiny_recipe(dataset: Path, **sections) -> dict:
     for key, value in sections.items():
         recipe[key] = {**recipe.get(key, {}), **value}
     return recipe
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory) -> Path:
+    """A run directory with real ONNX, OpenVINO and TFLite artifacts of a tiny CNN (tests/device_fixtures.py),
+    built once for the bundle and device tests, which only read it."""
+    from device_fixtures import tiny_run
+
+    return tiny_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory) -> list[Path]:
+    """Three small JPEGs to classify."""
+    return sorted(make_image_folder(tmp_path_factory.mktemp("imgs"), {"x": 3}, size=48).rglob("*.jpg"))

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 from arm64_device import Unavailable, emulated_device
 from click.testing import CliRunner
-from device_fixtures import LABELS, PREP, tiny_run
+from device_fixtures import LABELS, PREP
 
-from conftest import make_image_folder
 from edgetl.cli import main
 from edgetl.errors import DeviceError
 
@@ -30,16 +29,6 @@ def device(tmp_path_factory):
             yield {"config": ssh_config, "url": f"ssh://{alias}", "port": port}
     except Unavailable as exc:
         pytest.skip(f"no emulated arm64 device: {exc}")
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return tiny_run(tmp_path_factory.mktemp("run"))
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return sorted(make_image_folder(tmp_path_factory.mktemp("imgs"), {"x": 3}, size=48).rglob("*.jpg"))
 
 
 def test_the_device_is_arm64(device):

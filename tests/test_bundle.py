@@ -12,9 +12,8 @@ import zipfile
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from device_fixtures import LABELS, PREP, tiny_run
+from device_fixtures import LABELS, PREP
 
-from conftest import make_image_folder
 from edgetl.bundle import make_bundle
 from edgetl.cli import main
 from edgetl.errors import BundleError
@@ -35,16 +34,6 @@ BLOCK = textwrap.dedent("""
 def device_run(bundle, *args):
     return subprocess.run([sys.executable, "-c", BLOCK, *map(str, args)], cwd=bundle, capture_output=True, text=True,
                           timeout=120)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return tiny_run(tmp_path_factory.mktemp("run"))
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return sorted(make_image_folder(tmp_path_factory.mktemp("imgs"), {"x": 3}, size=48).rglob("*.jpg"))
 
 
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])

@@ -100,11 +100,15 @@ def _check_runtime(device: Device, remote_dir: str, fmt: str, install: bool) -> 
              "    except Exception as exc:\n"
              "        pass\n"
              "print(json.dumps({'python': platform.python_version(), 'machine': platform.machine(), 'runtime': found}))")
-    info = json.loads(device.run([device.python, "-c", probe], timeout=120).stdout.decode().strip().splitlines()[-1])
+
+    def probed() -> dict:
+        return json.loads(device.run([device.python, "-c", probe], timeout=120).stdout.decode().strip().splitlines()[-1])
+
+    info = probed()
     if info["runtime"] is None and install:
         device.run([device.python, "-m", "pip", "install", "--quiet", "-r", "requirements.txt"], cwd=remote_dir,
                    timeout=1800)
-        info = json.loads(device.run([device.python, "-c", probe], timeout=120).stdout.decode().strip().splitlines()[-1])
+        info = probed()
     if info["runtime"] is None:
         raise DeviceError(f"{device.name}: the {fmt} runtime ({FORMATS[fmt].runtime_package}) is not installed for "
                           f"{device.python} on the device (Python {info['python']}, {info['machine']}). Install it "
