@@ -7,7 +7,8 @@ on the emulated arm64 device of the tests (qemu-user + sshd; needs root, see tes
    with their dependencies), per runtime: pip-installed for aarch64 into a scratch folder and measured there.
 2. Import time of the runner on this machine (fresh process, 5 runs, median): the runner package alone, and with
    the runtime module it loads.
-3. End to end on the emulated device, for TFLite int8 and ONNX int8 of a tiny CNN: `edgetl deploy` (bundle, copy,
+3. The runner on every Python 3.9–3.12 found here (pyenv), with numpy 1.x and 2.x, in fresh venvs.
+4. End to end on the emulated device, for TFLite int8 and ONNX int8 of a tiny CNN: `edgetl deploy` (bundle, copy,
    runtime check, predict 3 images, remote bench) and `edgetl bench --device`, wall time, and whether the
    device's predictions equal this machine's. Emulated latency means nothing and is not reported as latency.
 """
@@ -26,8 +27,9 @@ from pathlib import Path
 from common import REPO, targets_table
 
 sys.path.insert(0, str(REPO / "tests"))
-PLATFORMS = [a for p in ("manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_28_aarch64",
-                         "manylinux_2_34_aarch64") for a in ("--platform", p)]
+from arm64_device import PLATFORMS as AARCH64_TAGS  # noqa: E402
+
+PLATFORMS = [a for p in AARCH64_TAGS for a in ("--platform", p)]
 RUNTIMES = {"tflite": "ai-edge-litert", "onnx": "onnxruntime", "openvino": "openvino"}
 
 
@@ -67,6 +69,56 @@ def import_times(run_dir: Path, scratch: Path) -> list[dict]:
                 times[key].append(float(out.stdout.strip().splitlines()[-1]))
         rows.append({"format": fmt, **{f"{k}_import_s": round(statistics.median(v), 3) for k, v in times.items()}})
         print(f"  {fmt}: {rows[-1]}", flush=True)
+    return rows
+
+
+def pythons(run_dir: Path, scratch: Path) -> list[dict]:
+    """The ONNX and TFLite int8 bundles' runner in a fresh venv of each Python 3.9–3.12 found here, with numpy 1.x and
+    2.x (numpy 2 needs 3.10+), holding only numpy, Pillow and the runtimes: predictions against edgetl's own."""
+    import numpy as np
+    from device_fixtures import PREP, find_python, runner_env
+
+    from conftest import make_image_folder
+    from edgetl.bundle import make_bundle
+    from edgetl.preprocess import Preprocessing, preprocess_files
+    from edgetl.runtime import load_runner
+
+    images = [str(p) for p in sorted(make_image_folder(scratch / "py-imgs", {"x": 3}, size=48).rglob("*.jpg"))]
+    bundles, expected = {}, {}
+    for fmt, suffix in (("onnx", ".onnx"), ("tflite", ".tflite")):
+        bundles[fmt] = make_bundle(run_dir, fmt, "int8", scratch / f"py-bundle-{fmt}").folder
+        expected[fmt] = load_runner(run_dir / "export" / f"{fmt}_int8" / f"model{suffix}").run(
+            preprocess_files(images, Preprocessing.from_json(PREP)))
+    rows = []
+    for version in ("3.9", "3.10", "3.11", "3.12"):
+        for numpy in ("numpy<2", "numpy>=2"):
+            row = {"python": version, "numpy_spec": numpy}
+            python = find_python(version)
+            if python is None or (version == "3.9" and numpy == "numpy>=2"):
+                rows.append({**row, "status": "no such Python here" if python is None else "numpy 2 needs 3.10+"})
+                continue
+            try:
+                interpreter = runner_env(python, scratch / f"venv-{version}-{numpy[5]}",
+                                         [numpy, "pillow", "onnxruntime", "ai-edge-litert"])
+            except RuntimeError as exc:
+                rows.append({**row, "status": f"install failed: {exc}"})
+                continue
+            for fmt, bundle in bundles.items():
+                out = subprocess.run([str(interpreter), "-m", "edgetl_runner", "predict", "--json", *images],
+                                     cwd=bundle, capture_output=True, text=True, timeout=300)
+                info = subprocess.run([str(interpreter), "-m", "edgetl_runner", "info"], cwd=bundle,
+                                      capture_output=True, text=True, timeout=120)
+                if out.returncode or info.returncode:
+                    rows.append({**row, "format": fmt, "status": f"failed: {(out.stderr or info.stderr)[-300:]}"})
+                    continue
+                logits = np.array([p["logits"] for p in json.loads(out.stdout)])
+                device = json.loads(info.stdout)["device"]
+                rows.append({**row, "format": fmt, "status": "ok", "python_version": device["python"],
+                             "runtimes": {k: v for k, v in device["runtimes"].items() if v},
+                             "max_abs_logit_diff": float(np.abs(logits - expected[fmt]).max()),
+                             "predictions_identical": bool((logits.argmax(1) == expected[fmt].argmax(1)).all())})
+            print("  " + "; ".join(f"{r.get('format', '-')}: {r['status']}" for r in rows if r["python"] == version
+                                   and r["numpy_spec"] == numpy) + f"  (Python {version}, {numpy})", flush=True)
     return rows
 
 
@@ -131,6 +183,8 @@ def main() -> None:
         sizes = footprint(scratch)
         print("runner import time on this machine", flush=True)
         imports = import_times(run_dir, scratch)
+        print("the runner on each Python 3.9-3.12 here, numpy 1.x and 2.x", flush=True)
+        versions = pythons(run_dir, scratch)
         print("end to end on the emulated arm64 device", flush=True)
         e2e = end_to_end(run_dir, scratch)
     targets = [{"figure": f"{r['format']} int8 on emulated arm64: predictions identical to x86",
@@ -140,7 +194,16 @@ def main() -> None:
     targets += [{"figure": f"runner import, {r['format']} (with its runtime)",
                  "measured": f"{r['runner_import_s']:.3f} s ({r['runner_and_runtime_import_s']:.3f} s)",
                  "target": "< 1 s", "met": r["runner_and_runtime_import_s"] < 1} for r in imports]
-    result = {"footprint": sizes, "imports": imports, "end_to_end": e2e, "targets": targets}
+    ran = [r for r in versions if r["status"] == "ok"]
+    targets.append({"figure": "runner on Python 3.9-3.12 x numpy 1.x/2.x (onnx, tflite int8)",
+                    "measured": f"{len(ran)} of {len(versions)} combinations ran, identical: "
+                                f"{sum(r['predictions_identical'] for r in ran)}; "
+                                + ", ".join(sorted({f"{r['python_version']}/numpy {r['runtimes']['numpy']}"
+                                                    for r in ran})),
+                    "target": "3.9-3.12, numpy 1.x and 2.x",
+                    "met": bool(ran) and all(r["predictions_identical"] for r in ran) and len(ran) == 2 * sum(
+                        1 for r in versions if r.get("format") == "onnx")})
+    result = {"footprint": sizes, "imports": imports, "pythons": versions, "end_to_end": e2e, "targets": targets}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print("\n".join(targets_table(targets)))

@@ -16,12 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-ROOTFS_CACHE = Path(os.environ.get("EDGETL_ARM64_ROOTFS", "/var/tmp/edgetl-arm64-rootfs-v2"))
+ROOTFS_CACHE = Path(os.environ.get("EDGETL_ARM64_ROOTFS", "/var/tmp/edgetl-arm64-rootfs-v3"))
 SUITE = "bookworm"
 WHEELS = ("numpy", "pillow", "onnxruntime", "ai-edge-litert")
 # A second site with numpy 1.x (what older devices and tflite-runtime have), used through `python3-numpy1`.
 WHEELS_NUMPY1 = ("numpy<2", "pillow", "onnxruntime")
-PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_28_aarch64", "manylinux_2_34_aarch64")
+# Every manylinux tag a bookworm device (glibc 2.36) accepts: pip's --platform matches tags exactly, and missing one
+# silently picks an older release (ai-edge-litert's aarch64 2.x wheels are manylinux_2_27 only; without it 1.4.0).
+PLATFORMS = ("manylinux2014_aarch64", *(f"manylinux_2_{minor}_aarch64" for minor in range(17, 37)))
 # qemu-user passes the host's /proc/cpuinfo through; onnxruntime's CPU detection crashes on an x86 one.
 CPUINFO = "".join(f"""processor\t: {n}
 BogoMIPS\t: 108.00

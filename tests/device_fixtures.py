@@ -54,3 +54,38 @@ def tiny_run(root: Path) -> Path:
                           "path": str(result.path.relative_to(root))})
     (root / "summary.json").write_text(json.dumps({"artifacts": artifacts}))
     return root
+
+
+def find_python(version: str) -> Path | None:
+    """An interpreter for `version` ("3.9") on this machine: pythonX.Y on PATH, else a pyenv install; None if absent."""
+    import glob
+    import os
+    import pwd
+    import shutil
+    import subprocess
+
+    # The account's own home: the tests point HOME at a temporary folder.
+    pyenv = Path(os.environ.get("PYENV_ROOT") or Path(pwd.getpwuid(os.getuid()).pw_dir) / ".pyenv")
+    candidates = [shutil.which(f"python{version}")] + sorted(
+        glob.glob(str(pyenv / "versions" / f"{version}.*" / "bin" / f"python{version}")), reverse=True)
+    for candidate in filter(None, candidates):
+        probe = subprocess.run([candidate, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
+                               capture_output=True, text=True)
+        if probe.returncode == 0 and probe.stdout.strip() == version:
+            return Path(candidate)
+    return None
+
+
+def runner_env(python: Path, folder: Path, packages: list[str]) -> Path:
+    """A fresh virtual environment of `python` with only `packages` (what a bundle's requirements.txt asks for, with
+    a numpy pin); returns its interpreter. Raises RuntimeError with pip's last line when they do not install."""
+    import subprocess
+
+    subprocess.run([str(python), "-m", "venv", str(folder)], check=True, capture_output=True)
+    interpreter = folder / "bin" / "python"
+    pip = subprocess.run([str(interpreter), "-m", "pip", "install", "--quiet", "--only-binary=:all:", *packages],
+                         capture_output=True, text=True, timeout=900)
+    if pip.returncode != 0:
+        raise RuntimeError(f"pip could not install {packages} for {python}: "
+                           f"{(pip.stderr.strip().splitlines() or ['?'])[-1]}")
+    return interpreter

@@ -119,3 +119,40 @@ def test_the_runner_works_with_numpy_1_on_the_device(device, run_dir, images, tm
     version = Device.parse(device["url"], ssh_config=device["config"]).run(
         ["python3-numpy1", "-c", "import numpy; print(numpy.__version__)"])
     assert version.stdout.decode().strip().startswith("1.")
+
+
+def test_a_connection_dropped_mid_run_is_a_clear_error(device, run_dir, tmp_path):
+    """The sshd session serving a long remote benchmark is killed mid-run (what a device rebooting or leaving the
+    network does): the error says the connection was lost, in one line, and nothing hangs."""
+    import os
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    sshd = int((device["config"].parent / "sshd.pid").read_text())
+    out = tmp_path / "result.json"
+    outcome = {}
+
+    def deploy():
+        outcome["result"] = CliRunner().invoke(main, [
+            "deploy", str(run_dir), "--device", device["url"], "--ssh-config", str(device["config"]), "--format",
+            "onnx", "--precision", "int8", "--runs", "1000000", "--json", str(out)])
+
+    worker = threading.Thread(target=deploy)
+    worker.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not subprocess.run(["pgrep", "-f", "edgetl_runner bench"],
+                                                             capture_output=True).stdout:
+        time.sleep(0.2)
+    assert time.monotonic() < deadline, "the remote benchmark never started"
+    time.sleep(1)
+    for child in subprocess.run(["pgrep", "-P", str(sshd)], capture_output=True, text=True).stdout.split():
+        os.kill(int(child), signal.SIGKILL)  # the session's sshd: the client sees the connection go away
+    worker.join(timeout=120)
+    subprocess.run(["pkill", "-f", "edgetl_runner bench"], check=False)
+    assert not worker.is_alive(), "edgetl deploy hung after the connection dropped"
+    result = outcome["result"]
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    answer = json.loads(out.read_text())[0]
+    assert "the connection was lost while running" in answer["error"], answer["error"]

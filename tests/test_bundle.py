@@ -101,3 +101,30 @@ def test_runner_is_python39_syntax_and_imports_fast(run_dir, tmp_path):
     out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import edgetl_runner.__main__"], cwd=bundle,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize(("version", "numpy"), [("3.9", "numpy<2"), ("3.12", "numpy>=2")])
+def test_runner_on_the_oldest_and_newest_python_and_numpy(run_dir, images, tmp_path, version, numpy):
+    """The bundle's runner in a fresh venv of another Python holding only numpy, Pillow and the runtimes (as a device
+    would): same predictions as edgetl here, for the ONNX and TFLite int8 bundles."""
+    from device_fixtures import find_python, runner_env
+
+    from edgetl.preprocess import Preprocessing, preprocess_files
+    from edgetl.runtime import load_runner
+
+    python = find_python(version)
+    if python is None:
+        pytest.skip(f"no Python {version} on this machine (pythonX.Y on PATH or a pyenv install)")
+    interpreter = runner_env(python, tmp_path / "venv", [numpy, "pillow", "onnxruntime", "ai-edge-litert"])
+    for fmt, suffix in (("onnx", ".onnx"), ("tflite", ".tflite")):
+        bundle = make_bundle(run_dir, fmt, "int8", tmp_path / fmt).folder
+        out = subprocess.run([str(interpreter), "-m", "edgetl_runner", "predict", "--json", *map(str, images)],
+                             cwd=bundle, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        expected = load_runner(run_dir / "export" / f"{fmt}_int8" / f"model{suffix}").run(
+            preprocess_files([str(p) for p in images], Preprocessing.from_json(PREP)))
+        np.testing.assert_allclose([p["logits"] for p in json.loads(out.stdout)], expected, atol=1e-5)
+        info = json.loads(subprocess.run([str(interpreter), "-m", "edgetl_runner", "info"], cwd=bundle,
+                                         capture_output=True, text=True, timeout=60, check=True).stdout)
+        assert info["device"]["python"].startswith(version + ".")
+        assert info["device"]["runtimes"]["numpy"].split(".")[0] == ("1" if numpy == "numpy<2" else "2")

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 from edgetl.errors import DeviceError
 
 CONNECT_TIMEOUT_S = 10
+# What ssh prints when an established connection goes away (sshd killed, network down, keep-alives unanswered).
+DROPPED = ("closed by remote host", "Broken pipe", "Connection reset", "not responding")
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,12 @@ class Device:
             raise DeviceError(f"{self.name}: `{argv[0]}` did not finish within {timeout:.0f} s.") from None
         except FileNotFoundError:
             raise DeviceError("the `ssh` client is not installed here (apt install openssh-client).") from None
-        if result.returncode == 255:  # ssh's own failures: unreachable, refused, auth, host key
-            raise DeviceError(f"{self.name}: ssh failed: {_last_line(result.stderr)}")
+        if result.returncode == 255:  # ssh's own failures: unreachable, refused, auth, host key, dropped
+            reason = _last_line(result.stderr)
+            if any(sign in reason for sign in DROPPED):
+                raise DeviceError(f"{self.name}: the connection was lost while running `{' '.join(argv[:4])}` "
+                                  f"({reason}); the device may be rebooting or off the network.")
+            raise DeviceError(f"{self.name}: ssh failed: {reason}")
         if check and result.returncode != 0:
             raise DeviceError(f"{self.name}: `{' '.join(argv[:4])}` failed (exit {result.returncode}): "
                               f"{_last_line(result.stderr) or _last_line(result.stdout)}")
