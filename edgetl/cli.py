@@ -106,7 +106,7 @@ def _threads(values: tuple[str, ...]) -> tuple[int, ...]:
 @click.option("--runs", "-n", type=click.IntRange(min=1), help="Timed runs per row (instead of --time).")
 @click.option("--time", "time_s", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="Seconds of timed runs per row (at least 50 runs), when --runs is not given.")
-@click.option("--repeats", "-r", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--repeats", "-r", type=click.IntRange(min=1), default=10, show_default=True,
               help="Interleaved rounds over all models; the gate compares the rounds' medians.")
 @click.option("--images", multiple=True, type=click.Path(path_type=Path, exists=True),
               help="Real input images (files or folders), preprocessed like the model's model.json says; "
@@ -125,6 +125,8 @@ def _threads(values: tuple[str, ...]) -> tuple[int, ...]:
               help="Slowdown the gate tolerates (10% or 0.1).")
 @click.option("--confidence", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True,
               help="Confidence the gate needs before it calls a slowdown a regression.")
+@click.option("--no-confirm", is_flag=True,
+              help="Fail on the first measurement; by default a regression is measured again and must show twice.")
 @click.option("--device", "-d", multiple=True,
               help="Measure on ssh://[user@]host[:port] instead of here (repeatable; see `edgetl deploy`).")
 @click.option("--devices", "devices_file", type=click.Path(path_type=Path, dir_okay=False),
@@ -139,7 +141,7 @@ def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup
           time_s: float, repeats: int, images: tuple[Path, ...], no_cold_start: bool, json_path: Path | None,
           csv_path: Path | None, markdown_path: Path | None, save_baseline: Path | None, baseline: Path | None,
           max_regression: str, confidence: float, device: tuple[str, ...], devices_file: Path | None, install: bool,
-          python: str, ssh_config: Path | None, quiet: bool) -> None:
+          python: str, ssh_config: Path | None, quiet: bool, no_confirm: bool = False) -> None:
     """Measure the latency of MODELS (.onnx, .xml, .tflite files or edgetl run directories).
 
     \b
@@ -147,6 +149,7 @@ def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup
     """
     from edgetl.bench.baseline import bench_against, environment_warnings, is_baseline_file, load_baseline
     from edgetl.bench.baseline import save_baseline as save
+    from edgetl.bench.gate import fewest_rounds
     from edgetl.bench.measure import BenchOptions, benchmark, find_models
     from edgetl.bench.output import print_table, write_outputs
     from edgetl.progress import Reporter
@@ -157,8 +160,11 @@ def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup
     reference = None
     if baseline:  # a bad baseline fails before minutes of measuring
         reference = load_baseline(baseline) if is_baseline_file(baseline) else find_models([baseline])
-    if reference is not None and repeats < 3:
-        raise click.BadParameter("the regression gate needs at least 3 repeats", param_hint="--repeats")
+    fewest = fewest_rounds(confidence)  # paired rounds: a sign test over fewer can never be significant
+    if reference is not None and repeats < fewest:
+        raise click.BadParameter(f"the regression gate needs at least {fewest} repeats at {confidence:.0%} confidence "
+                                 f"(with {repeats}, even {repeats} slower rounds out of {repeats} are not significant)",
+                                 param_hint="--repeats")
     options = BenchOptions(threads=_threads(threads), batch=batch, warmup="auto" if warmup == "auto" else int(warmup),
                            runs=runs, time_s=time_s, repeats=repeats, images=images, cold_start=not no_cold_start)
     reporter = Reporter(enabled=not quiet)
@@ -174,7 +180,7 @@ def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup
         rows = benchmark(find_models(list(models)), options, reporter)
     else:
         gated = bench_against(find_models(list(models)), reference if isinstance(reference, dict) else baseline,
-                              options, tolerance, confidence, reporter)
+                              options, tolerance, confidence, reporter, confirm=not no_confirm)
         rows, comparisons, reference = gated.rows, gated.comparisons, gated.baseline
         for comparison in comparisons:
             comparison.row["gate"] = comparison.as_dict()
@@ -207,7 +213,9 @@ def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup
                    f"×{decision.ratio:.3f} (×{decision.low:.3f}–×{decision.high:.3f} "
                    f"at {confidence:.0%}, p={decision.p_value:.3f}); tolerance +{tolerance:.0%}; "
                    + ("baseline model re-measured in the same rounds" if comparison.mode == "interleaved"
-                      else "against the baseline's saved trials"))
+                      else "against the baseline's saved trials")
+                   + (f"; measured again after a first {comparison.first.status.upper()} ×{comparison.first.ratio:.3f}"
+                      if comparison.first else ""))
     if regressions:
         click.echo(f"edgetl: {regressions} latency regression(s) beyond +{tolerance:.0%} against {baseline}", err=True)
         sys.exit(1)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgetl.bench.baseline import bench_against, is_baseline_file, load_baseline
+from edgetl.bench.gate import fewest_rounds
 from edgetl.bench.measure import BenchOptions, benchmark, find_models
 
 STAT_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "peak_rss_mb", "cold_start_ms")
@@ -26,13 +27,13 @@ def _options(threads: int, batch: int, time_s: float, repeats: int, cold_start: 
     return BenchOptions(threads=(threads,), batch=batch, time_s=time_s, repeats=repeats, cold_start=cold_start, **extra)
 
 
-def measure(model: str | Path, threads: int = 1, batch: int = 1, time_s: float = 2.0, repeats: int = 5,
+def measure(model: str | Path, threads: int = 1, batch: int = 1, time_s: float = 2.0, repeats: int = 10,
             cold_start: bool = False, **extra) -> dict:
     """One benchmark row for `model` (see edgetl.bench.measure.benchmark)."""
     return benchmark(find_models([model]), _options(threads, batch, time_s, repeats, cold_start, **extra))[0]
 
 
-def assert_latency(model: str | Path, *, threads: int = 1, batch: int = 1, time_s: float = 2.0, repeats: int = 5,
+def assert_latency(model: str | Path, *, threads: int = 1, batch: int = 1, time_s: float = 2.0, repeats: int = 10,
                    **budgets: float) -> dict:
     """Fail unless every budget holds, e.g. `assert_latency("m.onnx", p90_ms=20, peak_rss_mb=200)`."""
     unknown = sorted(set(budgets) - set(STAT_FIELDS))
@@ -47,10 +48,13 @@ def assert_latency(model: str | Path, *, threads: int = 1, batch: int = 1, time_
 
 
 def assert_no_regression(model: str | Path, baseline: str | Path, *, max_regression: float = 0.10,
-                         confidence: float = 0.95, time_s: float = 2.0, repeats: int = 5) -> dict:
+                         confidence: float = 0.95, time_s: float = 2.0, repeats: int = 10) -> dict:
     """Fail when `model` is significantly slower than the matching row of `baseline` by more than
     `max_regression`. `baseline` is an `edgetl bench --save-baseline` file (measured at its row's threads and
     batch; its model file is re-measured beside `model` when still there) or the old model file itself."""
+    if repeats < fewest_rounds(confidence):
+        raise ValueError(f"assert_no_regression needs repeats >= {fewest_rounds(confidence)} at {confidence:.0%} "
+                         "confidence: with fewer paired rounds no slowdown can be significant")
     target = find_models([model])
     if is_baseline_file(Path(baseline)):
         reference = load_baseline(Path(baseline))

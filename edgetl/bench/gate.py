@@ -78,6 +78,11 @@ def bootstrap_ratio(baseline: np.ndarray, current: np.ndarray, confidence: float
     return float(np.quantile(ratios, 1 - confidence)), float(np.quantile(ratios, confidence))
 
 
+def fewest_rounds(confidence: float) -> int:
+    """The fewest paired rounds with which a sign test can reach `confidence` at all (5 at 95 %)."""
+    return math.ceil(math.log2(1 / (1 - confidence)) - 1e-9)
+
+
 def sign_test_greater(ratios: np.ndarray) -> float:
     """One-sided sign test p-value that the paired ratios tend to be above 1."""
     n, above = ratios.size, int((ratios > 1).sum())

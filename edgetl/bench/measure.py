@@ -60,7 +60,7 @@ class BenchOptions:
     time_s: float = 5.0  # ... or a time budget per row (used when runs is None)
     min_runs: int = 50
     max_runs: int = 100_000
-    repeats: int = 5  # interleaved rounds over all models: each gives one trial median
+    repeats: int = 10  # interleaved rounds over all models: each gives one trial median
     images: tuple[Path, ...] = ()  # real images (files or folders); random inputs when empty
     cold_start: bool = True
     seed: int = 0
