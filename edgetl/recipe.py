@@ -228,7 +228,12 @@ class RecoverSection(Section):
 
     epochs: int = Field(6, ge=0)
     lr: float = Field(5e-4, gt=0, description="Learning rate of every layer during recovery.")
-    distill: bool = Field(True, description="Use the teacher's KD loss when the recipe has `distill`.")
+    distill: bool = Field(True, description="Recover with a KD loss (from `teacher`).")
+    teacher: Literal["teacher", "unpruned"] = Field(
+        "teacher", description="Whose logits the KD loss follows: `teacher`, the recipe's `distill` teacher (no KD "
+        "without a `distill` section); `unpruned`, the model as it was before pruning (needs no `distill`).")
+    temperature: float | None = Field(None, gt=0, description="KD temperature (default: `distill.temperature`, or 4).")
+    alpha: float | None = Field(None, ge=0, le=1, description="Weight of the KD term (default: `distill.alpha`, or 0.7).")
 
 
 class PruneSection(Section):

@@ -108,14 +108,17 @@ def test_qat_and_ptq_int8_artifacts_run_with_onnxruntime(compressed):
 def test_rebuild_reuses_every_stage_and_recover_changes_rerun_only_downstream(compressed, tmp_path):
     again = build(compressed["recipe"], out=compressed["run"], reporter=Reporter(enabled=False))
     assert all(stage["cached"] for stage in again["stages"].values())
-    changed = compress_recipe(compressed["data"], prune={"target_macs": 0.5, "steps": 2, "recover": {"epochs": 2}})
+    assert compressed["summary"]["prune"]["recover_kd_from"] == "teacher"
+    # Recovery taught by the unpruned model itself, for two epochs.
+    changed = compress_recipe(compressed["data"], prune={"target_macs": 0.5, "steps": 2, "recover": {
+        "epochs": 2, "teacher": "unpruned", "alpha": 0.9}})
     recipe = tmp_path / "changed.yaml"
     recipe.write_text(yaml.safe_dump(changed))
     summary = build(recipe, out=compressed["run"], reporter=Reporter(enabled=False))
     cached = {name: stage["cached"] for name, stage in summary["stages"].items()}
     assert cached["teacher"] and cached["baseline"] and cached["train"]
     assert not cached["prune"] and not cached["qat"] and not cached["export"]
-    assert summary["prune"]["recover_epochs_run"] == 2
+    assert summary["prune"]["recover_epochs_run"] == 2 and summary["prune"]["recover_kd_from"] == "unpruned"
 
 
 def test_teacher_from_a_checkpoint_with_precomputed_logits(compressed, tmp_path):
