@@ -319,5 +319,56 @@ def deploy(run_dir: Path, device: tuple[str, ...], devices_file: Path | None, fm
         sys.exit(1)
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+@_handle_errors
+def report(run_dir: Path) -> None:
+    """Remake RUN_DIR's report.md, report.html (self-contained, opens offline) and report/*.png from its
+    summary.json and training histories."""
+    from edgetl.report import write_report
+
+    made = write_report(run_dir)
+    click.echo(f"report: {made.html} and {made.markdown}; plots: "
+               + (", ".join(str(p) for p in made.plots.values()) or "none (nothing to plot)"))
+
+
+@main.command()
+@click.argument("run_a", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("run_b", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the comparison.")
+@_handle_errors
+def compare(run_a: Path, run_b: Path, json_path: Path | None) -> None:
+    """What changed from RUN_A to RUN_B: the model, and each artifact's accuracy, p50 latency and size."""
+    from rich.table import Table
+
+    from edgetl.fsutil import write_json
+    from edgetl.report import compare_runs
+
+    result = compare_runs(run_a, run_b)
+    console = _stdout_console()
+    console.print(f"A: {run_a}\nB: {run_b}" + ("\nthe recipe changed" if result["recipe_changed"] else
+                                               "\nsame recipe"))
+    for key, (before, after) in result["model"].items():
+        console.print(f"model.{key}: {before} → {after}")
+    table = Table(title=f"artifacts (p50 at {result['threads'][0]} → {result['threads'][1]} thread(s))")
+    for column in ("artifact", "status", "val acc A", "val acc B", "Δ pp", "p50 A (ms)", "p50 B (ms)", "B/A",
+                   "size A (MB)", "size B (MB)", "B/A "):
+        table.add_column(column, justify="left" if column in ("artifact", "status") else "right")
+
+    def cell(value, spec: str = ".2f") -> str:
+        return "—" if value is None else format(value, spec)
+
+    for row in result["artifacts"]:
+        table.add_row(row["artifact"], row["status"], cell(row["val_accuracy_a"]), cell(row["val_accuracy_b"]),
+                      cell(row.get("val_accuracy_delta_pp"), "+.2f"), cell(row["p50_ms_a"]), cell(row["p50_ms_b"]),
+                      cell(row.get("p50_ratio"), ".3f"), cell(row["size_bytes_a"] and row["size_bytes_a"] / 1e6),
+                      cell(row["size_bytes_b"] and row["size_bytes_b"] / 1e6), cell(row.get("size_ratio"), ".3f"))
+    console.print(table)
+    for note in result["notes"]:
+        console.print(f"note: {note}")
+    if json_path:
+        write_json(json_path, result)
+
+
 if __name__ == "__main__":
     main()

@@ -93,3 +93,10 @@ class BundleError(EdgetlError):
 
     exit_code = 2
     kind = "bundle error"
+
+
+class ReportError(EdgetlError):
+    """A run directory cannot be reported on or compared: no summary.json, or not an edgetl one."""
+
+    exit_code = 2
+    kind = "report error"

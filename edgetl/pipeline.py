@@ -16,7 +16,7 @@ import numpy as np
 
 from edgetl import __version__
 from edgetl.errors import AccuracyBudgetError, ParityError, RecipeError, StorageError
-from edgetl.fsutil import atomic_path, read_json, sha256_file, sha256_json, write_json, write_text
+from edgetl.fsutil import atomic_path, read_json, sha256_file, sha256_json, write_json
 from edgetl.preprocess import Preprocessing
 from edgetl.progress import Reporter
 from edgetl.recipe import Recipe, load_recipe, section_dict
@@ -275,15 +275,24 @@ def _write_logits(path: Path, logits: np.ndarray) -> None:
         np.save(f, np.asarray(logits, dtype=np.float32))
 
 
-def _distiller(run: RunDir, recipe: Recipe, teacher_record: dict, prep: Preprocessing):
-    """The KD loss of `recipe.distill` against the teacher stage's model or precomputed logits."""
+def _distiller(run: RunDir, recipe: Recipe, teacher_record: dict, prep: Preprocessing, recover=None):
+    """The KD loss of `recipe.distill` against the teacher stage's model or precomputed logits (with the recovery's
+    own temperature and alpha when `recover` is the prune stage's recover section)."""
     from edgetl.compress.distill import Distiller
 
     d = recipe.distill
+    temperature, alpha = _recover_kd(recipe) if recover is not None else (d.temperature, d.alpha)
     if d.teacher_logits == "precomputed":
-        return Distiller.from_logits(np.load(run.root / teacher_record["train_logits"]), d.temperature, d.alpha)
+        return Distiller.from_logits(np.load(run.root / teacher_record["train_logits"]), temperature, alpha)
     teacher, saved = _load_saved(run.root / teacher_record["model"])
-    return Distiller.online(teacher, prep, Preprocessing.from_json(saved["preprocessing"]), d.temperature, d.alpha)
+    return Distiller.online(teacher, prep, Preprocessing.from_json(saved["preprocessing"]), temperature, alpha)
+
+
+def _recover_kd(recipe: Recipe) -> tuple[float, float]:
+    """Temperature and alpha of the pruning recovery's KD loss: its own, else the distill section's, else 4 / 0.7."""
+    r, d = recipe.prune.recover, recipe.distill
+    return (r.temperature or (d.temperature if d else 4.0),
+            r.alpha if r.alpha is not None else (d.alpha if d else 0.7))
 
 
 def _kd_inputs(recipe: Recipe, teacher_record: dict) -> dict:
@@ -439,7 +448,8 @@ def _onnx_fp32_latencies(run: RunDir, recipe: Recipe, models: dict, example: np.
 def _prune_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_record: dict, prep: Preprocessing,
                  train_record: dict, teacher_record: dict | None) -> dict:
     cfg = recipe.prune
-    use_kd = teacher_record is not None and cfg.recover.distill
+    self_kd = cfg.recover.distill and cfg.recover.teacher == "unpruned"
+    use_kd = teacher_record is not None and cfg.recover.distill and not self_kd
     inputs = {"prune": section_dict(cfg), "model": train_record["files"][train_record["model"]],
               "train": section_dict(recipe.train), "data": data_record["files"],
               "val": inputs_record["files"][inputs_record["val"]],
@@ -464,7 +474,13 @@ def _prune_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_r
         val_labels = np.load(run.root / inputs_record["val_labels"])
         example = torch.from_numpy(np.array(val[:1]))
         macs_before, params_before = count_macs_params(model, example)
-        distiller = _distiller(run, recipe, teacher_record, prep) if use_kd else None
+        distiller = _distiller(run, recipe, teacher_record, prep, cfg.recover) if use_kd else None
+        if self_kd:  # the unpruned model teaches its pruned self (same preprocessing)
+            from edgetl.compress.distill import Distiller
+
+            temperature, alpha = _recover_kd(recipe)
+            distiller = Distiller.online(_load_saved(run.root / train_record["model"])[0], prep, prep, temperature,
+                                         alpha)
         recover_cfg = recipe.train.model_copy(update={
             "lr": cfg.recover.lr, "backbone_lr_mult": 1.0, "probe_epochs": 0, "freeze_batchnorm": False,
             "mode": "finetune", "warmup_epochs": 0.0, "epochs": max(1, cfg.recover.epochs),
@@ -539,6 +555,7 @@ def _prune_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_r
                 "macs_ratio": round(macs_after / macs_before, 4), "val_accuracy_before": train_record["val_accuracy"],
                 "val_accuracy_pruned": round(accuracy_pruned, 4), "val_accuracy_after": round(accuracy_after, 4),
                 "val_accuracy": round(accuracy_after, 4), "recover_epochs_run": len(history),
+                "recover_kd_from": "unpruned" if self_kd else ("teacher" if use_kd else None),
                 "onnx_fp32_latency_ms_before": latency_before, "onnx_fp32_latency_ms_after": latency_after,
                 "onnx_fp32_latency_ratio": round(ratio, 4),
                 "files": run.files_record(model_path, logits_path, history_path)}
@@ -852,7 +869,7 @@ def _compression_summary(recipe: Recipe, records: dict) -> dict:
         keys = ("macs_before", "macs_after", "params_before", "params_after", "macs_ratio", "val_accuracy_before",
                 "val_accuracy_pruned", "val_accuracy_after", "onnx_fp32_latency_ratio", "onnx_fp32_latency_ms_before",
                 "onnx_fp32_latency_ms_after", "recover_epochs_run")
-        out["prune"] = {key: pruned[key] for key in keys} | {
+        out["prune"] = {key: pruned[key] for key in keys} | {"recover_kd_from": pruned.get("recover_kd_from"),
             "target_macs": recipe.prune.target_macs, "importance": recipe.prune.importance,
             "scope": recipe.prune.scope, "residual": recipe.prune.residual, "steps": recipe.prune.steps,
             "path": pruned["model"]}
@@ -914,37 +931,11 @@ def _summary(recipe: Recipe, index, prep: Preprocessing, records: dict, run: Run
     }
 
 
-def _report(summary: dict) -> str:
-    model = summary["model"]
-    lines = [f"# edgetl run `{summary['recipe_name']}`", "",
-             f"Status: **{summary['status']}** · edgetl {summary['edgetl_version']} · recipe `{summary['recipe']}`", "",
-             f"Backbone **{model['backbone']}** (weights `{model['weights']}`, mode `{model['mode']}`): val accuracy "
-             f"**{model['val_accuracy']:.2f} %** after {model['epochs_run']} epochs (best epoch "
-             f"{model['best_epoch']}).", "",
-             f"Data: {summary['data']['train_images']} train / {summary['data']['val_images']} val images, classes "
-             f"{', '.join(summary['classes'])}; {len(summary['data']['bad_images'])} bad images skipped.", "",
-             "| artifact | format | precision | size (MB) | val acc (%) | drop (pp) | max abs logit diff | threads "
-             "| p50 (ms) | p90 (ms) | p99 (ms) |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for a in summary["artifacts"]:
-        head = (f"| `{a['path']}` | {a['format']} | {a['precision']} | {a['size_bytes'] / 1e6:.2f} | "
-                f"{a['val_accuracy']:.2f} | {a['accuracy_drop_pp']:+.2f} | {a['max_abs_logit_diff']:.2e} |")
-        by_threads = a["latency_by_threads"] or {"—": {}}
-        for threads, lat in by_threads.items():
-            cells = " | ".join(f"{lat[k]:.2f}" if k in lat else "—" for k in ("p50", "p90", "p99"))
-            lines.append(f"{head} {threads} | {cells} |")
-            head = "| | | | | | | |"
-    env = summary["environment"]
-    lines += ["", f"Measured on {env['cpu']} ({env['cores']} cores), onnxruntime {env['onnxruntime']}, "
-              f"openvino {env.get('openvino')}, ai-edge-litert {env.get('ai-edge-litert')}, "
-              f"batch {summary['artifacts'][0]['batch'] if summary['artifacts'] else 1}.", "",
-              "Stages: " + ", ".join(f"{k} " + ("reused" if v["cached"] else f"{v['seconds']:.1f}s")
-                                     for k, v in summary["stages"].items()), ""]
-    return "\n".join(lines)
-
-
 def _write_outputs(run: RunDir, summary: dict) -> None:
+    from edgetl.report import write_report
+
     write_json(run.root / "summary.json", summary)
-    write_text(run.root / "report.md", _report(summary))
+    write_report(run.root, summary)
 
 
 def build(recipe: str | Path | Recipe, out: str | Path | None = None, reporter: Reporter | None = None) -> dict:

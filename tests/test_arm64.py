@@ -96,6 +96,15 @@ def test_device_errors_are_clear_and_other_devices_answer(device, run_dir, tmp_p
     bundle = bundle_model_file(run_dir / "export" / "openvino_fp32" / "model.xml", tmp_path / "ovb")
     with pytest.raises(DeviceError, match="openvino.*is not installed"):
         run_bundle(Device.parse(device["url"], ssh_config=device["config"]), bundle, "openvino", [["info"]])
+    # A key the device does not accept: an authentication failure, named.
+    import subprocess
+
+    stranger = tmp_path / "stranger_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    config = tmp_path / "ssh_config"
+    config.write_text(device["config"].read_text().replace(str(device["config"].parent / "client_key"), str(stranger)))
+    with pytest.raises(DeviceError, match=r"ssh failed: .*Permission denied \(publickey"):
+        Device.parse(device["url"], ssh_config=config).run(["true"])
     # An unknown host key is refused, never silently accepted.
     (device["config"].parent / "known_hosts").rename(device["config"].parent / "known_hosts.saved")
     try:

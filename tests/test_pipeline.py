@@ -107,10 +107,85 @@ def test_every_format_and_precision_is_exported_verified_and_benchmarked(built_a
     assert env["openvino"] and env["ai-edge-litert"] and env["litert-torch"]
 
 
-def test_report_lists_every_artifact(built):
+REPORT_SECTIONS = ("Recipe", "Data", "Training", "Artifacts", "Accuracy vs latency", "Confusion matrix of", "Device")
+
+
+def test_report_has_every_section_and_its_plots(built):
     report = (built["run"] / "report.md").read_text()
     for artifact in built["summary"]["artifacts"]:
         assert f"`{artifact['path']}`" in report
+    for title in REPORT_SECTIONS:
+        assert f"## {title}" in report
+    page = (built["run"] / "report.html").read_text()
+    assert all(f"<h2>{title}" in page for title in REPORT_SECTIONS)
+    assert page.count('src="data:image/png;base64,') == 3  # self-contained: the plots are inlined ...
+    assert "http://" not in page and "https://" not in page  # ... and nothing is fetched when it opens
+    from PIL import Image
+
+    for name in ("training", "pareto", "confusion"):
+        with Image.open(built["run"] / "report" / f"{name}.png") as image:
+            assert image.format == "PNG" and image.width > 300 and len(image.getcolors(1 << 16) or range(300)) > 20
+        assert f"](report/{name}.png)" in report
+    assert "| red | 30 | 6 |" in report  # class counts per split
+
+
+def test_report_command_remakes_it_and_the_page_renders_in_chromium(built, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(built["run"], run)
+    for path in (run / "report.html", run / "report.md", run / "report"):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    result = CliRunner().invoke(main, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    assert (run / "report.html").is_file() and len(list((run / "report").glob("*.png"))) == 3
+    bad = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert bad.exit_code == 2 and "not an edgetl run directory" in bad.output and "Traceback" not in bad.output
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium here (apt-get install chromium; .ci/run does when it runs as root)")
+    shot = tmp_path / "page.png"
+    out = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2400",
+                          f"--screenshot={shot}", (run / "report.html").as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and shot.is_file(), out.stderr[-2000:]
+    from PIL import Image, ImageStat
+
+    with Image.open(shot) as image:
+        gray = image.convert("L")
+        assert ImageStat.Stat(gray).stddev[0] > 10  # not a blank page: text, tables and plots drawn
+        assert gray.getextrema()[0] < 80  # some dark text
+
+
+def test_compare_says_what_changed_between_two_runs(built, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(built["run"], other)
+    summary = json.loads((other / "summary.json").read_text())
+    summary["artifacts"][0]["val_accuracy"] -= 5.0
+    summary["artifacts"][0]["sha256"] = "0" * 64
+    first_threads = next(iter(summary["artifacts"][0]["latency_by_threads"]))
+    summary["artifacts"][0]["latency_by_threads"][first_threads]["p50"] *= 2
+    removed = summary["artifacts"].pop()
+    summary["model"]["val_accuracy"] -= 1.0
+    (other / "summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "compare.json"
+    result = CliRunner().invoke(main, ["compare", str(built["run"]), str(other), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    compared = json.loads(out.read_text())
+    rows = {r["artifact"]: r for r in compared["artifacts"]}
+    changed = rows[summary["artifacts"][0]["name"]]
+    assert changed["status"] == "changed" and changed["val_accuracy_delta_pp"] == pytest.approx(-5.0)
+    assert changed["p50_ratio"] == pytest.approx(2.0, rel=1e-3)
+    assert rows[removed["name"]]["status"] == "removed" and "val_accuracy" in compared["model"]
+    assert "removed" in result.output and "model.val_accuracy" in result.output
+    same = CliRunner().invoke(main, ["compare", str(built["run"]), str(built["run"]), "--json", str(out)])
+    assert same.exit_code == 0 and {r["status"] for r in json.loads(out.read_text())["artifacts"]} == {"same file"}
+    missing = CliRunner().invoke(main, ["compare", str(built["run"]), str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "nope" in missing.output
 
 
 def test_one_folder_per_stage_with_markers(built):

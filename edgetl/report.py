@@ -1,0 +1,384 @@
+"""A run's report, from its summary.json and the stages' history files: `report.md`, a self-contained
+`report.html` (plots inlined, opens offline) and the plots as PNG files in `report/`. `edgetl report RUN_DIR`
+remakes them; `edgetl compare RUN_A RUN_B` says what changed between two runs."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgetl.errors import ReportError
+from edgetl.fsutil import write_bytes, write_text
+
+PLOTS = ("training", "pareto", "confusion")
+
+
+def load_summary(run_dir: Path) -> dict:
+    """The run's summary.json, or a ReportError naming what is wrong."""
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        raise ReportError(f"{run_dir}: not an edgetl run directory (no summary.json; build one with `edgetl build`).")
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"{path}: cannot read it as JSON ({exc}).") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("artifacts"), list):
+        raise ReportError(f"{path}: not an edgetl summary (no `artifacts` list).")
+    return summary
+
+
+def bench_threads(summary: dict) -> str | None:
+    """The thread count the latency columns and the Pareto plot use: the first one measured."""
+    for artifact in summary["artifacts"]:
+        if artifact.get("latency_by_threads"):
+            return next(iter(artifact["latency_by_threads"]))
+    return None
+
+
+def p50(artifact: dict, threads: str | None) -> float | None:
+    return ((artifact.get("latency_by_threads") or {}).get(threads) or {}).get("p50") if threads else None
+
+
+def pareto_names(artifacts: list[dict], threads: str | None) -> set[str]:
+    """Artifacts no other artifact beats on accuracy, p50 latency and size at once (higher, lower, smaller)."""
+    points = [(a["name"], a["val_accuracy"], p50(a, threads), a["size_bytes"]) for a in artifacts
+              if a.get("val_accuracy") is not None and p50(a, threads) is not None]
+    front = set()
+    for name, acc, lat, size in points:
+        dominated = any(o_acc >= acc and o_lat <= lat and o_size <= size and (o_acc, o_lat, o_size) != (acc, lat, size)
+                        for _, o_acc, o_lat, o_size in points)
+        if not dominated:
+            front.add(name)
+    return front
+
+
+def chosen_artifact(summary: dict) -> dict | None:
+    """The search's choice when there was a search; else the fastest artifact within the accuracy budget."""
+    by_name = {a["name"]: a for a in summary["artifacts"]}
+    chosen = (summary.get("search") or {}).get("chosen")
+    if chosen in by_name:
+        return by_name[chosen]
+    threads = bench_threads(summary)
+    budget = (summary.get("budget") or {}).get("max_accuracy_drop_pp")
+    within = [a for a in summary["artifacts"] if budget is None or (a.get("accuracy_drop_pp") or 0) <= budget]
+    timed = [a for a in within if p50(a, threads) is not None]
+    if timed:
+        return min(timed, key=lambda a: (p50(a, threads), -a["val_accuracy"]))
+    return max(within, key=lambda a: a.get("val_accuracy") or 0) if within else None
+
+
+def _histories(run_dir: Path) -> dict[str, list[dict]]:
+    histories = {}
+    for path in sorted(Path(run_dir).glob("*/history.json")):
+        try:
+            history = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(history, list) and history and isinstance(history[0], dict):
+            histories[path.parent.name] = history
+    return histories
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training(histories: dict[str, list[dict]]) -> bytes | None:
+    """Train loss and val accuracy per epoch of every fine-tune of the run (teacher, student, recovery, QAT)."""
+    if not histories:
+        return None
+    plt = _pyplot()
+    figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for stage, history in histories.items():
+        epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
+        if any("train_loss" in h for h in history):
+            loss_axis.plot(epochs, [h.get("train_loss") for h in history], marker="o", label=stage)
+        if any("val_accuracy" in h for h in history):
+            acc_axis.plot(epochs, [h.get("val_accuracy") for h in history], marker="o", label=stage)
+    loss_axis.set(title="train loss", xlabel="epoch")
+    acc_axis.set(title="val accuracy (%)", xlabel="epoch")
+    for axis in (loss_axis, acc_axis):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    data = _png(figure)
+    plt.close(figure)
+    return data
+
+
+def plot_pareto(artifacts: list[dict], threads: str | None, chosen: str | None) -> bytes | None:
+    """Val accuracy against p50 latency, marker area ∝ file size, the Pareto front joined and the choice ringed."""
+    points = [a for a in artifacts if a.get("val_accuracy") is not None and p50(a, threads) is not None]
+    if not points:
+        return None
+    plt = _pyplot()
+    front = pareto_names(points, threads)
+    largest = max(a["size_bytes"] for a in points) or 1
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for artifact in points:
+        x, y = p50(artifact, threads), artifact["val_accuracy"]
+        area = 40 + 400 * artifact["size_bytes"] / largest
+        axis.scatter([x], [y], s=area, alpha=0.6, edgecolors="black" if artifact["name"] in front else "none")
+        axis.annotate(artifact["name"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        if artifact["name"] == chosen:
+            axis.scatter([x], [y], s=area * 2.2, facecolors="none", edgecolors="red", linewidths=1.5)
+    line = sorted((p50(a, threads), a["val_accuracy"]) for a in points if a["name"] in front)
+    axis.plot([p[0] for p in line], [p[1] for p in line], linestyle="--", color="gray", linewidth=1)
+    axis.set(xlabel=f"p50 latency (ms, {threads} thread(s))", ylabel="val accuracy (%)",
+             title="accuracy vs latency (marker area ∝ file size; red ring: chosen)")
+    axis.grid(alpha=0.3)
+    data = _png(figure)
+    plt.close(figure)
+    return data
+
+
+def plot_confusion(matrix: list[list[int]], classes: list[str], title: str) -> bytes | None:
+    if not matrix:
+        return None
+    plt = _pyplot()
+    size = max(3.5, 0.45 * len(classes) + 2)
+    figure, axis = plt.subplots(figsize=(size, size))
+    axis.imshow(matrix, cmap="Blues")
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            axis.text(j, i, str(count), ha="center", va="center", fontsize=9,
+                      color="white" if count > max(map(max, matrix)) / 2 else "black")
+    axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    axis.set_yticks(range(len(classes)), classes)
+    axis.set(xlabel="predicted", ylabel="true", title=title)
+    data = _png(figure)
+    plt.close(figure)
+    return data
+
+
+@dataclass
+class Report:
+    """What `write_report` wrote."""
+
+    markdown: Path
+    html: Path
+    plots: dict[str, Path]
+
+
+def write_report(run_dir: Path, summary: dict | None = None) -> Report:
+    """(Re)make report.md, report.html and report/*.png of a run directory."""
+    run_dir = Path(run_dir)
+    summary = summary if summary is not None else load_summary(run_dir)
+    threads = bench_threads(summary)
+    chosen = chosen_artifact(summary)
+    images = {"training": plot_training(_histories(run_dir)),
+              "pareto": plot_pareto(summary["artifacts"], threads, chosen["name"] if chosen else None),
+              "confusion": plot_confusion(chosen.get("confusion_matrix") if chosen else None, summary.get("classes", []),
+                                          f"{chosen['name']} on the val split" if chosen else "")}
+    plots = {}
+    for name, data in images.items():
+        if data is not None:
+            plots[name] = run_dir / "report" / f"{name}.png"
+            write_bytes(plots[name], data)
+    sections = _sections(summary, run_dir, threads, chosen)
+    write_text(run_dir / "report.md", _markdown(summary, sections, plots, run_dir))
+    write_text(run_dir / "report.html", _html(summary, sections, images))
+    return Report(run_dir / "report.md", run_dir / "report.html", plots)
+
+
+@dataclass
+class Section:
+    title: str
+    text: list[str]  # paragraphs
+    table: tuple[list[str], list[list[str]]] | None = None
+    plot: str | None = None
+    code: str | None = None
+
+
+def _fmt(value, spec: str = ".2f", none: str = "—") -> str:
+    return none if value is None else format(value, spec)
+
+
+def _sections(summary: dict, run_dir: Path, threads: str | None, chosen: dict | None) -> list[Section]:
+    data, model, env = summary.get("data", {}), summary.get("model", {}), summary.get("environment", {})
+    recipe_path = Path(str(summary.get("recipe", "")))
+    recipe_text = recipe_path.read_text(encoding="utf-8") if recipe_path.is_file() else None
+    front = pareto_names(summary["artifacts"], threads)
+    sections = [Section("Recipe", [f"`{summary.get('recipe')}` (sha256 of the validated recipe "
+                                   f"`{str(summary.get('recipe_sha256', ''))[:12]}`), edgetl "
+                                   f"{summary.get('edgetl_version')}, status **{summary.get('status')}**."]
+                        + ([] if recipe_text else ["(the recipe file is no longer at that path)"]), code=recipe_text)]
+    counts = data.get("class_counts", {})
+    classes = sorted({c for split in counts.values() for c in split})
+    bad = data.get("bad_images", [])
+    sections.append(Section("Data", [
+        f"{data.get('train_images')} train / {data.get('val_images')} val images ({data.get('val_source', 'val')}), "
+        f"{len(classes)} classes, from `{data.get('root')}`. {len(bad)} bad image(s) skipped"
+        + (": " + ", ".join(f"`{b.get('path', b)}`" if isinstance(b, dict) else f"`{b}`" for b in bad[:10]) if bad
+           else "") + f"; {len(data.get('converted_to_rgb', []))} converted to RGB."],
+        (["class", *counts], [[c, *(str(counts[s].get(c, 0)) for s in counts)] for c in classes])))
+    sections.append(Section("Training", [
+        f"Backbone **{model.get('backbone')}**, weights `{model.get('weights')}`, mode `{model.get('mode')}`: val "
+        f"accuracy **{_fmt(model.get('val_accuracy'))} %** after {model.get('epochs_run')} epochs (best epoch "
+        f"{model.get('best_epoch')})." + _compression_text(summary)], plot="training"))
+    rows = []
+    for a in summary["artifacts"]:
+        lat = (a.get("latency_by_threads") or {}).get(threads) or {}
+        marks = ("chosen" if chosen and a["name"] == chosen["name"] else "") + (" pareto" if a["name"] in front else "")
+        rows.append([a["name"], f"`{a['path']}`", a["format"], a["precision"], a.get("quantization") or "",
+                     f"{a['size_bytes'] / 1e6:.2f}",
+                     _fmt(a.get("val_accuracy")), _fmt(a.get("accuracy_drop_pp"), "+.2f"),
+                     _fmt(a.get("max_abs_logit_diff"), ".1e"), _fmt(lat.get("p50")), _fmt(lat.get("p90")),
+                     _fmt(lat.get("p99")), marks.strip()])
+    sections.append(Section("Artifacts", [
+        f"Every file evaluated on the whole val split with its own runtime; latency at batch "
+        f"{summary['artifacts'][0].get('batch', 1) if summary['artifacts'] else 1}, {threads} thread(s). "
+        f"Accuracy budget: {(summary.get('budget') or {}).get('max_accuracy_drop_pp')} pp."],
+        (["artifact", "file", "format", "precision", "quantization", "size (MB)", "val acc (%)", "drop (pp)",
+          "max logit diff", "p50 (ms)", "p90 (ms)", "p99 (ms)", ""], rows)))
+    sections.append(Section("Accuracy vs latency", [
+        "Pareto front: artifacts no other artifact beats on accuracy, latency and size at once."
+        + (f" Chosen: **{chosen['name']}**" + (" (by the search)." if (summary.get("search") or {}).get("chosen")
+                                                else " (the fastest within the accuracy budget).") if chosen else "")],
+        plot="pareto"))
+    sections.extend(_search_sections(summary))
+    if chosen:
+        sections.append(Section(f"Confusion matrix of {chosen['name']}", [
+            "Rows: true class; columns: predicted class; val split."], plot="confusion"))
+    sections.append(Section("Device", [
+        f"{env.get('cpu')} ({env.get('cores')} cores, {env.get('machine')}), Python {env.get('python')}; "
+        + ", ".join(f"{k} {v}" for k, v in env.items() if k not in ("cpu", "cores", "machine", "python", "platform")
+                    and v) + "."], None))
+    stages = summary.get("stages", {})
+    if stages:
+        sections.append(Section("Stages", [", ".join(f"{k} " + ("reused" if v.get("cached") else
+                                                                f"{v.get('seconds', 0):.1f} s")
+                                                     for k, v in stages.items())]))
+    return sections
+
+
+def _compression_text(summary: dict) -> str:
+    text = ""
+    distill, prune = summary.get("distill"), summary.get("prune")
+    if distill:
+        text += (f" Distilled from {distill['teacher']['backbone']} ({_fmt(distill['teacher']['val_accuracy'])} %);"
+                 f" without KD the student reached {_fmt(distill.get('student_without_kd_val_accuracy'))} %.")
+    if prune:
+        text += (f" Pruned to {prune['macs_ratio']:.2f}× the MACs ({prune['macs_before'] / 1e6:.0f}M → "
+                 f"{prune['macs_after'] / 1e6:.0f}M): val accuracy {_fmt(prune['val_accuracy_before'])} → "
+                 f"{_fmt(prune['val_accuracy_after'])} %, onnx fp32 latency ×{prune['onnx_fp32_latency_ratio']:.2f}.")
+    return text
+
+
+def _search_sections(summary: dict) -> list[Section]:
+    search = summary.get("search")
+    if not search:
+        return []
+    rows = [[c["name"], c.get("backbone", ""), str(c.get("prune", "")), c.get("format", ""), c.get("precision", ""),
+             c["status"], _fmt(c.get("val_accuracy")), _fmt(c.get("latency_ms_p90")),
+             _fmt(c.get("size_bytes") / 1e6 if c.get("size_bytes") else None), "yes" if c.get("trained") else "no",
+             c.get("reason", "")] for c in search.get("candidates", [])]
+    return [Section("Search", [f"Budget {json.dumps(search.get('budget'))}; {search.get('trained_count')} of "
+                               f"{search.get('grid_size')} candidates trained; chosen **{search.get('chosen')}**."],
+                    (["candidate", "backbone", "prune", "format", "precision", "status", "val acc (%)", "p90 (ms)",
+                      "size (MB)", "trained", "reason"], rows))]
+
+
+def _markdown(summary: dict, sections: list[Section], plots: dict[str, Path], run_dir: Path) -> str:
+    lines = [f"# edgetl run `{summary.get('recipe_name')}`", ""]
+    for section in sections:
+        lines += [f"## {section.title}", ""]
+        for paragraph in section.text:
+            lines += [paragraph, ""]
+        if section.code:
+            lines += ["```yaml", section.code.rstrip(), "```", ""]
+        if section.table:
+            header, rows = section.table
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+            lines.append("")
+        if section.plot and section.plot in plots:
+            lines += [f"![{section.title}]({plots[section.plot].relative_to(run_dir).as_posix()})", ""]
+    return "\n".join(lines)
+
+
+STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#1b1f24}h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;font-size:.88em;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .55em;
+text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f4f6}
+pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:.85em}img{max-width:100%}code{background:#f3f4f6}"""
+
+
+def _inline(text: str) -> str:
+    """Markdown's **bold** and `code` in an escaped paragraph."""
+    import re
+
+    escaped = html.escape(text)
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
+
+
+def _html(summary: dict, sections: list[Section], images: dict[str, bytes | None]) -> str:
+    title = f"edgetl run {summary.get('recipe_name')}"
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
+    for section in sections:
+        parts.append(f"<section><h2>{html.escape(section.title)}</h2>")
+        parts += [f"<p>{_inline(p)}</p>" for p in section.text]
+        if section.code:
+            parts.append(f"<pre>{html.escape(section.code)}</pre>")
+        if section.table:
+            header, rows = section.table
+            parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+            parts += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in rows]
+            parts.append("</table>")
+        data = images.get(section.plot) if section.plot else None
+        if data:
+            parts.append(f'<img alt="{html.escape(section.title)}" '
+                         f'src="data:image/png;base64,{base64.b64encode(data).decode()}">')
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def compare_runs(run_a: Path, run_b: Path) -> dict:
+    """What changed from run A to run B: the model, and per artifact accuracy, p50 latency and size."""
+    a, b = load_summary(run_a), load_summary(run_b)
+    threads_a, threads_b = bench_threads(a), bench_threads(b)
+    by_a, by_b = {x["name"]: x for x in a["artifacts"]}, {x["name"]: x for x in b["artifacts"]}
+    rows = []
+    for name in [*by_a, *(n for n in by_b if n not in by_a)]:
+        x, y = by_a.get(name), by_b.get(name)
+        row = {"artifact": name, "status": "changed" if x and y else ("removed" if x else "added")}
+        for key, value in (("val_accuracy", lambda r: r.get("val_accuracy")), ("size_bytes", lambda r: r["size_bytes"])):
+            row[f"{key}_a"], row[f"{key}_b"] = (value(x) if x else None), (value(y) if y else None)
+        row["p50_ms_a"], row["p50_ms_b"] = (p50(x, threads_a) if x else None), (p50(y, threads_b) if y else None)
+        if x and y:
+            if row["val_accuracy_a"] is not None and row["val_accuracy_b"] is not None:
+                row["val_accuracy_delta_pp"] = round(row["val_accuracy_b"] - row["val_accuracy_a"], 4)
+            if row["p50_ms_a"] and row["p50_ms_b"]:
+                row["p50_ratio"] = round(row["p50_ms_b"] / row["p50_ms_a"], 4)
+            row["size_ratio"] = round(row["size_bytes_b"] / row["size_bytes_a"], 4) if row["size_bytes_a"] else None
+            if x.get("sha256") and x.get("sha256") == y.get("sha256"):
+                row["status"] = "same file"
+        rows.append(row)
+    model_keys = ("backbone", "weights", "mode", "val_accuracy", "epochs_run", "params")
+    model = {k: (a.get("model", {}).get(k), b.get("model", {}).get(k)) for k in model_keys
+             if a.get("model", {}).get(k) != b.get("model", {}).get(k)}
+    notes = []
+    if threads_a != threads_b:
+        notes.append(f"latency measured at {threads_a} thread(s) in A and {threads_b} in B")
+    env_a, env_b = a.get("environment", {}), b.get("environment", {})
+    notes += [f"{k}: {env_a.get(k)} → {env_b.get(k)}" for k in ("cpu", "cores", "machine", "onnxruntime", "openvino",
+                                                                "ai-edge-litert") if env_a.get(k) != env_b.get(k)]
+    return {"run_a": str(run_a), "run_b": str(run_b), "recipe_changed": a.get("recipe_sha256") != b.get("recipe_sha256"),
+            "model": model, "artifacts": rows, "threads": [threads_a, threads_b], "notes": notes}
