@@ -1,0 +1,110 @@
+"""The latency-budget search's logic on fake measurements: the cheap filter, the training order, stopping models
+that cannot win, the Pareto front and the choice, and how much of the grid gets trained."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgetl.search import Budget, Candidate, cheap_filter, choose, make_grid, run, training_order
+
+# Untrained p90 (ms) per backbone at fp32, as a device might measure it; int8 is 2.5x faster, pruning scales MACs.
+FP32_MS = {"mobilenet_v3_small": 9.0, "mobilenet_v2": 24.0, "efficientnet_lite0": 30.0}
+ACCURACY = {"mobilenet_v3_small": 90.0, "mobilenet_v2": 95.0, "efficientnet_lite0": 96.0}  # trained, unpruned
+PRIOR = {"mobilenet_v3_small": 67.7, "mobilenet_v2": 72.2, "efficientnet_lite0": 75.1}  # ImageNet top-1
+
+
+def latency(c: Candidate) -> float:
+    return FP32_MS[c.backbone] * (1 - c.prune) / (2.5 if c.precision == "int8" else 1.0)
+
+
+def size(c: Candidate) -> int:
+    return int(10e6 * (1 - c.prune) / (4 if c.precision == "int8" else 1))
+
+
+def grid() -> list[Candidate]:
+    return make_grid(list(FP32_MS), [0.0, 0.3, 0.5], ["tflite", "onnx"], ["int8", "fp32"])
+
+
+def fake_train(calls: list):
+    def train(key):
+        calls.append(key)
+        backbone, prune = key
+        accuracy = ACCURACY[backbone] - 8 * prune  # pruning costs accuracy
+        artifacts = {}
+        for fmt in ("tflite", "onnx"):
+            for precision in ("int8", "fp32"):
+                c = Candidate(backbone, prune, fmt, precision)
+                artifacts[(fmt, precision)] = {"val_accuracy": accuracy - (0.3 if precision == "int8" else 0.0),
+                                               "latency_ms_p90": latency(c) * 1.02, "size_bytes": size(c)}
+        return accuracy, artifacts
+
+    return train
+
+
+def test_cheap_filter_rejects_what_cannot_meet_the_budget_before_training():
+    candidates = grid()
+    cheap_filter(candidates, Budget(latency_ms_p90=12, size_mb=5), lambda c: (latency(c), size(c)))
+    by_name = {c.name: c for c in candidates}
+    slow = by_name["efficientnet_lite0_p00_onnx_fp32"]
+    assert slow.status == "rejected" and "p90 30.00 ms > budget 12 ms" in slow.reason and "untrained" in slow.reason
+    big = by_name["mobilenet_v3_small_p00_onnx_fp32"]  # 9 ms is fast enough, 10 MB is not small enough
+    assert big.status == "rejected" and "size 10.00 MB > budget 5 MB" in big.reason
+    assert by_name["efficientnet_lite0_p00_tflite_int8"].status == "pending"  # 12.0 ms: at the budget, not over
+    assert all(not c.trained for c in candidates) and slow.estimated["latency_ms_p90"] == 30.0
+
+
+def test_training_order_puts_promising_backbones_and_unpruned_parents_first():
+    candidates = grid()
+    for c in candidates:
+        if c.prune == 0.0 and c.backbone == "mobilenet_v2":
+            c.reject("too slow")  # its pruned variants still need it as their parent
+    order = training_order(candidates, PRIOR)
+    assert order[:3] == [("efficientnet_lite0", 0.0), ("efficientnet_lite0", 0.3), ("efficientnet_lite0", 0.5)]
+    assert ("mobilenet_v2", 0.0) in order and order.index(("mobilenet_v2", 0.0)) < order.index(("mobilenet_v2", 0.3))
+
+
+def test_choice_is_the_most_accurate_within_budget_and_the_rest_is_explained():
+    calls: list = []
+    budget = Budget(latency_ms_p90=10.0, device="ssh://pi@pi4", threads=4)
+    candidates = grid()
+    state = run(candidates, budget, PRIOR, lambda c: (latency(c), size(c)), fake_train(calls))
+    chosen = [c for c in candidates if c.status == "chosen"]
+    assert len(chosen) == 1
+    best = chosen[0]
+    feasible = [c for c in candidates if c.val_accuracy is not None and c.latency_ms_p90 <= 10.0]
+    assert best.val_accuracy == max(c.val_accuracy for c in feasible) and best.latency_ms_p90 <= 10.0
+    # EfficientNet-Lite0 int8 (12 ms) and every fp32 but MobileNetV3-Small's miss the budget; MobileNetV2 int8
+    # (9.8 ms, 94.7 %) beats the pruned EfficientNet-Lite0 (8.6 ms, 93.3 %).
+    assert (best.backbone, best.prune, best.precision) == ("mobilenet_v2", 0.0, "int8")
+    assert all(c.reason for c in candidates) and {c.status for c in candidates} <= {"chosen", "pareto", "rejected"}
+    # A candidate trained and in budget but beaten on every axis says by whom.
+    dominated = [c for c in candidates if c.status == "rejected" and c.reason.startswith("dominated by")]
+    assert dominated and all(c.trained for c in dominated)
+    # MobileNetV3-Small's unpruned model (90 %) is trained, its pruned variants cannot beat 93.3 %: never trained.
+    assert ("mobilenet_v3_small", 0.3) not in calls and ("mobilenet_v3_small", 0.5) not in calls
+    skipped = next(c for c in candidates if c.name == "mobilenet_v3_small_p30_tflite_int8")
+    assert "not trained: cannot beat" in skipped.reason and not skipped.trained
+    # Trained, in order: each backbone's unpruned parent before its pruned variants, most promising backbone first;
+    # EfficientNet-Lite0's unpruned model only as a parent (all its own candidates missed the budget untrained).
+    assert calls == [("efficientnet_lite0", 0.0), ("efficientnet_lite0", 0.3), ("efficientnet_lite0", 0.5),
+                     ("mobilenet_v2", 0.0), ("mobilenet_v2", 0.3), ("mobilenet_v2", 0.5), ("mobilenet_v3_small", 0.0)]
+    assert len(calls) == len(state.trained) and sum(c.trained for c in candidates) == 4 * len(calls)
+    parent_only = next(c for c in candidates if c.name == "efficientnet_lite0_p00_onnx_fp32")
+    assert parent_only.trained and parent_only.status == "rejected" and "untrained" in parent_only.reason
+
+
+def test_nothing_meets_the_budget():
+    candidates = grid()
+    calls: list = []
+    run(candidates, Budget(latency_ms_p90=1.0), PRIOR, lambda c: (latency(c), size(c)), fake_train(calls))
+    assert calls == [] and all(c.status == "rejected" for c in candidates)
+    assert choose(candidates) is None
+
+
+@pytest.mark.parametrize("accuracy_min", [99.0])
+def test_accuracy_floor_rejects_trained_candidates_with_the_reason(accuracy_min):
+    candidates = grid()
+    run(candidates, Budget(latency_ms_p90=100.0, accuracy_min=accuracy_min), PRIOR,
+        lambda c: (latency(c), size(c)), fake_train([]))
+    assert not any(c.status == "chosen" for c in candidates)
+    assert any("< accuracy_min 99 %" in c.reason for c in candidates)
