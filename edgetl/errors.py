@@ -100,3 +100,9 @@ class ReportError(EdgetlError):
 
     exit_code = 2
     kind = "report error"
+
+
+class BudgetError(EdgetlError):
+    """No candidate of a recipe's search meets its budget, or the budget's device cannot be measured."""
+
+    kind = "search"

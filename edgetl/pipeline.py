@@ -951,6 +951,13 @@ def build(recipe: str | Path | Recipe, out: str | Path | None = None, reporter: 
         raise StorageError(f"Cannot create the run directory {root}: {exc.strerror}. Choose another with --out.") from None
     reporter.info(f"edgetl {__version__}: building '{recipe.name}' into {root}")
     try:
+        if recipe.search is not None:
+            from edgetl.search_build import build_search
+
+            summary = build_search(recipe, root.resolve(), reporter)
+            _write_outputs(RunDir(root.resolve(), reporter, []), summary)
+            reporter.info(f"done: {root / 'summary.json'}, {root / 'report.html'}")
+            return summary
         return _run(recipe, RunDir(root.resolve(), reporter, stage_names(recipe)))
     except BaseException:
         # A build that failed before any stage completed leaves no empty run directory behind.

@@ -81,7 +81,9 @@ class AugmentSection(Section):
 class TrainSection(Section):
     """How the backbone is fine-tuned."""
 
-    mode: Literal["linear_probe", "finetune", "gradual"] = "finetune"
+    mode: Literal["linear_probe", "finetune", "gradual", "none"] = Field(
+        "finetune", description="`none`: no training at all, the pretrained backbone with a fresh head (to measure "
+        "an architecture's latency; the search's cheap filter uses it).")
     epochs: int = Field(8, gt=0)
     batch_size: int = Field(32, gt=0)
     probe_epochs: int = Field(10, ge=0, description="finetune/gradual: epochs of head-only training on cached "
@@ -294,6 +296,47 @@ class BenchSection(Section):
         return value
 
 
+class SearchBudget(Section):
+    """What the chosen model must meet, measured on `device` at `threads` (batch 1)."""
+
+    latency_ms_p90: float | None = Field(None, gt=0, description="p90 latency limit (ms) on the device.")
+    size_mb: float | None = Field(None, gt=0, description="Model file size limit (MB).")
+    accuracy_min: float | None = Field(None, ge=0, le=100, description="Lowest acceptable val accuracy (%).")
+    device: str = Field("local", description="`local`, or ssh://[user@]host[:port] (see `edgetl deploy`).")
+    threads: int = Field(1, gt=0)
+
+    @model_validator(mode="after")
+    def _something_to_meet(self) -> SearchBudget:
+        if self.latency_ms_p90 is None and self.size_mb is None and self.accuracy_min is None:
+            raise ValueError("give at least one of latency_ms_p90, size_mb, accuracy_min")
+        if self.device != "local" and not self.device.startswith("ssh://"):
+            raise ValueError(f"device must be `local` or ssh://[user@]host[:port], not {self.device!r}")
+        return self
+
+
+class SearchSection(Section):
+    """Pick the most accurate model under a budget, measured on the target: a grid of backbone × prune ratio ×
+    format × precision, the cheap filter (untrained architectures measured first), then training only what can
+    still win."""
+
+    budget: SearchBudget
+    backbones: list[str] = Field(..., min_length=1)
+    prune: list[float] = Field([0.0], min_length=1, description="Shares of the MACs removed (0.5: half of them).")
+    formats: list[Literal["onnx", "openvino", "tflite"]] = Field(["onnx"], min_length=1)
+    precisions: list[Literal["fp32", "fp16", "int8"]] = Field(["fp32", "int8"], min_length=1)
+    models: dict[str, dict[str, Any]] = Field({}, description="Per-backbone overrides of the `model` section "
+                                              "(e.g. its weights file and preprocessing).")
+    slack_pp: float = Field(0.0, ge=0, description="A pruned model is still trained when its unpruned parent is "
+                            "at most this far below the best candidate found.")
+
+    @field_validator("prune")
+    @classmethod
+    def _ratios(cls, value: list[float]) -> list[float]:
+        if any(not 0 <= r < 1 for r in value):
+            raise ValueError("every prune ratio must be in [0, 1)")
+        return sorted(set(value))
+
+
 class Recipe(Section):
     """A whole build recipe."""
 
@@ -307,6 +350,7 @@ class Recipe(Section):
     export: ExportSection = ExportSection()
     verify: VerifySection = VerifySection()
     bench: BenchSection = BenchSection()
+    search: SearchSection | None = None
 
     # Where the recipe was read from; relative paths in it are resolved against its folder.
     source: str | None = Field(None, exclude=True)

@@ -43,23 +43,46 @@ def p50(artifact: dict, threads: str | None) -> float | None:
     return ((artifact.get("latency_by_threads") or {}).get(threads) or {}).get("p50") if threads else None
 
 
-def pareto_names(artifacts: list[dict], threads: str | None) -> set[str]:
-    """Artifacts no other artifact beats on accuracy, p50 latency and size at once (higher, lower, smaller)."""
-    points = [(a["name"], a["val_accuracy"], p50(a, threads), a["size_bytes"]) for a in artifacts
-              if a.get("val_accuracy") is not None and p50(a, threads) is not None]
+def _front(points: list[tuple[str, float, float, int]]) -> set[str]:
+    """Names of the points (name, accuracy, latency, size) no other point beats on all three at once."""
     front = set()
     for name, acc, lat, size in points:
-        dominated = any(o_acc >= acc and o_lat <= lat and o_size <= size and (o_acc, o_lat, o_size) != (acc, lat, size)
-                        for _, o_acc, o_lat, o_size in points)
-        if not dominated:
+        if not any(o_acc >= acc and o_lat <= lat and o_size <= size and (o_acc, o_lat, o_size) != (acc, lat, size)
+                   for _, o_acc, o_lat, o_size in points):
             front.add(name)
     return front
+
+
+def _artifact_points(artifacts: list[dict], threads: str | None) -> list[tuple[str, float, float, int]]:
+    return [(a["name"], a["val_accuracy"], p50(a, threads), a["size_bytes"]) for a in artifacts
+            if a.get("val_accuracy") is not None and p50(a, threads) is not None]
+
+
+def pareto_names(artifacts: list[dict], threads: str | None) -> set[str]:
+    """Artifacts no other artifact beats on accuracy, p50 latency and size at once (higher, lower, smaller)."""
+    return _front(_artifact_points(artifacts, threads))
+
+
+def _pareto_points(summary: dict, threads: str | None) -> tuple[list[tuple[str, float, float, int]], str, str | None]:
+    """What the Pareto plot shows: every measured candidate of a search (p90 on the budget's device), else the
+    run's artifacts (p50 here); with the x label and the chosen point's name."""
+    search = summary.get("search")
+    if search:
+        points = [(c["name"], c["val_accuracy"], c["latency_ms_p90"], c["size_bytes"])
+                  for c in search.get("candidates", []) if c.get("val_accuracy") is not None
+                  and c.get("latency_ms_p90") is not None and c.get("size_bytes") is not None]
+        budget = search.get("budget", {})
+        return (points, f"p90 latency (ms) on {budget.get('device')}, {budget.get('threads')} thread(s)",
+                search.get("chosen"))
+    chosen = chosen_artifact(summary)
+    return (_artifact_points(summary["artifacts"], threads), f"p50 latency (ms, {threads} thread(s))",
+            chosen["name"] if chosen else None)
 
 
 def chosen_artifact(summary: dict) -> dict | None:
     """The search's choice when there was a search; else the fastest artifact within the accuracy budget."""
     by_name = {a["name"]: a for a in summary["artifacts"]}
-    chosen = (summary.get("search") or {}).get("chosen")
+    chosen = (summary.get("search") or {}).get("chosen_artifact")  # the chosen candidate's artifact of its run
     if chosen in by_name:
         return by_name[chosen]
     threads = bench_threads(summary)
@@ -120,25 +143,23 @@ def plot_training(histories: dict[str, list[dict]]) -> bytes | None:
     return data
 
 
-def plot_pareto(artifacts: list[dict], threads: str | None, chosen: str | None) -> bytes | None:
-    """Val accuracy against p50 latency, marker area ∝ file size, the Pareto front joined and the choice ringed."""
-    points = [a for a in artifacts if a.get("val_accuracy") is not None and p50(a, threads) is not None]
+def plot_pareto(points: list[tuple[str, float, float, int]], xlabel: str, chosen: str | None) -> bytes | None:
+    """Val accuracy against latency, marker area ∝ file size, the Pareto front joined and the choice ringed."""
     if not points:
         return None
     plt = _pyplot()
-    front = pareto_names(points, threads)
-    largest = max(a["size_bytes"] for a in points) or 1
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for artifact in points:
-        x, y = p50(artifact, threads), artifact["val_accuracy"]
-        area = 40 + 400 * artifact["size_bytes"] / largest
-        axis.scatter([x], [y], s=area, alpha=0.6, edgecolors="black" if artifact["name"] in front else "none")
-        axis.annotate(artifact["name"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
-        if artifact["name"] == chosen:
-            axis.scatter([x], [y], s=area * 2.2, facecolors="none", edgecolors="red", linewidths=1.5)
-    line = sorted((p50(a, threads), a["val_accuracy"]) for a in points if a["name"] in front)
+    front = _front(points)
+    largest = max(size for *_, size in points) or 1
+    figure, axis = plt.subplots(figsize=(7.5, 4.8))
+    for name, accuracy, latency, size in points:
+        area = 40 + 400 * size / largest
+        axis.scatter([latency], [accuracy], s=area, alpha=0.6, edgecolors="black" if name in front else "none")
+        axis.annotate(name, (latency, accuracy), textcoords="offset points", xytext=(6, 4), fontsize=7)
+        if name == chosen:
+            axis.scatter([latency], [accuracy], s=area * 2.2, facecolors="none", edgecolors="red", linewidths=1.5)
+    line = sorted((latency, accuracy) for name, accuracy, latency, _ in points if name in front)
     axis.plot([p[0] for p in line], [p[1] for p in line], linestyle="--", color="gray", linewidth=1)
-    axis.set(xlabel=f"p50 latency (ms, {threads} thread(s))", ylabel="val accuracy (%)",
+    axis.set(xlabel=xlabel, ylabel="val accuracy (%)",
              title="accuracy vs latency (marker area ∝ file size; red ring: chosen)")
     axis.grid(alpha=0.3)
     data = _png(figure)
@@ -180,8 +201,10 @@ def write_report(run_dir: Path, summary: dict | None = None) -> Report:
     summary = summary if summary is not None else load_summary(run_dir)
     threads = bench_threads(summary)
     chosen = chosen_artifact(summary)
-    images = {"training": plot_training(_histories(run_dir)),
-              "pareto": plot_pareto(summary["artifacts"], threads, chosen["name"] if chosen else None),
+    search = summary.get("search") or {}
+    points, xlabel, chosen_point = _pareto_points(summary, threads)
+    images = {"training": plot_training(_histories(run_dir / search.get("chosen_run", "."))),
+              "pareto": plot_pareto(points, xlabel, chosen_point),
               "confusion": plot_confusion(chosen.get("confusion_matrix") if chosen else None, summary.get("classes", []),
                                           f"{chosen['name']} on the val split" if chosen else "")}
     plots = {}

@@ -153,6 +153,9 @@ class SearchState:
             if measured is None:
                 candidate.reject("no such artifact was exported")
                 continue
+            if measured.get("rejected") or measured.get("latency_ms_p90") is None:
+                candidate.reject(measured.get("rejected") or "its latency could not be measured")
+                continue
             candidate.val_accuracy = measured["val_accuracy"]
             candidate.latency_ms_p90 = measured["latency_ms_p90"]
             candidate.size_bytes = measured["size_bytes"]

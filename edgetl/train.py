@@ -155,6 +155,10 @@ def fine_tune(created: CreatedModel, train_samples: list[Sample], val_inputs: np
     (by val accuracy) weights."""
     freeze_bn = cfg.freeze_batchnorm if cfg.freeze_batchnorm is not None else created.weights_file is not None
     start_run(cfg)
+    if cfg.mode == "none":  # the architecture as it is, for measuring it (the search's cheap filter)
+        created.model.eval()
+        untrained = accuracy(predict(created.model, val_inputs), val_labels)
+        return TrainResult({k: v.detach().clone() for k, v in created.model.state_dict().items()}, untrained, 0, 0)
     if cfg.mode == "linear_probe":
         return _linear_probe(created, train_samples, val_inputs, val_labels, cfg, reporter)
     model = created.model

@@ -108,3 +108,53 @@ def test_accuracy_floor_rejects_trained_candidates_with_the_reason(accuracy_min)
         lambda c: (latency(c), size(c)), fake_train([]))
     assert not any(c.status == "chosen" for c in candidates)
     assert any("< accuracy_min 99 %" in c.reason for c in candidates)
+
+
+def test_search_build_end_to_end_on_a_tiny_dataset(tmp_path):
+    """A real `edgetl build` with `search:` (2 backbones × 2 prune ratios × ONNX fp32/int8, a size budget, which
+    is deterministic, unlike latency at 32×32): the cheap filter, training, the choice, its bundle, the report."""
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from conftest import make_image_folder, tiny_recipe
+    from edgetl.cli import main
+
+    data = tmp_path / "tiny"
+    make_image_folder(data / "train", {"red": 12, "green": 12}, seed=1)
+    make_image_folder(data / "val", {"red": 6, "green": 6}, seed=2)
+    recipe = tiny_recipe(data, train={"epochs": 2}, verify={"max_accuracy_drop_pp": 100.0})
+    recipe["name"] = "tiny-search"
+    recipe["search"] = {"budget": {"size_mb": 5.0, "threads": 1},
+                        "backbones": ["efficientnet_lite0", "mobilenet_v2"], "prune": [0.0, 0.5],
+                        "formats": ["onnx"], "precisions": ["fp32", "int8"],
+                        "models": {"mobilenet_v2": {"weights": "none"}}}
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(main, ["build", str(path), "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    search = summary["search"]
+    assert search["grid_size"] == 8 and len(search["candidates"]) == 8
+    statuses = {c["name"]: c for c in search["candidates"]}
+    chosen = statuses[search["chosen"]]
+    assert chosen["status"] == "chosen" and chosen["trained"] and chosen["size_bytes"] <= 5e6
+    feasible = [c for c in search["candidates"] if c["status"] in ("chosen", "pareto")]
+    assert chosen["val_accuracy"] == max(c["val_accuracy"] for c in feasible)
+    assert all(c["reason"] for c in search["candidates"])
+    # EfficientNet-Lite0 fp32 (about 13 MB) cannot meet 5 MB: rejected from its untrained measurement.
+    too_big = statuses["efficientnet_lite0_p00_onnx_fp32"]
+    assert too_big["status"] == "rejected" and "size" in too_big["reason"] and "untrained" in too_big["reason"]
+    assert too_big["untrained_size_bytes"] > 5e6
+    assert search["trained_count"] == sum(c["trained"] for c in search["candidates"]) <= 8
+    # The summary is the chosen model's own, its artifacts under search/, and the chosen one is bundled.
+    artifact = next(a for a in summary["artifacts"] if a["chosen"])
+    assert (tmp_path / "run" / artifact["path"]).is_file() and artifact["path"].startswith(search["chosen_run"])
+    assert (tmp_path / "run" / "bundle" / "model.json").is_file()
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "<h2>Search" in page and search["chosen"] in page
+    # Built again: every sub-run is reused, the same choice.
+    again = CliRunner().invoke(main, ["build", str(path), "--out", str(tmp_path / "run"), "--quiet"])
+    assert again.exit_code == 0 and json.loads((tmp_path / "run" / "summary.json").read_text())["search"]["chosen"] \
+        == search["chosen"]
