@@ -129,7 +129,7 @@ class SearchState:
         if not users and not is_parent:
             return False, "no candidate of this model is left"
         best, bound = self.best_feasible(), self.upper_bound(key)
-        if best is not None and bound is not None and bound < best.val_accuracy:
+        if best is not None and bound is not None and bound <= best.val_accuracy:  # a tie does not beat it
             return False, (f"cannot beat {best.name} ({best.val_accuracy:.2f} %): its unpruned parent reached "
                            f"{self.trained[(key[0], 0.0)]:.2f} %")
         return True, ""

@@ -158,3 +158,15 @@ def test_search_build_end_to_end_on_a_tiny_dataset(tmp_path):
     again = CliRunner().invoke(main, ["build", str(path), "--out", str(tmp_path / "run"), "--quiet"])
     assert again.exit_code == 0 and json.loads((tmp_path / "run" / "summary.json").read_text())["search"]["chosen"] \
         == search["chosen"]
+
+
+def test_a_pruned_model_whose_parent_only_ties_the_best_is_not_trained():
+    from edgetl.search import SearchState
+
+    candidates = make_grid(["a"], [0.0, 0.5], ["onnx"], ["int8"])
+    state = SearchState(candidates, Budget(latency_ms_p90=10))
+    state.record(("a", 0.0), 95.0, {("onnx", "int8"): {"val_accuracy": 95.0, "latency_ms_p90": 5.0, "size_bytes": 1}})
+    worth, reason = state.worth_training(("a", 0.5))
+    assert not worth and "cannot beat a_p00_onnx_int8 (95.00 %)" in reason
+    state.slack_pp = 0.5  # a pruned model may land a little above its parent by chance: the user can allow for it
+    assert state.worth_training(("a", 0.5)) == (True, "")
