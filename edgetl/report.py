@@ -195,27 +195,39 @@ class Report:
     plots: dict[str, Path]
 
 
-def write_report(run_dir: Path, summary: dict | None = None) -> Report:
-    """(Re)make report.md, report.html and report/*.png of a run directory."""
-    run_dir = Path(run_dir)
-    summary = summary if summary is not None else load_summary(run_dir)
+def render_plots(run_dir: Path, summary: dict) -> dict[str, bytes | None]:
+    """The report's plots as PNG bytes (None where there is nothing to plot)."""
     threads = bench_threads(summary)
     chosen = chosen_artifact(summary)
     search = summary.get("search") or {}
     points, xlabel, chosen_point = _pareto_points(summary, threads)
-    images = {"training": plot_training(_histories(run_dir / search.get("chosen_run", "."))),
-              "pareto": plot_pareto(points, xlabel, chosen_point),
-              "confusion": plot_confusion(chosen.get("confusion_matrix") if chosen else None, summary.get("classes", []),
-                                          f"{chosen['name']} on the val split" if chosen else "")}
-    plots = {}
+    return {"training": plot_training(_histories(run_dir / search.get("chosen_run", "."))),
+            "pareto": plot_pareto(points, xlabel, chosen_point),
+            "confusion": plot_confusion(chosen.get("confusion_matrix") if chosen else None, summary.get("classes", []),
+                                        f"{chosen['name']} on the val split" if chosen else "")}
+
+
+def write_report(run_dir: Path, summary: dict | None = None, plots: bool = True) -> Report:
+    """(Re)make report.md, report.html and report/*.png of a run directory. `plots=False` (what a build does):
+    the text and tables only, and a pointer to `edgetl report RUN_DIR`, which draws the plots in a fresh process.
+    (A build's process has run training, converters and three runtimes; drawing there crashed: see the README.)"""
+    run_dir = Path(run_dir)
+    summary = summary if summary is not None else load_summary(run_dir)
+    for stale in PLOTS:
+        (run_dir / "report" / f"{stale}.png").unlink(missing_ok=True)
+    images = render_plots(run_dir, summary) if plots else {}
+    written = {}
     for name, data in images.items():
         if data is not None:
-            plots[name] = run_dir / "report" / f"{name}.png"
-            write_bytes(plots[name], data)
-    sections = _sections(summary, run_dir, threads, chosen)
-    write_text(run_dir / "report.md", _markdown(summary, sections, plots, run_dir))
+            written[name] = run_dir / "report" / f"{name}.png"
+            write_bytes(written[name], data)
+    sections = _sections(summary, run_dir, bench_threads(summary), chosen_artifact(summary))
+    if not plots:
+        sections[0].text.append(f"Plots (training curves, Pareto front, confusion matrix): run `edgetl report "
+                                f"{run_dir}`.")
+    write_text(run_dir / "report.md", _markdown(summary, sections, written, run_dir))
     write_text(run_dir / "report.html", _html(summary, sections, images))
-    return Report(run_dir / "report.md", run_dir / "report.html", plots)
+    return Report(run_dir / "report.md", run_dir / "report.html", written)
 
 
 @dataclass
@@ -405,3 +417,9 @@ def compare_runs(run_a: Path, run_b: Path) -> dict:
                                                                 "ai-edge-litert") if env_a.get(k) != env_b.get(k)]
     return {"run_a": str(run_a), "run_b": str(run_b), "recipe_changed": a.get("recipe_sha256") != b.get("recipe_sha256"),
             "model": model, "artifacts": rows, "threads": [threads_a, threads_b], "notes": notes}
+
+
+if __name__ == "__main__":  # `python -m edgetl.report RUN_DIR`: the whole report, as `edgetl report` makes it
+    import sys
+
+    write_report(Path(sys.argv[1]))
