@@ -33,7 +33,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from common import REPO, targets_table
+from common import REPO, targets_table, write_result
 
 EDGETL = [sys.executable, "-m", "edgetl.cli", "bench"]
 
@@ -229,10 +229,7 @@ def main() -> None:
                  "met": r["failed"] == (r["comparisons"] if r["real_slowdown"] else 0)} for r in gates]
     result = {"fidelity": fid, "spread": cvs, "gate": gates, "targets": targets, "machine": machine_info(),
               "runtimes": runtime_versions(), "seconds": round(time.perf_counter() - started, 1)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print("\n".join(targets_table(targets)))
-    print(f"({result['seconds']:.0f} s; written to {args.out})")
+    write_result(args.out, result, "\n".join(targets_table(targets)), f"{result['seconds']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -26,3 +26,11 @@ def targets_table(rows: list[dict]) -> list[str]:
     """Markdown lines of `{figure, measured, target, met}` rows."""
     return ["| figure | measured | target | met |", "| --- | --- | --- | --- |"] + [
         f"| {r['figure']} | {r['measured']} | {r['target']} | {'yes' if r['met'] else '**no**'} |" for r in rows]
+
+
+def write_result(out: Path, result: dict, table: str, note: str = "") -> None:
+    """Write the results JSON to `out`, then print the table and where it went."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(table)
+    print(f"({note + '; ' if note else ''}written to {out})")

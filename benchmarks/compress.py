@@ -12,11 +12,10 @@ Needs the dataset and weights offline: set EDGETL_CACHE / TORCH_HOME (see the RE
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
-from common import REPO, targets_table, timed_build
+from common import REPO, targets_table, timed_build, write_result
 
 
 def figures(summary: dict) -> dict:
@@ -124,10 +123,7 @@ def main() -> None:
               "stages_cached": sorted(name for name, s in summary["stages"].items() if s["cached"]),
               "stage_seconds": {name: s["seconds"] for name, s in summary["stages"].items()},
               "figures": result, "targets": rows, "environment": summary["environment"]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(output, indent=2) + "\n")
-    print(markdown(result, rows))
-    print(f"\nwritten: {args.out}")
+    write_result(args.out, output, markdown(result, rows))
 
 
 if __name__ == "__main__":

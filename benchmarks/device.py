@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, targets_table
+from common import REPO, targets_table, write_result
 
 sys.path.insert(0, str(REPO / "tests"))
 from arm64_device import PLATFORMS as AARCH64_TAGS  # noqa: E402
@@ -207,10 +207,7 @@ def main() -> None:
                  "target": "< 1 s", "met": r["runner_and_runtime_import_s"] < 1} for r in imports]
     targets.append(pythons_target(versions))
     result = {"footprint": sizes, "imports": imports, "pythons": versions, "end_to_end": e2e, "targets": targets}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print("\n".join(targets_table(targets)))
-    print(f"written to {args.out}")
+    write_result(args.out, result, "\n".join(targets_table(targets)))
 
 
 if __name__ == "__main__":

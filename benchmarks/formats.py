@@ -12,13 +12,12 @@ call reuses the trained model. Needs the dataset and weights offline: set EDGETL
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import yaml
-from common import REPO, targets_table, timed_build
+from common import REPO, targets_table, timed_build, write_result
 
 FORMATS, PRECISIONS, THREADS = ["onnx", "openvino", "tflite"], ["fp32", "fp16", "int8"], [1, 2]
 
@@ -142,10 +141,7 @@ def main() -> None:
     output = {"recipe": str(recipe.relative_to(REPO) if recipe.is_relative_to(REPO) else recipe),
               "command": "python benchmarks/formats.py", "figures": result, "targets": checks,
               "environment": summary["environment"]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(output, indent=2) + "\n")
-    print(markdown(result, checks))
-    print(f"\nwritten: {args.out}")
+    write_result(args.out, output, markdown(result, checks))
 
 
 if __name__ == "__main__":

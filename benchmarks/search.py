@@ -12,13 +12,12 @@ offline: set EDGETL_CACHE / TORCH_HOME (see the README).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 from pathlib import Path
 
 import yaml
-from common import REPO, targets_table, timed_build
+from common import REPO, targets_table, timed_build, write_result
 
 
 def unconstrained(recipe: Path, folder: Path) -> Path:
@@ -70,10 +69,8 @@ def main() -> None:
          "target": "≤ half", "met": search["trained_count"] <= search["grid_size"] / 2}]
     result = {"recipe": str(args.recipe), "seconds": round(seconds, 1), "unconstrained_seconds": round(free_seconds, 1),
               "search": search, "unconstrained_best": best, "targets": targets}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print("\n".join(targets_table(targets)))
-    print(f"(search {seconds:.0f} s, unconstrained {free_seconds:.0f} s; written to {args.out})")
+    write_result(args.out, result, "\n".join(targets_table(targets)),
+                 f"search {seconds:.0f} s, unconstrained {free_seconds:.0f} s")
 
 
 if __name__ == "__main__":
