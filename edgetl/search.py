@@ -114,12 +114,17 @@ class SearchState:
     def _meets_accuracy(self, candidate: Candidate) -> bool:
         return self.budget.accuracy_min is None or candidate.val_accuracy >= self.budget.accuracy_min
 
-    def upper_bound(self, key: ModelKey) -> float | None:
-        """The best accuracy `key`'s model could reach, as far as we know (None: no bound yet)."""
+    def upper_bound(self, key: ModelKey) -> tuple[float, ModelKey] | None:
+        """The best accuracy `key`'s model could reach as far as we know, and the trained model that says so: the
+        least accurate trained model of the same backbone pruned less (more pruning is taken to cost accuracy, never
+        to add it), plus `slack_pp`. None: no bound yet."""
         if key in self.trained:
-            return self.trained[key]
-        parent = (key[0], 0.0)
-        return self.trained[parent] + self.slack_pp if parent in self.trained else None
+            return self.trained[key], key
+        lighter = [(accuracy, k) for k, accuracy in self.trained.items() if k[0] == key[0] and k[1] < key[1]]
+        if not lighter:
+            return None
+        accuracy, bounding = min(lighter)
+        return accuracy + self.slack_pp, bounding
 
     def worth_training(self, key: ModelKey) -> tuple[bool, str]:
         """Whether `key` can still beat the best feasible candidate found so far; if not, why."""
@@ -129,9 +134,9 @@ class SearchState:
         if not users and not is_parent:
             return False, "no candidate of this model is left"
         best, bound = self.best_feasible(), self.upper_bound(key)
-        if best is not None and bound is not None and bound <= best.val_accuracy:  # a tie does not beat it
-            return False, (f"cannot beat {best.name} ({best.val_accuracy:.2f} %): its unpruned parent reached "
-                           f"{self.trained[(key[0], 0.0)]:.2f} %")
+        if best is not None and bound is not None and bound[0] <= best.val_accuracy:  # a tie does not beat it
+            by = "its unpruned parent" if bound[1][1] == 0.0 else f"the same backbone pruned {bound[1][1]:.0%}"
+            return False, f"cannot beat {best.name} ({best.val_accuracy:.2f} %): {by} reached {self.trained[bound[1]]:.2f} %"
         return True, ""
 
     def skip(self, key: ModelKey, reason: str) -> None:

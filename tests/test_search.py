@@ -87,7 +87,10 @@ def test_choice_is_the_most_accurate_within_budget_and_the_rest_is_explained():
     # Trained, in order: each backbone's unpruned parent before its pruned variants, most promising backbone first;
     # EfficientNet-Lite0's unpruned model only as a parent (all its own candidates missed the budget untrained).
     assert calls == [("efficientnet_lite0", 0.0), ("efficientnet_lite0", 0.3), ("efficientnet_lite0", 0.5),
-                     ("mobilenet_v2", 0.0), ("mobilenet_v2", 0.3), ("mobilenet_v2", 0.5), ("mobilenet_v3_small", 0.0)]
+                     ("mobilenet_v2", 0.0), ("mobilenet_v2", 0.3), ("mobilenet_v3_small", 0.0)]
+    # MobileNetV2 pruned 30 % (92.6 %) bounds its 50 % variant below the best (94.7 %): that one is not trained.
+    assert "the same backbone pruned 30% reached 92.60 %" in next(
+        c.reason for c in candidates if c.name == "mobilenet_v2_p50_tflite_int8")
     assert len(calls) == len(state.trained) and sum(c.trained for c in candidates) == 4 * len(calls)
     parent_only = next(c for c in candidates if c.name == "efficientnet_lite0_p00_onnx_fp32")
     assert parent_only.trained and parent_only.status == "rejected" and "untrained" in parent_only.reason
@@ -170,3 +173,17 @@ def test_a_pruned_model_whose_parent_only_ties_the_best_is_not_trained():
     assert not worth and "cannot beat a_p00_onnx_int8 (95.00 %)" in reason
     state.slack_pp = 0.5  # a pruned model may land a little above its parent by chance: the user can allow for it
     assert state.worth_training(("a", 0.5)) == (True, "")
+
+
+def test_a_more_pruned_model_is_bounded_by_its_less_pruned_sibling():
+    from edgetl.search import SearchState
+
+    candidates = make_grid(["a", "b"], [0.0, 0.3, 0.5], ["onnx"], ["int8"])
+    state = SearchState(candidates, Budget(latency_ms_p90=10))
+    fast = {("onnx", "int8"): {"val_accuracy": 0.0, "latency_ms_p90": 50.0, "size_bytes": 1}}  # over the budget
+    state.record(("a", 0.0), 96.0, fast)
+    state.record(("b", 0.0), 93.0, {("onnx", "int8"): {"val_accuracy": 93.0, "latency_ms_p90": 5.0, "size_bytes": 1}})
+    assert state.worth_training(("a", 0.3)) == (True, "")  # its parent (96 %) could still beat 93 %
+    state.record(("a", 0.3), 88.0, fast)  # pruning 30 % cost a lot: 50 % cannot do better than 88 %
+    worth, reason = state.worth_training(("a", 0.5))
+    assert not worth and "the same backbone pruned 30% reached 88.00 %" in reason
