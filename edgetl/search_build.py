@@ -55,8 +55,8 @@ class Measurer:
     """p90 latency (ms) and size of a sub-run's artifacts on the budget's device: the sub-run's own bench stage
     when the device is this machine, `edgetl bench --device` rows when it is an ssh:// device."""
 
-    def __init__(self, budget: Budget, reporter: Reporter):
-        self.budget, self.reporter = budget, reporter
+    def __init__(self, budget: Budget):
+        self.budget = budget
 
     def measure(self, run_dir: Path, summary: dict) -> dict[tuple[str, str], dict]:
         artifacts = {(a["format"], a["precision"]): a for a in summary["artifacts"]}
@@ -96,7 +96,7 @@ def build_search(recipe: Recipe, root: Path, reporter: Reporter) -> dict:
     budget = Budget(cfg.budget.latency_ms_p90, cfg.budget.size_mb, cfg.budget.accuracy_min, cfg.budget.device,
                     cfg.budget.threads)
     candidates = make_grid(cfg.backbones, cfg.prune, cfg.formats, cfg.precisions)
-    measurer = Measurer(budget, reporter)
+    measurer = Measurer(budget)
     untrained: dict[ModelKey, dict] = {}
     trained_runs: dict[ModelKey, Path] = {}
 
