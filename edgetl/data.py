@@ -64,6 +64,11 @@ class DatasetIndex:
         """Images per class in each split: {"train": {cls: n}, "val": {cls: n}}."""
         return {name: _count(samples, self.classes) for name, samples in (("train", self.train), ("val", self.val))}
 
+    def unmeasured_classes(self) -> list[str]:
+        """Classes with no val image (a lone image stays in train): val accuracy says nothing about them."""
+        counts = self.class_counts()["val"]
+        return [cls for cls in self.classes if counts.get(cls, 0) == 0]
+
     def to_json(self) -> dict:
         """JSON-serialisable form (class_counts is included for reports and ignored by from_json)."""
         return {
@@ -350,13 +355,20 @@ def fingerprint_tree(root: str | Path) -> str:
 def _walk_unique(root: Path) -> Iterable[tuple[str, list[str], list[str]]]:
     """os.walk following symlinks, but never into a real folder twice (so symlink loops terminate)."""
     seen: set[str] = set()
+    top = os.path.realpath(root)
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirnames[:] = []
             continue
         seen.add(real)
+        # A link back up to `root` or above it would walk the other classes' folders as if they were this one's.
+        dirnames[:] = [d for d in dirnames if not _is_ancestor(os.path.realpath(os.path.join(dirpath, d)), top)]
         yield dirpath, dirnames, filenames
+
+
+def _is_ancestor(folder: str, of: str) -> bool:
+    return of == folder or of.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ deploy bundles, so a device reads images exactly as the build did)."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -63,12 +64,14 @@ def _decode(path: str | Path) -> tuple[str, Image.Image]:
 
 def _check_not_empty(path: str | Path) -> None:
     try:
-        size = os.stat(path).st_size
+        info = os.stat(path)
     except FileNotFoundError:
         raise _BadImageError("file not found (deleted during the scan, or a broken symlink)") from None
     except OSError as exc:
         raise _BadImageError(f"cannot stat file ({exc.strerror or exc})") from None
-    if size == 0:
+    if not stat.S_ISREG(info.st_mode):  # a pipe or device: opening it could block forever or never end
+        raise _BadImageError("not a regular file (a named pipe, socket or device)")
+    if info.st_size == 0:
         raise _BadImageError("empty file (0 bytes)")
 
 
