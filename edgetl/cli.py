@@ -45,9 +45,41 @@ def main() -> None:
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Run directory (default: runs/<recipe name>/).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only errors and the final summary line.")
-@_handle_errors
-def build(recipe: Path, out: Path | None, quiet: bool) -> None:
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Fine-tuning processes on this machine (DistributedDataParallel through torchrun; gloo on CPU, "
+                   "nccl on GPUs).")
+@click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Machines taking part; run the same command on each with its own --node-rank.")
+@click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True,
+              help="This machine's rank; node 0 writes the run directory.")
+@click.option("--master-addr", default="127.0.0.1", show_default=True, help="Address of node 0 (--nnodes > 1).")
+@click.option("--master-port", type=click.IntRange(1, 65535), default=29500, show_default=True,
+              help="Port on node 0 the nodes meet at (--nnodes > 1).")
+def build(recipe: Path, out: Path | None, quiet: bool, nproc: int, nnodes: int, node_rank: int, master_addr: str,
+          master_port: int) -> None:
     """Build RECIPE: fine-tune, export, verify and benchmark, reusing unchanged stages."""
+    from edgetl import distributed
+
+    if distributed.is_child():
+        _distributed_rank(recipe, out, quiet)
+        return
+    where = distributed.Launch(nproc, nnodes, node_rank, master_addr, master_port)
+    if where.needed:
+        if node_rank >= nnodes:
+            raise click.BadParameter(f"{node_rank} must be below --nnodes {nnodes}.", param_hint="--node-rank")
+        if node_rank == 0:
+            from edgetl.recipe import load_recipe
+
+            _handle_errors(load_recipe)(recipe)  # a typo is reported before any process starts
+        args = [str(recipe), *(["--out", str(out)] if out else []), *(["--quiet"] if quiet else [])]
+        code = _handle_errors(distributed.launch)(args, where)
+        if node_rank > 0 and code == 0:
+            click.echo(f"node {node_rank} of {nnodes}: done; node 0 wrote the run directory.")
+        sys.exit(code)
+    _handle_errors(_build)(recipe, out, quiet)
+
+
+def _build(recipe: Path, out: Path | None, quiet: bool) -> None:
     from edgetl.pipeline import build as run_build
     from edgetl.progress import Reporter
 
@@ -56,6 +88,24 @@ def build(recipe: Path, out: Path | None, quiet: bool) -> None:
         latency = artifact["latency_ms"]
         click.echo(f"{artifact['name']:<12} {artifact['path']:<28} acc {artifact['val_accuracy']:6.2f}%  "
                    f"p50 {latency['p50']:7.2f} ms  {artifact['size_bytes'] / 1e6:6.2f} MB")
+
+
+def _distributed_rank(recipe: Path, out: Path | None, quiet: bool) -> None:
+    """One rank of `edgetl build --nproc/--nnodes`: rank 0 builds, the others follow its fine-tuning jobs."""
+    from edgetl import distributed
+
+    distributed.start()
+    if distributed.rank() != 0:
+        distributed.follow()
+        return
+    code = 1
+    try:
+        _handle_errors(_build)(recipe, out, quiet)
+        code = 0
+    except SystemExit as exc:  # _handle_errors printed the message; the launcher exits with the code
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        distributed.finish(code)
 
 
 @main.command()
@@ -73,6 +123,9 @@ def check(recipe: Path) -> None:
                f"{len(index.val)} val images, {len(index.bad_images)} bad images skipped, "
                f"{sum(index.converted.values())} converted to RGB; backbone {parsed.model.backbone} loads weights "
                f"{created.weights_file or parsed.model.weights}.")
+    if unmeasured := index.unmeasured_classes():
+        click.echo(f"warning: no val image of {', '.join(unmeasured)} (too few images to hold one out): val accuracy "
+                   "does not measure it; add images or a val/ folder.")
 
 
 def _percent(value: str) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
 import shutil
@@ -76,7 +77,15 @@ class RunDir:
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
         folder.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        record = work(folder)
+        try:
+            record = work(folder)
+        except Exception as exc:
+            if isinstance(exc, StorageError) or not _out_of_space(exc):
+                raise
+            # Exporters and runtimes write files their own way and report a full disk in their own words.
+            raise StorageError(f"Cannot write the {name} stage's outputs in {folder}: the disk is full "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Completed "
+                               "stages are kept; free space or choose another output folder (--out) and run again.") from None
         seconds = round(time.perf_counter() - started, 2)
         write_json(marker, {"key": key, "stage": name, "seconds": seconds, "inputs": inputs, "record": record})
         self.timings[name] = {"cached": False, "seconds": seconds}
@@ -90,6 +99,18 @@ class RunDir:
     def files_record(self, *paths: Path) -> dict[str, str]:
         """{relative path: sha256} for outputs, so reuse is checked against their content."""
         return {self.rel(p): sha256_file(p) for p in paths}
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    """Whether `exc`, or an exception it came from, is a full disk."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def resolve_data_root(recipe: Recipe) -> Path:
@@ -121,6 +142,9 @@ def _data_stage(run: RunDir, recipe: Recipe):
     index = DatasetIndex.from_json(read_json(run.root / record["index"]))
     run.reporter.info(f"  {len(index.classes)} classes, {len(index.train)} train / {len(index.val)} val images "
                       f"(val from {index.val_source}) in {root}")
+    if unmeasured := index.unmeasured_classes():
+        run.reporter.info(f"  warning: no val image of {', '.join(unmeasured)} (too few images to hold one out): "
+                          "val accuracy does not measure it; add images or a val/ folder")
     return index, record
 
 
@@ -231,14 +255,13 @@ def create_recipe_model(recipe: Recipe, num_classes: int, spec: ModelSpec | None
 
 def _save_model(path: Path, model, backbone: str, dropout: float, classes: list[str], prep: Preprocessing,
                 structure: dict | None = None) -> None:
-    import torch
+    from edgetl.train import save_torch
 
     saved = {"backbone": backbone, "num_classes": len(classes), "dropout": dropout, "classes": classes,
              "preprocessing": prep.to_json(), "state_dict": model.state_dict()}
     if structure is not None:
         saved["structure"] = structure  # pruned channel counts: rebuilt by compress.prune.apply_structure
-    with atomic_path(path) as tmp:
-        torch.save(saved, tmp)
+    save_torch(path, saved)
 
 
 def _load_saved(model_path: Path):
@@ -315,6 +338,7 @@ def _fine_tune_stage(run: RunDir, stage: str, recipe: Recipe, spec: ModelSpec, i
         inputs["extra"] = recipe.distill.teacher_logits
 
     def work(folder: Path) -> dict:
+        from edgetl.distributed import world_size
         from edgetl.train import Checkpointer, fine_tune, predict, seed_everything
 
         seed_everything(spec.train.seed)  # the new head's initialisation is part of the run
@@ -341,6 +365,7 @@ def _fine_tune_stage(run: RunDir, stage: str, recipe: Recipe, spec: ModelSpec, i
                   "epochs_run": result.epochs_run,
                   "final_epoch_val_accuracy": round(result.history[-1]["val_accuracy"], 4) if result.history else None,
                   "best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from_epoch,
+                  "world_size": world_size(),
                   "weights_file": created.weights_file, "weights_meta": created.weights_meta, "params": params,
                   "files": run.files_record(model_path, logits_path, history_path)}
         if extra is not None:
@@ -465,7 +490,7 @@ def _prune_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_r
         from edgetl.backbones import CreatedModel, get_backbone
         from edgetl.compress.prune import PrunePlan, apply_structure, count_macs_params, prune_to_macs, structure_of
         from edgetl.evaluate import top1_accuracy
-        from edgetl.train import AugmentedImages, Checkpointer, fine_tune, predict, start_run
+        from edgetl.train import AugmentedImages, Checkpointer, fine_tune, predict, save_torch, start_run
 
         start_run(recipe.train)
         model, saved = _load_saved(run.root / train_record["model"])
@@ -485,6 +510,9 @@ def _prune_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_r
             "lr": cfg.recover.lr, "backbone_lr_mult": 1.0, "probe_epochs": 0, "freeze_batchnorm": False,
             "mode": "finetune", "warmup_epochs": 0.0, "epochs": max(1, cfg.recover.epochs),
             "early_stop_patience": None})
+        if cfg.recover.mixup is not None:
+            recover_cfg = recover_cfg.model_copy(
+                update={"augment": recover_cfg.augment.model_copy(update={"mixup": cfg.recover.mixup})})
 
         def created(module) -> CreatedModel:
             return CreatedModel(module, backbone, prep, None, {})
@@ -520,8 +548,7 @@ def _prune_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_r
             calibration = torch.from_numpy(np.load(run.root / inputs_record["calibration"]))
             pruned = prune_to_macs(model, example, backbone.head, plan, gradients, between_steps, run.reporter,
                                    calibration)
-            with atomic_path(pruned_path) as tmp:
-                torch.save({"key": key, "structure": structure_of(pruned), "state_dict": pruned.state_dict()}, tmp)
+            save_torch(pruned_path, {"key": key, "structure": structure_of(pruned), "state_dict": pruned.state_dict()})
         pruned.eval()
         accuracy_pruned = top1_accuracy(predict(pruned, val), val_labels)
         run.reporter.info(f"  pruned: val acc {accuracy_pruned:.2f}% before recovery")
@@ -918,6 +945,8 @@ def _summary(recipe: Recipe, index, prep: Preprocessing, records: dict, run: Run
                   "val_accuracy": train_record["val_accuracy"], "epochs_run": train_record["epochs_run"],
                   "final_epoch_val_accuracy": train_record["final_epoch_val_accuracy"],
                   "best_epoch": train_record["best_epoch"], "params": train_record["params"],
+                  # processes that fine-tuned it (edgetl build --nproc/--nnodes); 1 for stages cached before
+                  "world_size": train_record.get("world_size", 1),
                   "preprocessing": prep.to_json(), "path": train_record["model"]},
         **_compression_summary(recipe, records),
         # The torch model every artifact was exported from and is compared with (pruned when the recipe prunes).

@@ -76,6 +76,8 @@ class AugmentSection(Section):
     scale_min: float = Field(0.35, gt=0, le=1, description="RandomResizedCrop's smallest area share.")
     hflip: bool = True
     color_jitter: float = Field(0.2, ge=0, le=1)
+    mixup: float = Field(0.0, ge=0, description="Mixup: each batch is blended with a shuffled copy of itself by "
+                         "λ ~ Beta(mixup, mixup), labels and teacher targets alike; 0: off (1.0 is a usual value).")
 
 
 class TrainSection(Section):
@@ -236,6 +238,8 @@ class RecoverSection(Section):
         "without a `distill` section); `unpruned`, the model as it was before pruning (needs no `distill`).")
     temperature: float | None = Field(None, gt=0, description="KD temperature (default: `distill.temperature`, or 4).")
     alpha: float | None = Field(None, ge=0, le=1, description="Weight of the KD term (default: `distill.alpha`, or 0.7).")
+    mixup: float | None = Field(None, ge=0, description="Mixup during recovery (default: `train.augment.mixup`); "
+                                "with KD, the teacher labels the mixed images (\"function matching\").")
 
 
 class PruneSection(Section):

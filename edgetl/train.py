@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,11 +18,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from edgetl import distributed
 from edgetl.backbones import CreatedModel, trunk_groups
 from edgetl.compress.distill import Distiller
 from edgetl.data import Sample, load_rgb
+from edgetl.errors import DataError
 from edgetl.evaluate import top1_accuracy as accuracy
-from edgetl.fsutil import atomic_path
+from edgetl.fsutil import write_bytes
 from edgetl.preprocess import Preprocessing
 from edgetl.progress import SILENT, Reporter
 from edgetl.recipe import TrainSection
@@ -144,8 +150,15 @@ class Checkpointer:
         return state if isinstance(state, dict) and state.get("key") == self.key else None
 
     def save(self, state: dict) -> None:
-        with atomic_path(self.path) as tmp:
-            torch.save({**state, "key": self.key}, tmp)
+        save_torch(self.path, {**state, "key": self.key})
+
+
+def save_torch(path: Path, obj) -> None:
+    """torch.save `obj` to `path` atomically. Serialised in memory first: torch's own file writer reports a full
+    disk as an opaque RuntimeError, while a plain write gives ENOSPC, which atomic writes turn into StorageError."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getbuffer())
 
 
 def fine_tune(created: CreatedModel, train_samples: list[Sample], val_inputs: np.ndarray, val_labels: np.ndarray,
@@ -180,24 +193,92 @@ def fine_tune(created: CreatedModel, train_samples: list[Sample], val_inputs: np
         _freeze_batchnorm(model, freeze_bn)
 
     images = AugmentedImages(train_samples, created.preprocessing, cfg)
+    spread = distributed.active()
+    if spread and distributed.rank() == 0:
+        # The followers train beside this process: same model (after the probe), settings, images and checkpoint.
+        distributed.share_job({
+            "model": model, "backbone": created.backbone.name, "prep": created.preprocessing,
+            "cfg": cfg.model_copy(update={"probe_epochs": 0, "freeze_batchnorm": freeze_bn}),
+            "samples": train_samples, "workers": workers, "distiller": distiller,
+            "checkpoint": checkpointer.load() if checkpointer else None})
     return train_loop(model, optimizer, images, val_inputs, val_labels, cfg, workers, before_epoch,
-                      checkpointer, reporter, distiller)
+                      checkpointer, reporter, distiller, spread=spread)
+
+
+class _GivenCheckpoint:
+    """A follower's view of rank 0's checkpoint: read once by rank 0 and sent along; followers never write."""
+
+    def __init__(self, state: dict | None) -> None:
+        self.state = state
+
+    def load(self) -> dict | None:
+        return self.state
+
+    def save(self, state: dict) -> None:
+        pass
+
+
+def follow_job(job: dict) -> None:
+    """A follower rank's part of one distributed fine-tune sent by rank 0 (`distributed.share_job`)."""
+    from edgetl.backbones import get_backbone
+
+    created = CreatedModel(job["model"], get_backbone(job["backbone"]), job["prep"], None, {})
+    fine_tune(created, job["samples"], None, None, job["cfg"], job["workers"], _GivenCheckpoint(job["checkpoint"]),
+              SILENT, job["distiller"])
+
+
+@contextlib.contextmanager
+def _own_sigchld():
+    """Put back the SIGCHLD handler DataLoader's workers replace and never restore. Left in place, it crashed the
+    build with SIGSEGV at its next subprocess call, after export and bench (measured: tests/test_resume.py)."""
+    from torch.utils.data._utils import signal_handling
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGCHLD)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, before)
+        signal_handling._SIGCHLD_handler_set = False  # so the next loader with workers installs it again
 
 
 def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, images: AugmentedImages, val_inputs: np.ndarray,
                val_labels: np.ndarray, cfg: TrainSection, workers: int, before_epoch, checkpointer: Checkpointer | None,
-               reporter: Reporter = SILENT, distiller: Distiller | None = None, evaluate=None) -> TrainResult:
+               reporter: Reporter = SILENT, distiller: Distiller | None = None, evaluate=None,
+               spread: bool = False) -> TrainResult:
     """Epochs of (KD or label) training with warm-up + cosine LR, per-epoch checkpoints, early stopping; the model
     ends with its best weights. `before_epoch(epoch)` sets train mode and what trains; `evaluate(model)` gives
-    val logits (default: `predict`)."""
+    val logits (default: `predict`). `spread`: every rank of the distributed build runs this on its share of each
+    epoch's images (DistributedDataParallel; rank 0 alone evaluates, reports and checkpoints), as `fine_tune`
+    arranges; otherwise this process trains alone."""
+    with _own_sigchld():
+        return _train_loop(model, optimizer, images, val_inputs, val_labels, cfg, workers, before_epoch, checkpointer,
+                           reporter, distiller, evaluate, spread)
+
+
+def _train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, images: AugmentedImages, val_inputs: np.ndarray,
+                val_labels: np.ndarray, cfg: TrainSection, workers: int, before_epoch, checkpointer: Checkpointer | None,
+                reporter: Reporter = SILENT, distiller: Distiller | None = None, evaluate=None,
+                spread: bool = False) -> TrainResult:
     evaluate = evaluate or (lambda m: predict(m, val_inputs))
     count = len(images)
+    world, rank = (distributed.world_size(), distributed.rank()) if spread else (1, 0)
+    # The global batch stays cfg.batch_size, so the learning rate means the same at any world size.
+    batch_size = max(1, cfg.batch_size // world)
 
     def epoch_loader(epoch: int) -> DataLoader:
         # Shuffling and worker seeds derive from (seed, epoch) alone, so a resumed run sees the same batches.
-        return DataLoader(images, batch_size=cfg.batch_size, shuffle=True, num_workers=workers,
-                          drop_last=count > cfg.batch_size,
-                          generator=torch.Generator().manual_seed(cfg.seed * 10007 + epoch))
+        generator = torch.Generator().manual_seed(cfg.seed * 10007 + epoch + 1_000_003 * rank)
+        if world == 1:
+            return DataLoader(images, batch_size=batch_size, shuffle=True, num_workers=workers,
+                              drop_last=count > batch_size, generator=generator)
+        sampler = torch.utils.data.DistributedSampler(images, num_replicas=world, rank=rank, shuffle=True,
+                                                      seed=cfg.seed * 10007)
+        sampler.set_epoch(epoch)
+        return DataLoader(images, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                          drop_last=len(sampler) > batch_size, generator=generator)
 
     steps = len(epoch_loader(0))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -207,24 +288,39 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, images: Augme
     state = _new_state()
     resumed_from = None
     saved = checkpointer.load() if checkpointer else None
+    if saved and saved.get("world_size", 1) != world:
+        reporter.info(f"  the checkpoint was written by {saved.get('world_size', 1)} process(es), this build has "
+                      f"{world}: training starts again")
+        saved = None
     if saved:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["torch_rng"])
+        torch.set_rng_state(saved["torch_rng_ranks"][rank] if "torch_rng_ranks" in saved else saved["torch_rng"])
         state = saved["state"]
         resumed_from = state["epoch"]
         reporter.info(f"  resuming training after epoch {resumed_from}")
+    elif rank:
+        torch.manual_seed(cfg.seed * 7919 + rank)  # followers augment with their own random streams
 
     while state["epoch"] < cfg.epochs and not _early_stop(state, cfg):
         epoch = state["epoch"]
         before_epoch(epoch)
+        # Wrapped per epoch: gradual unfreezing changes which parameters train, and DDP syncs only those it saw.
+        net = model if world == 1 else nn.parallel.DistributedDataParallel(model)
         started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
         with reporter.task(f"epoch {epoch + 1}/{cfg.epochs}", steps) as update:
-            for batch, labels, indices in epoch_loader(epoch):
-                logits = model(batch)
-                loss = (distiller.loss(logits, batch, indices, labels, cfg.label_smoothing) if distiller
-                        else criterion(logits, labels))
+            for batch, labels, indices in _batches(epoch_loader(epoch)):
+                mix = _mixup(batch, cfg.augment.mixup)
+                if mix is not None:
+                    batch = mix[0] * batch + (1 - mix[0]) * batch[mix[1]]
+                logits = net(batch)
+                if distiller:
+                    loss = distiller.loss(logits, batch, indices, labels, cfg.label_smoothing, mix)
+                elif mix is not None:
+                    loss = mix[0] * criterion(logits, labels) + (1 - mix[0]) * criterion(logits, labels[mix[1]])
+                else:
+                    loss = criterion(logits, labels)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -233,22 +329,63 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, images: Augme
                 correct += int((logits.argmax(1) == labels).sum())
                 seen += len(labels)
                 update(1, f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.3f}")
-        val_acc = accuracy(evaluate(model), val_labels)
+        if world > 1:
+            loss_sum, correct, seen = _sum_over_ranks(loss_sum, correct, seen)
+            val_acc = distributed.broadcast(accuracy(evaluate(model), val_labels) if rank == 0 else None)
+        else:
+            val_acc = accuracy(evaluate(model), val_labels)
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen), "train_accuracy": 100.0 * correct / max(1, seen),
                   "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"],
                   "seconds": round(time.perf_counter() - started, 2)}
         state["history"].append(record)
         _end_epoch(state, epoch, val_acc, model)
-        if checkpointer:
+        rng = torch.get_rng_state()
+        rngs = _gather_on_rank0(rng) if world > 1 else [rng]
+        if checkpointer and rank == 0:
             checkpointer.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                               "state": state})
+                               "scheduler": scheduler.state_dict(), "torch_rng": rng, "torch_rng_ranks": rngs,
+                               "world_size": world, "state": state})
         reporter.info(f"  epoch {epoch + 1}: train loss {record['train_loss']:.3f}, train acc "
                       f"{record['train_accuracy']:.1f}%, val acc {val_acc:.2f}% (best {state['best_acc']:.2f}%)")
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
     return TrainResult(state["best_state"] or copy.deepcopy(model.state_dict()), max(state["best_acc"], 0.0),
                        state["best_epoch"], state["epoch"], state["history"], resumed_from)
+
+
+def _batches(loader: DataLoader):
+    """`loader`'s batches; an image that went bad after the data stage's scan is one clear DataError, not the
+    worker's traceback that DataLoader puts into the message."""
+    try:
+        yield from loader
+    except DataError as exc:
+        text = str(exc)
+        marker = f"{DataError.__module__}.{DataError.__qualname__}: "
+        raise DataError(text[text.rindex(marker) + len(marker):].strip() if marker in text else text) from None
+
+
+def _mixup(batch: torch.Tensor, alpha: float) -> tuple[float, torch.Tensor] | None:
+    """(λ, permutation) for mixing `batch` with itself, drawn from torch's RNG (checkpointed); None when off."""
+    if alpha <= 0 or len(batch) < 2:
+        return None
+    lam = torch.distributions.Beta(alpha, alpha).sample().item()
+    return lam, torch.randperm(len(batch))
+
+
+def _sum_over_ranks(*values: float) -> list[float]:
+    import torch.distributed as dist
+
+    totals = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(totals)
+    return totals.tolist()
+
+
+def _gather_on_rank0(obj) -> list | None:
+    import torch.distributed as dist
+
+    gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
 
 
 def _new_state() -> dict:

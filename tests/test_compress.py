@@ -145,3 +145,21 @@ def test_recipe_paths_expand_torch_home(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     recipe = parse_recipe({"name": "x", "data": {"path": "."}, "model": {"weights": "$TORCH_HOME/w.pth"}}, "r.yaml")
     assert recipe.resolve_path(recipe.model.weights) == tmp_path / "w.pth"
+
+
+def test_mixup_kd_targets_are_the_mixed_teacher_distributions():
+    # precomputed logits: the target of λ·x_i + (1 − λ)·x_j is λ·p_i + (1 − λ)·p_j at the KD temperature
+    teacher = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    student = torch.tensor([[0.5, 0.1], [0.2, 0.3], [-1.0, 1.0]])
+    labels, indices, perm, lam, t = torch.tensor([0, 1, 1]), torch.tensor([0, 1, 2]), torch.tensor([2, 0, 1]), 0.7, 2.0
+    loss = Distiller.from_logits(teacher.numpy(), t, alpha=1.0).loss(student, student, indices, labels, 0.0,
+                                                                      (lam, perm))
+    p = lam * torch.softmax(teacher / t, 1) + (1 - lam) * torch.softmax(teacher[perm] / t, 1)
+    q = torch.log_softmax(student / t, 1)
+    expected = t ** 2 * (p * (p.log() - q)).sum(1).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # the hard part follows both labels by λ and 1 − λ
+    hard = Distiller.from_logits(teacher.numpy(), t, alpha=0.0).loss(student, student, indices, labels, 0.0,
+                                                                     (lam, perm))
+    ce = torch.nn.functional.cross_entropy
+    assert hard.item() == pytest.approx(lam * ce(student, labels).item() + (1 - lam) * ce(student, labels[perm]).item())

@@ -60,7 +60,20 @@ class Distiller:
         return self.teacher(batch * self.scale + self.shift)
 
     def loss(self, student_logits: torch.Tensor, batch: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor,
-             label_smoothing: float) -> torch.Tensor:
-        """The KD loss of one batch."""
-        return kd_loss(student_logits, self.targets(batch, indices), labels, self.temperature, self.alpha,
-                       label_smoothing)
+             label_smoothing: float, mix: tuple[float, torch.Tensor] | None = None) -> torch.Tensor:
+        """The KD loss of one batch; `mix` = (λ, permutation) when `batch` is λ·x + (1 − λ)·x[permutation]."""
+        if mix is None:
+            return kd_loss(student_logits, self.targets(batch, indices), labels, self.temperature, self.alpha,
+                           label_smoothing)
+        lam, perm = mix
+        if self.precomputed is not None:
+            # The targets of unmixed views, mixed as distributions; T·log p is a logit vector with softmax p at T.
+            t = self.temperature
+            probs = lam * F.softmax(self.precomputed[indices] / t, 1) + (1 - lam) * F.softmax(
+                self.precomputed[indices[perm]] / t, 1)
+            targets = t * torch.log(probs.clamp_min(1e-12))
+        else:
+            targets = self.targets(batch, indices)  # the teacher sees the very mixed images the student sees
+        return (lam * kd_loss(student_logits, targets, labels, self.temperature, self.alpha, label_smoothing)
+                + (1 - lam) * kd_loss(student_logits, targets, labels[perm], self.temperature, self.alpha,
+                                      label_smoothing))

@@ -1,0 +1,127 @@
+"""Fault tolerance with real builds: killed at several points and started again, a build resumes from its last
+completed stage or epoch and ends with the summary of an uninterrupted build; Ctrl-C stops it with a message; a full
+disk is one clear error."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, tiny_recipe
+from edgetl.pipeline import build
+from edgetl.progress import Reporter
+
+# (what is interrupted, the output line after which the signal is sent, signal, stage that must not be complete)
+KILL_POINTS = [
+    ("Ctrl-C during training", "epoch 1:", signal.SIGINT, "train"),
+    ("SIGKILL during training", "epoch 2:", signal.SIGKILL, "train"),
+    ("SIGKILL during int8 calibration", "onnx fp32 written", signal.SIGKILL, "export"),
+    ("SIGKILL during export", "openvino fp32 written", signal.SIGKILL, "export"),
+    ("SIGKILL during verify", "onnx_int8: val acc", signal.SIGKILL, "verify"),
+    ("SIGKILL during bench", "] bench", signal.SIGKILL, "bench"),
+]
+
+
+def _recipe(tmp_path: Path, dataset: Path) -> Path:
+    recipe = tiny_recipe(dataset, data={"workers": 2}, train={"epochs": 3},
+                         export={"formats": ["onnx", "openvino"], "precisions": ["fp32", "int8"]},
+                         bench={"min_runs": 200})
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _interrupt(cmd: list[str], marker: str, sig: signal.Signals) -> tuple[int, str]:
+    """Run a build in its own process group and signal the whole group (as a terminal's Ctrl-C does) right after
+    `marker` appears in its output."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    seen, deadline = [], time.time() + 600
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line or time.time() > deadline:
+            os.killpg(proc.pid, sig)
+            break
+    rest, _ = proc.communicate(timeout=120)
+    return proc.returncode, "".join(seen) + rest
+
+
+def _comparable(summary: dict) -> dict:
+    """What an interrupted build must reproduce: models, accuracies, artifacts (not timings or latencies)."""
+    artifacts = [{k: a[k] for k in ("name", "path", "format", "precision", "val_accuracy", "accuracy_drop_pp")}
+                 for a in summary["artifacts"]]
+    model = {k: summary["model"][k] for k in ("val_accuracy", "epochs_run", "best_epoch", "params")}
+    return {"status": summary["status"], "model": model, "artifacts": artifacts,
+            "data": summary["data"]["class_counts"]}
+
+
+def test_a_build_killed_at_every_point_resumes_and_ends_like_an_uninterrupted_one(tmp_path, tiny_dataset):
+    path = _recipe(tmp_path, tiny_dataset)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "edgetl.cli", "build", str(path), "--out", str(run)]
+    for what, marker, sig, unfinished in KILL_POINTS:
+        code, output = _interrupt(cmd, marker, sig)
+        assert marker in output, f"{what}: the build ended before '{marker}'\n{output[-3000:]}"
+        assert "Traceback" not in output, f"{what}\n{output[-3000:]}"
+        if sig == signal.SIGINT:
+            assert code == 130 and "interrupted" in output, f"{what}: exit {code}\n{output[-2000:]}"
+        else:
+            assert code == -signal.SIGKILL, f"{what}: exit {code}"
+        assert not (run / unfinished / "stage.json").exists(), f"{what}: {unfinished} completed before the kill"
+        if unfinished == "train":
+            assert (run / "train" / "checkpoint.pt").is_file(), what  # the epochs done so far are kept
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "data: unchanged, reused" in result.stderr and "verify: unchanged, reused" in result.stderr
+    resumed = json.loads((run / "summary.json").read_text())
+    history = json.loads((run / "train" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert not list(run.rglob("*.tmp")) or all(p.parent.name == "train" for p in run.rglob("*.tmp"))
+
+    straight = build(path, out=tmp_path / "straight", reporter=Reporter(enabled=False))
+    assert _comparable(resumed) == _comparable(straight)
+    straight_history = json.loads((tmp_path / "straight" / "train" / "history.json").read_text())
+    assert [h["train_loss"] for h in history] == pytest.approx([h["train_loss"] for h in straight_history], rel=1e-4)
+
+
+def _mount_tmpfs(folder: Path, megabytes: int) -> bool:
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(folder)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize(("megabytes", "while_writing"), [(3, "train/checkpoint.pt"), (None, "export")])
+def test_a_full_disk_is_one_clear_error_and_nothing_half_written(tmp_path, tiny_dataset, megabytes, while_writing):
+    path = _recipe(tmp_path, tiny_dataset)
+    disk = tmp_path / "disk"
+    if megabytes is None:  # room for the stages before export (copied from a real build), not for its files
+        done = tmp_path / "done"
+        build(path, out=done, reporter=Reporter(enabled=False))
+        kept = ("data", "inputs", "train")
+        used = sum(p.stat().st_size for stage in kept for p in (done / stage).rglob("*") if p.is_file())
+        megabytes = used // 2**20 + 6
+    if not _mount_tmpfs(disk, megabytes):
+        pytest.skip("needs root and mount to make a small real filesystem (tmpfs)")
+    try:
+        if while_writing == "export":
+            for stage in kept:
+                shutil.copytree(done / stage, disk / "run" / stage)
+        result = subprocess.run([sys.executable, "-m", "edgetl.cli", "build", str(path), "--out", str(disk / "run")],
+                                cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 1 and "storage error" in result.stderr and "disk is full" in result.stderr, \
+            result.stderr[-3000:]
+        assert "Traceback" not in result.stderr and while_writing in result.stderr
+        assert not (disk / "run" / while_writing.split("/")[0] / "stage.json").exists()
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
