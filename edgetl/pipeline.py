@@ -964,7 +964,7 @@ def _write_outputs(run: RunDir, summary: dict) -> None:
     from edgetl.report import write_report
 
     write_json(run.root / "summary.json", summary)
-    write_report(run.root, summary, plots=False)
+    write_report(run.root, summary)
 
 
 def build(recipe: str | Path | Recipe, out: str | Path | None = None, reporter: Reporter | None = None) -> dict:

@@ -208,9 +208,8 @@ def render_plots(run_dir: Path, summary: dict) -> dict[str, bytes | None]:
 
 
 def write_report(run_dir: Path, summary: dict | None = None, plots: bool = True) -> Report:
-    """(Re)make report.md, report.html and report/*.png of a run directory. `plots=False` (what a build does):
-    the text and tables only, and a pointer to `edgetl report RUN_DIR`, which draws the plots in a fresh process.
-    (A build's process has run training, converters and three runtimes; drawing there crashed: see the README.)"""
+    """(Re)make report.md, report.html and report/*.png of a run directory. `plots=False`: the text and tables only,
+    and a pointer to `edgetl report RUN_DIR`, which draws the plots."""
     run_dir = Path(run_dir)
     summary = summary if summary is not None else load_summary(run_dir)
     for stale in PLOTS:
