@@ -80,8 +80,9 @@ def launch(build_args: list[str], where: Launch) -> int:
     cmd += ["-m", "edgetl.cli", "build", *build_args]
     env = dict(os.environ)
     env[CHILD_ENV] = "1"
-    # torchrun would set 1 thread per process and say so; share the cores instead, quietly.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // where.nproc)))
+    # Rank 0 works alone outside fine-tuning (probe, export, verify, bench) and gets every core then; during a
+    # distributed fine-tune each process takes its share (`train_threads`).
+    env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     # torchrun's own stderr (its tracebacks when a rank fails) is captured below; the ranks reopen ours instead.
     # torchrun closes inherited descriptors, so they get a path to it (Linux; elsewhere they write to torchrun's).
     env[STDERR_ENV] = f"/proc/{os.getpid()}/fd/2"
@@ -140,6 +141,11 @@ def finish(exit_code: int) -> None:
         dist.broadcast_object_list([None], src=0)
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def train_threads() -> int:
+    """Torch threads per process while every process of this machine trains."""
+    return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def share_job(job: dict) -> None:

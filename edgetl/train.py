@@ -253,18 +253,22 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, images: Augme
     val logits (default: `predict`). `spread`: every rank of the distributed build runs this on its share of each
     epoch's images (DistributedDataParallel; rank 0 alone evaluates, reports and checkpoints), as `fine_tune`
     arranges; otherwise this process trains alone."""
-    with _own_sigchld():
-        return _train_loop(model, optimizer, images, val_inputs, val_labels, cfg, workers, before_epoch, checkpointer,
-                           reporter, distiller, evaluate, spread)
+    world, rank = (distributed.world_size(), distributed.rank()) if spread else (1, 0)
+    threads = torch.get_num_threads()
+    if spread and not cfg.threads:
+        torch.set_num_threads(distributed.train_threads())
+    try:
+        with _own_sigchld():
+            return _epochs(model, optimizer, images, val_inputs, val_labels, cfg, workers, before_epoch, checkpointer,
+                           reporter, distiller, evaluate, world, rank)
+    finally:
+        torch.set_num_threads(threads)
 
 
-def _train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, images: AugmentedImages, val_inputs: np.ndarray,
-                val_labels: np.ndarray, cfg: TrainSection, workers: int, before_epoch, checkpointer: Checkpointer | None,
-                reporter: Reporter = SILENT, distiller: Distiller | None = None, evaluate=None,
-                spread: bool = False) -> TrainResult:
+def _epochs(model, optimizer, images, val_inputs, val_labels, cfg: TrainSection, workers: int, before_epoch,
+            checkpointer, reporter: Reporter, distiller: Distiller | None, evaluate, world: int, rank: int) -> TrainResult:
     evaluate = evaluate or (lambda m: predict(m, val_inputs))
     count = len(images)
-    world, rank = (distributed.world_size(), distributed.rank()) if spread else (1, 0)
     # The global batch stays cfg.batch_size, so the learning rate means the same at any world size.
     batch_size = max(1, cfg.batch_size // world)
 
