@@ -7,8 +7,6 @@ import copy
 import io
 import math
 import random
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,19 +227,18 @@ def follow_job(job: dict) -> None:
 
 @contextlib.contextmanager
 def _own_sigchld():
-    """Put back the SIGCHLD handler DataLoader's workers replace and never restore. Left in place, it crashed the
-    build with SIGSEGV at its next subprocess call, after export and bench (measured: tests/test_resume.py)."""
+    """Keep DataLoader from installing its SIGCHLD handler, which it never removes. Left in place it crashed the
+    build with SIGSEGV at a later subprocess call (after export and bench), and the RuntimeError it raises from
+    inside whatever code runs when a worker dies can be swallowed there. Without it, a dead worker is noticed by the
+    loader's own liveness check (within seconds) and raised from the loop, where `_batches` words it."""
     from torch.utils.data._utils import signal_handling
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    before = signal.getsignal(signal.SIGCHLD)
+    before = signal_handling._SIGCHLD_handler_set
+    signal_handling._SIGCHLD_handler_set = True  # "already installed": torch then leaves SIGCHLD alone
     try:
         yield
     finally:
-        signal.signal(signal.SIGCHLD, before)
-        signal_handling._SIGCHLD_handler_set = False  # so the next loader with workers installs it again
+        signal_handling._SIGCHLD_handler_set = before
 
 
 def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, images: AugmentedImages, val_inputs: np.ndarray,
@@ -366,6 +363,12 @@ def _batches(loader: DataLoader):
         text = str(exc)
         marker = f"{DataError.__module__}.{DataError.__qualname__}: "
         raise DataError(text[text.rindex(marker) + len(marker):].strip() if marker in text else text) from None
+    except RuntimeError as exc:
+        if "DataLoader worker" not in str(exc):
+            raise
+        raise DataError(f"A data loader worker process died while reading training images ({str(exc).splitlines()[0]}); "
+                        "the system may have run out of memory. Run again (training resumes from its last epoch), "
+                        "or set data.workers to 0 in the recipe to read images in the main process.") from None
 
 
 def _mixup(batch: torch.Tensor, alpha: float) -> tuple[float, torch.Tensor] | None:

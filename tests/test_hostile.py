@@ -212,3 +212,28 @@ def test_an_image_that_breaks_after_the_scan_stops_training_with_one_line_from_a
         fine_tune(created, samples, np.zeros((2, 3, 32, 32), np.float32), np.zeros(2, int), cfg, workers=2)
     message = str(caught.value)
     assert message.startswith(f"Cannot read image {broken}") and "Traceback" not in message and "\n" not in message
+
+
+def test_a_loader_worker_killed_mid_epoch_is_one_clear_error(tmp_path, dataset, monkeypatch):
+    import signal
+
+    from edgetl import train
+    from edgetl.backbones import create_model
+    from edgetl.data import Sample
+    from edgetl.errors import DataError
+    from edgetl.preprocess import Preprocessing
+    from edgetl.recipe import TrainSection
+
+    main_process = os.getpid()
+
+    def load_or_die(path):  # a worker's first image kills it, as the OOM killer would (workers are forked with this)
+        assert os.getpid() != main_process  # workers=2: the main process never reads an image itself
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr(train, "load_rgb", load_or_die)
+    created = create_model("efficientnet_lite0", 2)
+    created.preprocessing = Preprocessing(resize=36, crop=32)
+    samples = [Sample(str(p), i % 2) for i, p in enumerate(sorted((dataset / "train").rglob("*.jpg")))]
+    cfg = TrainSection(epochs=1, batch_size=3, warmup_epochs=0, probe_epochs=0)
+    with pytest.raises(DataError, match="data loader worker process died.*data.workers to 0"):
+        train.fine_tune(created, samples, np.zeros((2, 3, 32, 32), np.float32), np.zeros(2, int), cfg, workers=2)
