@@ -238,6 +238,8 @@ class RecoverSection(Section):
         "without a `distill` section); `unpruned`, the model as it was before pruning (needs no `distill`).")
     temperature: float | None = Field(None, gt=0, description="KD temperature (default: `distill.temperature`, or 4).")
     alpha: float | None = Field(None, ge=0, le=1, description="Weight of the KD term (default: `distill.alpha`, or 0.7).")
+    feature_weight: float = Field(0.0, ge=0, description="Weight of a similarity-preserving KD term on the "
+                                  "classifier's input features (online teacher only); 0: off.")
     mixup: float | None = Field(None, ge=0, description="Mixup during recovery (default: `train.augment.mixup`); "
                                 "with KD, the teacher labels the mixed images (\"function matching\").")
 

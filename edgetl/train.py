@@ -254,12 +254,15 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, images: Augme
     threads = torch.get_num_threads()
     if spread and not cfg.threads:
         torch.set_num_threads(distributed.train_threads())
+    hooks = distiller.watch(model) if distiller else []
     try:
         with _own_sigchld():
             return _epochs(model, optimizer, images, val_inputs, val_labels, cfg, workers, before_epoch, checkpointer,
                            reporter, distiller, evaluate, world, rank)
     finally:
         torch.set_num_threads(threads)
+        for hook in hooks:
+            hook.remove()
 
 
 def _epochs(model, optimizer, images, val_inputs, val_labels, cfg: TrainSection, workers: int, before_epoch,

@@ -163,3 +163,19 @@ def test_mixup_kd_targets_are_the_mixed_teacher_distributions():
                                                                      (lam, perm))
     ce = torch.nn.functional.cross_entropy
     assert hard.item() == pytest.approx(lam * ce(student, labels).item() + (1 - lam) * ce(student, labels[perm]).item())
+
+
+def test_similarity_kd_compares_how_images_relate_not_feature_widths():
+    from edgetl.compress.distill import similarity_loss
+
+    teacher = torch.randn(6, 32, generator=torch.Generator().manual_seed(0))
+    q, _ = torch.linalg.qr(torch.randn(32, 32, generator=torch.Generator().manual_seed(1)))
+    narrower = teacher @ q[:, :16] @ q[:, :16].T @ q  # another basis ...
+    assert similarity_loss(teacher @ q, teacher).item() == pytest.approx(0.0, abs=1e-10)  # same relations: 0
+    assert similarity_loss(torch.cat([teacher, teacher], 1), teacher).item() == pytest.approx(0.0, abs=1e-10)
+    assert similarity_loss(narrower, teacher).item() > 1e-4  # ... that lost half the directions: relations differ
+    # the hand-computed value for two images
+    s, t = torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    g_s = torch.tensor([[1.0, 1.0], [1.0, 2.0]]) / torch.tensor([[2 ** 0.5], [5 ** 0.5]])
+    g_t = torch.eye(2)
+    assert similarity_loss(s, t).item() == pytest.approx(((g_s - g_t) ** 2).sum().item() / 4, rel=1e-6)

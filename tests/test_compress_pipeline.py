@@ -109,9 +109,9 @@ def test_rebuild_reuses_every_stage_and_recover_changes_rerun_only_downstream(co
     again = build(compressed["recipe"], out=compressed["run"], reporter=Reporter(enabled=False))
     assert all(stage["cached"] for stage in again["stages"].values())
     assert compressed["summary"]["prune"]["recover_kd_from"] == "teacher"
-    # Recovery taught by the unpruned model itself, for two epochs.
+    # Recovery taught by the unpruned model itself, for two epochs, on mixed images, with the feature term.
     changed = compress_recipe(compressed["data"], prune={"target_macs": 0.5, "steps": 2, "recover": {
-        "epochs": 2, "teacher": "unpruned", "alpha": 0.9}})
+        "epochs": 2, "teacher": "unpruned", "alpha": 0.9, "mixup": 1.0, "feature_weight": 100.0}})
     recipe = tmp_path / "changed.yaml"
     recipe.write_text(yaml.safe_dump(changed))
     summary = build(recipe, out=compressed["run"], reporter=Reporter(enabled=False))

@@ -24,6 +24,15 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return (1 - alpha) * hard + alpha * temperature ** 2 * soft
 
 
+def similarity_loss(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+    """Similarity-preserving KD (Tung & Mori, 2019): ‖G_s − G_t‖²_F / b², G = row-normalised F·Fᵀ of the batch's
+    features. Compares how the images of a batch relate, so the two feature widths may differ (a pruned model's)."""
+    b = student_features.shape[0]
+    g_s = F.normalize(student_features.flatten(1) @ student_features.flatten(1).T, dim=1)
+    g_t = F.normalize(teacher_features.flatten(1) @ teacher_features.flatten(1).T, dim=1)
+    return ((g_s - g_t) ** 2).sum() / (b * b)
+
+
 @dataclass
 class Distiller:
     """Gives the teacher's logits for a training batch and combines them with the labels into the KD loss."""
@@ -34,6 +43,24 @@ class Distiller:
     precomputed: torch.Tensor | None = None  # precomputed: one row per train image, augmentation-free view
     scale: torch.Tensor | None = None  # per-channel affine from the student's normalisation to the teacher's
     shift: torch.Tensor | None = None
+    # Similarity-preserving KD on the classifiers' input features (online teacher only): weight, the heads' paths.
+    feature_weight: float = 0.0
+    student_head: str | None = None
+    teacher_head: str | None = None
+
+    def watch(self, student: nn.Module) -> list:
+        """Hooks capturing the student's and teacher's head inputs for the feature term (none when it is off); the
+        caller removes them (hooks cannot be pickled, so they live only while one process trains)."""
+        if not self.feature_weight:
+            return []
+        assert self.teacher is not None and self.student_head and self.teacher_head, "feature KD needs an online teacher"
+        self._features: dict[str, torch.Tensor] = {}
+
+        def keep(name: str):
+            return lambda _module, args, _out: self._features.__setitem__(name, args[0])
+
+        return [student.get_submodule(self.student_head).register_forward_hook(keep("student")),
+                self.teacher.get_submodule(self.teacher_head).register_forward_hook(keep("teacher"))]
 
     @classmethod
     def online(cls, teacher: nn.Module, student_prep: Preprocessing, teacher_prep: Preprocessing, temperature: float,
@@ -62,6 +89,13 @@ class Distiller:
     def loss(self, student_logits: torch.Tensor, batch: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor,
              label_smoothing: float, mix: tuple[float, torch.Tensor] | None = None) -> torch.Tensor:
         """The KD loss of one batch; `mix` = (λ, permutation) when `batch` is λ·x + (1 − λ)·x[permutation]."""
+        loss = self._logit_loss(student_logits, batch, indices, labels, label_smoothing, mix)
+        if self.feature_weight:  # the teacher's forward in _logit_loss filled in its features
+            loss = loss + self.feature_weight * similarity_loss(self._features["student"], self._features["teacher"])
+        return loss
+
+    def _logit_loss(self, student_logits: torch.Tensor, batch: torch.Tensor, indices: torch.Tensor,
+                    labels: torch.Tensor, label_smoothing: float, mix: tuple[float, torch.Tensor] | None) -> torch.Tensor:
         if mix is None:
             return kd_loss(student_logits, self.targets(batch, indices), labels, self.temperature, self.alpha,
                            label_smoothing)
