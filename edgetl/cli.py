@@ -46,8 +46,7 @@ def main() -> None:
               help="Run directory (default: runs/<recipe name>/).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only errors and the final summary line.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Fine-tuning processes on this machine (DistributedDataParallel through torchrun; gloo on CPU, "
-                   "nccl on GPUs).")
+              help="Fine-tuning processes on this machine (DistributedDataParallel through torchrun, gloo).")
 @click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Machines taking part; run the same command on each with its own --node-rank.")
 @click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True,

@@ -109,7 +109,6 @@ def _failure(code: int, agent_stderr: str) -> str:
 
 def start() -> None:
     """In a rank started by `launch`: point stderr at the user's terminal and join the process group."""
-    import torch
     import torch.distributed as dist
 
     path = os.environ.get(STDERR_ENV)
@@ -120,8 +119,8 @@ def start() -> None:
             os.close(fd)
         except OSError:
             pass  # no /proc, or the launcher is gone: keep torchrun's stderr
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend, timeout=_TIMEOUT)
+    # gloo: edgetl fine-tunes on the CPU (nccl would need the model and batches on CUDA devices, which it never uses).
+    dist.init_process_group(backend="gloo", timeout=_TIMEOUT)
 
 
 def finish(exit_code: int) -> None:
