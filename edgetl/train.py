@@ -7,6 +7,7 @@ import copy
 import io
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,11 +278,13 @@ def _epochs(model, optimizer, images, val_inputs, val_labels, cfg: TrainSection,
         generator = torch.Generator().manual_seed(cfg.seed * 10007 + epoch + 1_000_003 * rank)
         if world == 1:
             return DataLoader(images, batch_size=batch_size, shuffle=True, num_workers=workers,
+                              multiprocessing_context=_worker_context(workers),
                               drop_last=count > batch_size, generator=generator)
         sampler = torch.utils.data.DistributedSampler(images, num_replicas=world, rank=rank, shuffle=True,
                                                       seed=cfg.seed * 10007)
         sampler.set_epoch(epoch)
         return DataLoader(images, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                          multiprocessing_context=_worker_context(workers),
                           drop_last=len(sampler) > batch_size, generator=generator)
 
     steps = len(epoch_loader(0))
@@ -355,6 +358,19 @@ def _epochs(model, optimizer, images, val_inputs, val_labels, cfg: TrainSection,
         model.load_state_dict(state["best_state"])
     return TrainResult(state["best_state"] or copy.deepcopy(model.state_dict()), max(state["best_acc"], 0.0),
                        state["best_epoch"], state["epoch"], state["history"], resumed_from)
+
+
+# Native libraries that run thread pools of their own once loaded: forking a process that has them can deadlock the
+# child (JAX, loaded by the TFLite exporter, warns so itself).
+_THREADED_LIBRARIES = ("jax", "openvino", "onnxruntime", "tensorflow", "ai_edge_litert")
+
+
+def _worker_context(workers: int) -> str | None:
+    """How loader workers start: forked (fast) in a process that has not loaded a threaded native library yet, as in
+    a build, which trains before it exports; from a forkserver otherwise (a search's later candidates, a notebook)."""
+    if workers and any(name in sys.modules for name in _THREADED_LIBRARIES):
+        return "forkserver"
+    return None
 
 
 def _batches(loader: DataLoader):

@@ -231,6 +231,7 @@ def test_a_loader_worker_killed_mid_epoch_is_one_clear_error(tmp_path, dataset, 
         os.kill(os.getpid(), signal.SIGKILL)
 
     monkeypatch.setattr(train, "load_rgb", load_or_die)
+    monkeypatch.setattr(train, "_worker_context", lambda workers: None)  # forked workers carry the patch
     created = create_model("efficientnet_lite0", 2)
     created.preprocessing = Preprocessing(resize=36, crop=32)
     samples = [Sample(str(p), i % 2) for i, p in enumerate(sorted((dataset / "train").rglob("*.jpg")))]

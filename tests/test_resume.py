@@ -43,8 +43,10 @@ def _recipe(tmp_path: Path, dataset: Path) -> Path:
 def _interrupt(cmd: list[str], marker: str, sig: signal.Signals) -> tuple[int, str]:
     """Run a build in its own process group and signal the whole group (as a terminal's Ctrl-C does) right after
     `marker` appears in its output."""
+    # SIGINT at its default, as in a terminal: a CI job started in the background may have it ignored, and an
+    # ignored SIGINT is inherited (Python then never raises KeyboardInterrupt).
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen, deadline = [], time.time() + 600
     for line in proc.stdout:
         seen.append(line)
