@@ -21,7 +21,7 @@ from pathlib import Path
 from edgetl.errors import EdgetlError
 
 STATUS_ENV = "EDGETL_DDP_STATUS"  # rank 0 writes {"exit_code": n} here; the launcher exits with it
-STDERR_ENV = "EDGETL_DDP_STDERR_FD"  # the user's terminal, handed to the ranks past torchrun's own stderr
+STDERR_ENV = "EDGETL_DDP_STDERR"  # path of the launcher's stderr, which the ranks reopen past torchrun's own
 CHILD_ENV = "EDGETL_DDP_CHILD"
 _TIMEOUT = datetime.timedelta(days=1)  # followers wait for rank 0 through export and bench, which can take hours
 
@@ -137,7 +137,7 @@ def finish(exit_code: int) -> None:
         sys.stderr.flush()
         os._exit(exit_code)
     if active():
-        dist.broadcast_object_list([None], src=0)
+        broadcast(None)  # no more jobs
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -147,26 +147,15 @@ def train_threads() -> int:
     return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
-def share_job(job: dict) -> None:
-    """Rank 0: send a fine-tuning job to every follower (they then train beside rank 0)."""
-    import torch.distributed as dist
-
-    dist.broadcast_object_list([job], src=0)
-
-
 def follow() -> None:
-    """A follower rank: run every job rank 0 sends until it sends None, then leave the group."""
+    """A follower rank: run every fine-tuning job rank 0 broadcasts until it sends None, then leave the group."""
     import torch.distributed as dist
 
     from edgetl.train import follow_job
 
     try:
-        while True:
-            message = [None]
-            dist.broadcast_object_list(message, src=0)
-            if message[0] is None:
-                break
-            follow_job(message[0])
+        while (job := broadcast(None)) is not None:
+            follow_job(job)
     except Exception as exc:
         status = os.environ.get(STATUS_ENV)
         if not (status and Path(status).is_file()):  # else rank 0 stopped on purpose and has said why

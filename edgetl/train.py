@@ -195,7 +195,7 @@ def fine_tune(created: CreatedModel, train_samples: list[Sample], val_inputs: np
     spread = distributed.active()
     if spread and distributed.rank() == 0:
         # The followers train beside this process: same model (after the probe), settings, images and checkpoint.
-        distributed.share_job({
+        distributed.broadcast({
             "model": model, "backbone": created.backbone.name, "prep": created.preprocessing,
             "cfg": cfg.model_copy(update={"probe_epochs": 0, "freeze_batchnorm": freeze_bn}),
             "samples": train_samples, "workers": workers, "distiller": distiller,
@@ -218,7 +218,7 @@ class _GivenCheckpoint:
 
 
 def follow_job(job: dict) -> None:
-    """A follower rank's part of one distributed fine-tune sent by rank 0 (`distributed.share_job`)."""
+    """A follower rank's part of one distributed fine-tune broadcast by rank 0 from `fine_tune`."""
     from edgetl.backbones import get_backbone
 
     created = CreatedModel(job["model"], get_backbone(job["backbone"]), job["prep"], None, {})
