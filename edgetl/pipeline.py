@@ -312,10 +312,11 @@ def _distiller(run: RunDir, recipe: Recipe, teacher_record: dict, prep: Preproce
 
 
 def _with_feature_kd(distiller, weight: float, student_backbone: str, teacher_backbone: str):
-    """`distiller` plus the similarity-preserving feature term of the recovery (prune.recover.feature_weight)."""
+    """`distiller` plus the similarity-preserving feature term of the recovery (prune.recover.feature_weight; the
+    recipe's schema made sure there is an online teacher when it is set)."""
     from edgetl.backbones import get_backbone
 
-    if distiller is None or not weight or distiller.teacher is None:
+    if not weight:
         return distiller
     distiller.feature_weight = weight
     distiller.student_head, distiller.teacher_head = get_backbone(student_backbone).head, get_backbone(teacher_backbone).head
@@ -517,7 +518,7 @@ def _prune_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_r
             temperature, alpha = _recover_kd(recipe)
             distiller = Distiller.online(_load_saved(run.root / train_record["model"])[0], prep, prep, temperature,
                                          alpha)
-        teacher_backbone = saved["backbone"] if self_kd else (teacher_record or {}).get("backbone", saved["backbone"])
+        teacher_backbone = teacher_record["backbone"] if use_kd else saved["backbone"]
         distiller = _with_feature_kd(distiller, cfg.recover.feature_weight, saved["backbone"], teacher_backbone)
         recover_cfg = recipe.train.model_copy(update={
             "lr": cfg.recover.lr, "backbone_lr_mult": 1.0, "probe_epochs": 0, "freeze_batchnorm": False,

@@ -367,6 +367,11 @@ class Recipe(Section):
             self.teacher_train()  # unknown or invalid keys fail here, with their path
         if self.quantize.mode == "qat" and "int8" not in self.export.precisions:
             raise ValueError("quantize.mode is `qat` but export.precisions has no `int8`")
+        recover = self.prune.recover if self.prune is not None else None
+        if recover is not None and recover.feature_weight and not (recover.distill and (
+                recover.teacher == "unpruned" or (self.distill is not None and self.distill.teacher_logits == "online"))):
+            raise ValueError("prune.recover.feature_weight needs a teacher run on every batch: prune.recover.distill "
+                             "with prune.recover.teacher `unpruned`, or a `distill` teacher with teacher_logits `online`")
         return self
 
     def teacher_train(self) -> TrainSection:

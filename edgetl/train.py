@@ -199,7 +199,7 @@ def fine_tune(created: CreatedModel, train_samples: list[Sample], val_inputs: np
             "model": model, "backbone": created.backbone.name, "prep": created.preprocessing,
             "cfg": cfg.model_copy(update={"probe_epochs": 0, "freeze_batchnorm": freeze_bn}),
             "samples": train_samples, "workers": workers, "distiller": distiller,
-            "checkpoint": checkpointer.load() if checkpointer else None})
+            "checkpoint": resumable})
     return train_loop(model, optimizer, images, val_inputs, val_labels, cfg, workers, before_epoch,
                       checkpointer, reporter, distiller, spread=spread)
 

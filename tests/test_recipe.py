@@ -124,3 +124,11 @@ def test_warmup_must_be_shorter_than_training():
 def test_relative_paths_resolve_against_recipe_folder(tmp_path):
     recipe = load_recipe(write(tmp_path, "name: r\ndata: {path: images}\n"))
     assert recipe.resolve_path(recipe.data.path) == tmp_path / "images"
+
+
+def test_feature_kd_without_an_online_teacher_is_refused(tmp_path):
+    path = write(tmp_path, "name: x\ndata: {dataset: x}\nprune: {recover: {feature_weight: 100, distill: false}}\n")
+    with pytest.raises(RecipeError, match="prune.recover.feature_weight needs a teacher run on every batch"):
+        load_recipe(path)
+    path = write(tmp_path, "name: x\ndata: {dataset: x}\nprune: {recover: {feature_weight: 100, teacher: unpruned}}\n")
+    assert load_recipe(path).prune.recover.feature_weight == 100
