@@ -298,13 +298,13 @@ def _write_logits(path: Path, logits: np.ndarray) -> None:
         np.save(f, np.asarray(logits, dtype=np.float32))
 
 
-def _distiller(run: RunDir, recipe: Recipe, teacher_record: dict, prep: Preprocessing, recover=None):
-    """The KD loss of `recipe.distill` against the teacher stage's model or precomputed logits (with the recovery's
-    own temperature and alpha when `recover` is the prune stage's recover section)."""
+def _distiller(run: RunDir, recipe: Recipe, teacher_record: dict, prep: Preprocessing, section=None):
+    """The KD loss of `recipe.distill` against the teacher stage's model or precomputed logits (with the temperature
+    and alpha of `section`, the pruning recovery's or the QAT's, where it sets them)."""
     from edgetl.compress.distill import Distiller
 
     d = recipe.distill
-    temperature, alpha = _recover_kd(recipe) if recover is not None else (d.temperature, d.alpha)
+    temperature, alpha = _kd_settings(recipe, section) if section is not None else (d.temperature, d.alpha)
     if d.teacher_logits == "precomputed":
         return Distiller.from_logits(np.load(run.root / teacher_record["train_logits"]), temperature, alpha)
     teacher, saved = _load_saved(run.root / teacher_record["model"])
@@ -323,9 +323,10 @@ def _with_feature_kd(distiller, weight: float, student_backbone: str, teacher_ba
     return distiller
 
 
-def _recover_kd(recipe: Recipe) -> tuple[float, float]:
-    """Temperature and alpha of the pruning recovery's KD loss: its own, else the distill section's, else 4 / 0.7."""
-    r, d = recipe.prune.recover, recipe.distill
+def _kd_settings(recipe: Recipe, section) -> tuple[float, float]:
+    """Temperature and alpha of a later stage's KD loss (`section`: prune.recover or quantize): its own, else the
+    distill section's, else 4 / 0.7."""
+    r, d = section, recipe.distill
     return (r.temperature or (d.temperature if d else 4.0),
             r.alpha if r.alpha is not None else (d.alpha if d else 0.7))
 
@@ -515,7 +516,7 @@ def _prune_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_r
         if self_kd:  # the unpruned model teaches its pruned self (same preprocessing)
             from edgetl.compress.distill import Distiller
 
-            temperature, alpha = _recover_kd(recipe)
+            temperature, alpha = _kd_settings(recipe, cfg.recover)
             distiller = Distiller.online(_load_saved(run.root / train_record["model"])[0], prep, prep, temperature,
                                          alpha)
         teacher_backbone = teacher_record["backbone"] if use_kd else saved["backbone"]
@@ -607,17 +608,21 @@ def _prune_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_r
 def _qat_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_record: dict, prep: Preprocessing,
                model_record: dict, teacher_record: dict | None) -> dict:
     cfg = recipe.quantize
-    use_kd = teacher_record is not None and cfg.distill
+    self_kd = cfg.distill and cfg.teacher == "float"
+    use_kd = not self_kd and teacher_record is not None and cfg.distill
     inputs = {"quantize": section_dict(cfg) | {"keep_ptq": None}, "model": model_record["files"][model_record["model"]],
               "train": section_dict(recipe.train), "data": data_record["files"],
-              "val": inputs_record["files"][inputs_record["val"]], "workers": recipe.data.workers}
+              "val": inputs_record["files"][inputs_record["val"]], "workers": recipe.data.workers,
+              "calibration": inputs_record["files"][inputs_record["calibration"]]}
     if use_kd:
         inputs |= _kd_inputs(recipe, teacher_record)
+    elif self_kd:
+        inputs["kd"] = _kd_settings(recipe, cfg)
 
     def work(folder: Path) -> dict:
         import torch
 
-        from edgetl.compress.qat import convert, export_onnx, prepare_qat
+        from edgetl.compress.qat import calibrate, convert, export_onnx, prepare_qat
         from edgetl.train import AugmentedImages, Checkpointer, build_optimizer, start_run, train_loop
 
         start_run(recipe.train)
@@ -625,15 +630,26 @@ def _qat_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_rec
         val = np.asarray(np.load(run.root / inputs_record["val"], mmap_mode="r"))
         val_labels = np.load(run.root / inputs_record["val_labels"])
         run.reporter.info(f"  fake-quantized fine-tune of {model_record['backbone']} (torchao PT2E, u8 activations, "
-                          f"s8 per-channel weights){' with KD from the teacher' if use_kd else ''}")
+                          f"s8 per-channel weights){' with KD from the teacher' if use_kd else ''}"
+                          f"{' with KD from the float model' if self_kd else ''}")
         prepared = prepare_qat(model, torch.from_numpy(np.array(val[:2])))
+        calibration = np.load(run.root / inputs_record["calibration"], mmap_mode="r")
+        with run.reporter.task(f"calibrating activation ranges on {len(calibration)} images", None):
+            calibrate(prepared, (torch.from_numpy(np.array(calibration[i:i + 32]))
+                                 for i in range(0, len(calibration), 32)))
         train_cfg = recipe.train.model_copy(update={
             "epochs": cfg.epochs, "lr": cfg.lr, "backbone_lr_mult": 1.0, "probe_epochs": 0, "warmup_epochs": 0.0,
             "freeze_batchnorm": False, "mode": "finetune", "early_stop_patience": None})
         optimizer = build_optimizer([{"params": list(prepared.parameters()), "lr": cfg.lr}], train_cfg)
-        distiller = _distiller(run, recipe, teacher_record, prep) if use_kd else None
+        distiller = _distiller(run, recipe, teacher_record, prep, cfg) if use_kd else None
+        if self_kd:  # the float model teaches its fake-quantized copy
+            from edgetl.compress.distill import Distiller
+
+            distiller = Distiller.online(_load_trained(run.root / model_record["model"]), prep, prep,
+                                         *_kd_settings(recipe, cfg))
         result = train_loop(prepared, optimizer, AugmentedImages(index.train, prep, recipe.train), val, val_labels,
-                            train_cfg, recipe.data.workers, lambda epoch: prepared.train(),
+                            # Batch norm keeps its running statistics (folded into the int8 convolutions as they are).
+                            train_cfg, recipe.data.workers, lambda epoch: prepared.eval(),
                             Checkpointer(folder / "checkpoint.pt", sha256_json(inputs)), run.reporter, distiller)
         onnx_path, history_path = folder / "model_int8_qat.onnx", folder / "history.json"
         with run.reporter.task("exporting the QAT model to ONNX QDQ", None):
@@ -644,8 +660,10 @@ def _qat_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_rec
         (folder / "checkpoint.pt").unlink(missing_ok=True)
         return {"onnx": run.rel(onnx_path), "history": result.history, "epochs_run": result.epochs_run,
                 "best_epoch": result.best_epoch, "fake_quant_val_accuracy": round(result.val_accuracy, 4),
+                "kd_from": "float" if self_kd else ("teacher" if use_kd else None),
                 "export": details | {"method": "torchao PT2E QAT", "activations": "uint8", "weights": "int8 (7-bit)",
-                                     "epochs": cfg.epochs},
+                                     "activation_ranges": f"min/max on {len(calibration)} calibration images, frozen",
+                                     "batchnorm": "running statistics, frozen", "epochs": cfg.epochs},
                 "files": run.files_record(onnx_path, history_path)}
 
     return run.stage("qat", inputs, work)
@@ -916,7 +934,7 @@ def _compression_summary(recipe: Recipe, records: dict) -> dict:
             "path": pruned["model"]}
     qat = records.get("qat")
     out["quantize"] = {"mode": recipe.quantize.mode, **({key: qat[key] for key in (
-        "epochs_run", "best_epoch", "fake_quant_val_accuracy", "history")} if qat else {})}
+        "epochs_run", "best_epoch", "fake_quant_val_accuracy", "kd_from", "history") if key in qat} if qat else {})}
     return out
 
 

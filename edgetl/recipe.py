@@ -268,7 +268,13 @@ class QuantizeSection(Section):
     mode: Literal["ptq", "qat"] = "ptq"
     epochs: int = Field(3, gt=0, description="qat: fake-quantized fine-tune epochs.")
     lr: float = Field(1e-4, gt=0, description="qat: learning rate of every layer.")
-    distill: bool = Field(True, description="qat: use the teacher's KD loss when the recipe has `distill`.")
+    distill: bool = Field(True, description="qat: fine-tune with a KD loss (from `teacher`).")
+    teacher: Literal["teacher", "float"] = Field(
+        "teacher", description="qat: whose logits the KD loss follows: `teacher`, the recipe's `distill` teacher (no KD "
+        "without a `distill` section); `float`, the model being quantized, in float (needs no `distill`).")
+    temperature: float | None = Field(None, gt=0, description="qat: KD temperature (default: `distill.temperature`, or 4).")
+    alpha: float | None = Field(None, ge=0, le=1, description="qat: weight of the KD term (default: `distill.alpha`, "
+                                "or 0.7).")
     keep_ptq: bool = Field(False, description="qat: also export the PTQ int8 model (`onnx_int8_ptq`) to compare.")
 
 

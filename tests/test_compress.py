@@ -179,3 +179,55 @@ def test_similarity_kd_compares_how_images_relate_not_feature_widths():
     g_s = torch.tensor([[1.0, 1.0], [1.0, 2.0]]) / torch.tensor([[2 ** 0.5], [5 ** 0.5]])
     g_t = torch.eye(2)
     assert similarity_loss(s, t).item() == pytest.approx(((g_s - g_t) ** 2).sum().item() / 4, rel=1e-6)
+
+
+def test_qat_fake_quant_model_is_the_int8_model_it_exports(tmp_path):
+    """The fake-quantized model QAT trains and evaluates computes what its converted int8 graph and the ONNX file
+    compute (ranges set by calibration and frozen, weight scales by the same formula convert uses), and evaluating
+    it moves no quantization range."""
+    import onnxruntime as ort
+
+    from edgetl.compress.qat import calibrate, convert, export_onnx, prepare_qat
+
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v2", 2, "none").model.train()
+    with torch.no_grad():  # batch norm statistics of real activations, so that folding them matters
+        for _ in range(4):
+            model(torch.randn(16, 3, 32, 32))
+    data = torch.randn(64, 3, 32, 32)
+    prepared = prepare_qat(model.eval(), data[:2])
+    assert calibrate(prepared, [data[:16], data[16:32]]) > 10
+    prepared.eval()
+    trained_weights: list[torch.Tensor] = []  # what each weight fake-quantizer hands its conv/linear
+    for module in prepared.modules():
+        if getattr(module, "is_per_channel", False):
+            module.register_forward_hook(lambda m, i, out: trained_weights.append(out.detach().clone()))
+    held_out = data[32:]
+    with torch.no_grad():
+        fake_quant = prepared(held_out)
+        torch.testing.assert_close(prepared(held_out), fake_quant, rtol=0, atol=0)
+        converted = convert(prepared)
+        int8 = converted(held_out)
+    exported_weights: list[torch.Tensor] = []
+
+    class Weights(torch.fx.Interpreter):
+        def run_node(self, node):
+            out = super().run_node(node)
+            if "dequantize_per_channel" in str(node.target):
+                exported_weights.append(out)
+            return out
+
+    with torch.no_grad():
+        Weights(converted).run(held_out[:2])
+    # torch's fused observer/fake-quant op rounded weight scales differently from convert: one int8 step apart.
+    n = len(exported_weights)
+    assert n > 10 and len(trained_weights) == 2 * n
+    for trained, exported in zip(trained_weights[:n], exported_weights):
+        torch.testing.assert_close(exported, trained, rtol=0, atol=0)
+    spread = float(fake_quant.max() - fake_quant.min())
+    assert spread > 0
+    assert float((int8 - fake_quant).abs().max()) < 0.05 * spread
+    export_onnx(converted, held_out.numpy(), tmp_path / "qat.onnx")
+    session = ort.InferenceSession(str(tmp_path / "qat.onnx"), providers=["CPUExecutionProvider"])
+    onnx_int8 = session.run(None, {"input": held_out.numpy()})[0]
+    assert float(np.abs(onnx_int8 - fake_quant.numpy()).max()) < 0.1 * spread

@@ -109,9 +109,12 @@ def test_rebuild_reuses_every_stage_and_recover_changes_rerun_only_downstream(co
     again = build(compressed["recipe"], out=compressed["run"], reporter=Reporter(enabled=False))
     assert all(stage["cached"] for stage in again["stages"].values())
     assert compressed["summary"]["prune"]["recover_kd_from"] == "teacher"
-    # Recovery taught by the unpruned model itself, for two epochs, on mixed images, with the feature term.
+    assert compressed["summary"]["quantize"]["kd_from"] == "teacher"
+    # Recovery taught by the unpruned model itself, for two epochs, on mixed images, with the feature term; QAT
+    # taught by the float model it quantizes.
     changed = compress_recipe(compressed["data"], prune={"target_macs": 0.5, "steps": 2, "recover": {
-        "epochs": 2, "teacher": "unpruned", "alpha": 0.9, "mixup": 1.0, "feature_weight": 100.0}})
+        "epochs": 2, "teacher": "unpruned", "alpha": 0.9, "mixup": 1.0, "feature_weight": 100.0}},
+        quantize={"teacher": "float", "alpha": 1.0, "temperature": 1.0})
     recipe = tmp_path / "changed.yaml"
     recipe.write_text(yaml.safe_dump(changed))
     summary = build(recipe, out=compressed["run"], reporter=Reporter(enabled=False))
@@ -119,6 +122,7 @@ def test_rebuild_reuses_every_stage_and_recover_changes_rerun_only_downstream(co
     assert cached["teacher"] and cached["baseline"] and cached["train"]
     assert not cached["prune"] and not cached["qat"] and not cached["export"]
     assert summary["prune"]["recover_epochs_run"] == 2 and summary["prune"]["recover_kd_from"] == "unpruned"
+    assert summary["quantize"]["kd_from"] == "float" and summary["quantize"]["epochs_run"] == 1
 
 
 def test_teacher_from_a_checkpoint_with_precomputed_logits(compressed, tmp_path):

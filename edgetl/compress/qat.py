@@ -28,11 +28,23 @@ def qat_config():
     u8 activations: s8 activations run ~3× slower in onnxruntime on CPUs without VNNI. 7-bit weights: u8×s8
     products are summed pairwise in int16 (VPMADDUBSW) on AVX2 without VNNI, which saturates with full-range
     weights; onnxruntime's own `reduce_range` avoids it the same way.
+
+    Activation ranges are plain min/max (as the post-training int8 export calibrates), set by `calibrate` and then
+    frozen. Weight ranges follow the current weights (a memoryless observer); torchao's default moving averages lag
+    behind the weights and keep moving on every forward pass, validation included.
     """
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantize
+    from torchao.quantization.pt2e.observer import MinMaxObserver, MovingAveragePerChannelMinMaxObserver
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import get_default_x86_inductor_quantization_config
 
     config = get_default_x86_inductor_quantization_config(is_qat=True)
-    return dataclasses.replace(config, weight=dataclasses.replace(config.weight, quant_min=-64, quant_max=63))
+    activation = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=FakeQuantize.with_args(
+        observer=MinMaxObserver, eps=2**-12))
+    weight = dataclasses.replace(config.weight, quant_min=-63, quant_max=63,
+                                 observer_or_fake_quant_ctr=FakeQuantize.with_args(
+                                     observer=MovingAveragePerChannelMinMaxObserver, averaging_constant=1.0,
+                                     eps=2**-12))
+    return dataclasses.replace(config, input_activation=activation, output_activation=activation, weight=weight)
 
 
 def _quantizer():
@@ -113,6 +125,24 @@ def prepare_qat(model: torch.nn.Module, example: torch.Tensor) -> torch.fx.Graph
         prepared = prepare_qat_pt2e(exported.module(), _quantizer())
     pt2e.allow_exported_model_train_eval(prepared)
     return prepared
+
+
+def calibrate(prepared: torch.fx.GraphModule, batches) -> int:
+    """Set the activation ranges from `batches` (min/max over all of them, batch norm on its running statistics),
+    then freeze them: QAT trains the weights to these ranges, and evaluation never moves them. Returns how many
+    activation quantizers were calibrated."""
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
+
+    prepared.eval()
+    with torch.no_grad():
+        for batch in batches:
+            prepared(batch)
+    frozen = 0
+    for module in prepared.modules():
+        if isinstance(module, FakeQuantizeBase) and not module.is_per_channel:
+            module.disable_observer()
+            frozen += 1
+    return frozen
 
 
 def convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
