@@ -222,7 +222,7 @@ def test_qat_fake_quant_model_is_the_int8_model_it_exports(tmp_path):
     # torch's fused observer/fake-quant op rounded weight scales differently from convert: one int8 step apart.
     n = len(exported_weights)
     assert n > 10 and len(trained_weights) == 2 * n
-    for trained, exported in zip(trained_weights[:n], exported_weights):
+    for trained, exported in zip(trained_weights[:n], exported_weights, strict=True):
         torch.testing.assert_close(exported, trained, rtol=0, atol=0)
     spread = float(fake_quant.max() - fake_quant.min())
     assert spread > 0
