@@ -340,6 +340,9 @@ class SearchSection(Section):
                                               "(e.g. its weights file and preprocessing).")
     slack_pp: float = Field(0.0, ge=0, description="A pruned model is still trained when its unpruned parent is "
                             "at most this far below the best candidate found.")
+    min_gain_pp: float = Field(0.0, ge=0, description="A model is trained only when it could beat the best candidate "
+                               "found so far by more than this many points; the choice is then at most this far below "
+                               "the best model of the grid (as far as pruning never adds accuracy).")
 
     @field_validator("prune")
     @classmethod

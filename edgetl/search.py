@@ -104,6 +104,7 @@ class SearchState:
     candidates: list[Candidate]
     budget: Budget
     slack_pp: float = 0.0  # how far above its parent a pruned model may land by chance and still be worth training
+    min_gain_pp: float = 0.0  # how much better than the best so far a model must be able to get to be worth training
     trained: dict[ModelKey, float] = field(default_factory=dict)  # model → its torch val accuracy
 
     def best_feasible(self) -> Candidate | None:
@@ -127,16 +128,20 @@ class SearchState:
         return accuracy + self.slack_pp, bounding
 
     def worth_training(self, key: ModelKey) -> tuple[bool, str]:
-        """Whether `key` can still beat the best feasible candidate found so far; if not, why."""
+        """Whether `key` can still beat the best feasible candidate found so far by more than `min_gain_pp`; if not,
+        why."""
         users = [c for c in self.candidates if c.model_key == key and c.status == "pending"]
         is_parent = key[1] == 0.0 and any(c.backbone == key[0] and c.prune > 0 and c.status == "pending"
                                           for c in self.candidates)
         if not users and not is_parent:
             return False, "no candidate of this model is left"
         best, bound = self.best_feasible(), self.upper_bound(key)
-        if best is not None and bound is not None and bound[0] <= best.val_accuracy:  # a tie does not beat it
+        # A tie does not beat it.
+        if best is not None and bound is not None and bound[0] <= best.val_accuracy + self.min_gain_pp:
             by = "its unpruned parent" if bound[1][1] == 0.0 else f"the same backbone pruned {bound[1][1]:.0%}"
-            return False, f"cannot beat {best.name} ({best.val_accuracy:.2f} %): {by} reached {self.trained[bound[1]]:.2f} %"
+            margin = f" by more than {self.min_gain_pp:g} pp" if self.min_gain_pp else ""
+            return False, (f"cannot beat {best.name} ({best.val_accuracy:.2f} %){margin}: {by} reached "
+                           f"{self.trained[bound[1]]:.2f} %")
         return True, ""
 
     def skip(self, key: ModelKey, reason: str) -> None:
@@ -176,13 +181,13 @@ class SearchState:
 def run(candidates: list[Candidate], budget: Budget, prior: dict[str, float],
         measure_untrained: Callable[[Candidate], tuple[float, int]],
         train: Callable[[ModelKey], tuple[float, dict[tuple[str, str], dict]]],
-        slack_pp: float = 0.0, log: Callable[[str], None] = lambda _: None) -> SearchState:
+        slack_pp: float = 0.0, log: Callable[[str], None] = lambda _: None, min_gain_pp: float = 0.0) -> SearchState:
     """The whole search: cheap filter, then train models most promising first while they can still win, then the
     Pareto front and the choice. `train(key)` fine-tunes (and prunes) the model and measures its artifacts."""
     cheap_filter(candidates, budget, measure_untrained)
     log(f"cheap filter: {sum(c.status == 'rejected' for c in candidates)} of {len(candidates)} candidates cannot "
         "meet the budget")
-    state = SearchState(candidates, budget, slack_pp)
+    state = SearchState(candidates, budget, slack_pp, min_gain_pp)
     for key in training_order(candidates, prior):
         worth, reason = state.worth_training(key)
         if not worth:

@@ -134,9 +134,10 @@ def build_search(recipe: Recipe, root: Path, reporter: Reporter) -> dict:
 
     for backbone in cfg.backbones:
         prior[backbone] = float(get_backbone(backbone).default_weights().meta.get("imagenet_top1") or 0.0)
-    state = run_search(candidates, budget, prior, measure_untrained, train, cfg.slack_pp, reporter.info)
+    state = run_search(candidates, budget, prior, measure_untrained, train, cfg.slack_pp, reporter.info,
+                       cfg.min_gain_pp)
     chosen = next((c for c in candidates if c.status == "chosen"), None)
-    search = {"budget": cfg.budget.model_dump(), "chosen": chosen.name if chosen else None,
+    search = {"budget": cfg.budget.model_dump(), "min_gain_pp": cfg.min_gain_pp, "chosen": chosen.name if chosen else None,
               "candidates": [c.as_dict() for c in candidates],
               "trained_count": sum(c.trained for c in candidates), "models_trained": len(state.trained),
               "grid_size": len(candidates), "models_in_grid": len({c.model_key for c in candidates}),

@@ -173,6 +173,12 @@ def test_a_pruned_model_whose_parent_only_ties_the_best_is_not_trained():
     assert not worth and "cannot beat a_p00_onnx_int8 (95.00 %)" in reason
     state.slack_pp = 0.5  # a pruned model may land a little above its parent by chance: the user can allow for it
     assert state.worth_training(("a", 0.5)) == (True, "")
+    # ... and can ask for more than a gain the val split barely resolves before a model is worth training.
+    state.min_gain_pp = 1.0
+    worth, reason = state.worth_training(("a", 0.5))
+    assert not worth and "cannot beat a_p00_onnx_int8 (95.00 %) by more than 1 pp: its unpruned parent reached" in reason
+    state.min_gain_pp = 0.4
+    assert state.worth_training(("a", 0.5)) == (True, "")
 
 
 def test_a_more_pruned_model_is_bounded_by_its_less_pruned_sibling():
