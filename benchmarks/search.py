@@ -67,7 +67,9 @@ def main() -> None:
          "measured": f"{search['trained_count']} of {search['grid_size']} candidates ({search['models_trained']} of "
                      f"{search['models_in_grid']} models)",
          "target": "≤ half", "met": search["trained_count"] <= search["grid_size"] / 2}]
-    result = {"recipe": str(args.recipe), "seconds": round(seconds, 1), "unconstrained_seconds": round(free_seconds, 1),
+    recipe = args.recipe.resolve()
+    result = {"recipe": str(recipe.relative_to(REPO) if recipe.is_relative_to(REPO) else recipe),
+              "seconds": round(seconds, 1), "unconstrained_seconds": round(free_seconds, 1),
               "search": search, "unconstrained_best": best, "targets": targets}
     write_result(args.out, result, "\n".join(targets_table(targets)),
                  f"search {seconds:.0f} s, unconstrained {free_seconds:.0f} s")

@@ -20,7 +20,7 @@ from edgetl.errors import AccuracyBudgetError, ParityError, RecipeError, Storage
 from edgetl.fsutil import atomic_path, read_json, sha256_file, sha256_json, write_json
 from edgetl.preprocess import Preprocessing
 from edgetl.progress import Reporter
-from edgetl.recipe import Recipe, load_recipe, section_dict
+from edgetl.recipe import QuantizeSection, Recipe, RecoverSection, load_recipe, section_dict
 
 STAGES = ("data", "inputs", "teacher", "baseline", "train", "prune", "qat", "export", "verify", "bench")
 # Files a stage keeps across a changed key because they carry their own key (resumable state).
@@ -298,7 +298,8 @@ def _write_logits(path: Path, logits: np.ndarray) -> None:
         np.save(f, np.asarray(logits, dtype=np.float32))
 
 
-def _distiller(run: RunDir, recipe: Recipe, teacher_record: dict, prep: Preprocessing, section=None):
+def _distiller(run: RunDir, recipe: Recipe, teacher_record: dict, prep: Preprocessing,
+               section: RecoverSection | QuantizeSection | None = None):
     """The KD loss of `recipe.distill` against the teacher stage's model or precomputed logits (with the temperature
     and alpha of `section`, the pruning recovery's or the QAT's, where it sets them)."""
     from edgetl.compress.distill import Distiller
@@ -323,12 +324,21 @@ def _with_feature_kd(distiller, weight: float, student_backbone: str, teacher_ba
     return distiller
 
 
-def _kd_settings(recipe: Recipe, section) -> tuple[float, float]:
+def _kd_settings(recipe: Recipe, section: RecoverSection | QuantizeSection) -> tuple[float, float]:
     """Temperature and alpha of a later stage's KD loss (`section`: prune.recover or quantize): its own, else the
     distill section's, else 4 / 0.7."""
-    r, d = section, recipe.distill
-    return (r.temperature or (d.temperature if d else 4.0),
-            r.alpha if r.alpha is not None else (d.alpha if d else 0.7))
+    d = recipe.distill
+    return (section.temperature or (d.temperature if d else 4.0),
+            section.alpha if section.alpha is not None else (d.alpha if d else 0.7))
+
+
+def _self_distiller(recipe: Recipe, model_path: Path, prep: Preprocessing,
+                    section: RecoverSection | QuantizeSection):
+    """KD from the model at `model_path`, in float, to the copy made from it (pruned or fake-quantized), which sees
+    the same preprocessing."""
+    from edgetl.compress.distill import Distiller
+
+    return Distiller.online(_load_trained(model_path), prep, prep, *_kd_settings(recipe, section))
 
 
 def _kd_inputs(recipe: Recipe, teacher_record: dict) -> dict:
@@ -513,12 +523,8 @@ def _prune_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_r
         example = torch.from_numpy(np.array(val[:1]))
         macs_before, params_before = count_macs_params(model, example)
         distiller = _distiller(run, recipe, teacher_record, prep, cfg.recover) if use_kd else None
-        if self_kd:  # the unpruned model teaches its pruned self (same preprocessing)
-            from edgetl.compress.distill import Distiller
-
-            temperature, alpha = _kd_settings(recipe, cfg.recover)
-            distiller = Distiller.online(_load_saved(run.root / train_record["model"])[0], prep, prep, temperature,
-                                         alpha)
+        if self_kd:  # the unpruned model teaches its pruned self
+            distiller = _self_distiller(recipe, run.root / train_record["model"], prep, cfg.recover)
         teacher_backbone = teacher_record["backbone"] if use_kd else saved["backbone"]
         distiller = _with_feature_kd(distiller, cfg.recover.feature_weight, saved["backbone"], teacher_backbone)
         recover_cfg = recipe.train.model_copy(update={
@@ -629,9 +635,9 @@ def _qat_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_rec
         model = _load_trained(run.root / model_record["model"])
         val = np.asarray(np.load(run.root / inputs_record["val"], mmap_mode="r"))
         val_labels = np.load(run.root / inputs_record["val_labels"])
+        kd = " with KD from the teacher" if use_kd else (" with KD from the float model" if self_kd else "")
         run.reporter.info(f"  fake-quantized fine-tune of {model_record['backbone']} (torchao PT2E, u8 activations, "
-                          f"s8 per-channel weights){' with KD from the teacher' if use_kd else ''}"
-                          f"{' with KD from the float model' if self_kd else ''}")
+                          f"s8 per-channel weights){kd}")
         prepared = prepare_qat(model, torch.from_numpy(np.array(val[:2])))
         calibration = np.load(run.root / inputs_record["calibration"], mmap_mode="r")
         with run.reporter.task(f"calibrating activation ranges on {len(calibration)} images", None):
@@ -643,12 +649,10 @@ def _qat_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_rec
         optimizer = build_optimizer([{"params": list(prepared.parameters()), "lr": cfg.lr}], train_cfg)
         distiller = _distiller(run, recipe, teacher_record, prep, cfg) if use_kd else None
         if self_kd:  # the float model teaches its fake-quantized copy
-            from edgetl.compress.distill import Distiller
-
-            distiller = Distiller.online(_load_trained(run.root / model_record["model"]), prep, prep,
-                                         *_kd_settings(recipe, cfg))
+            distiller = _self_distiller(recipe, run.root / model_record["model"], prep, cfg)
         result = train_loop(prepared, optimizer, AugmentedImages(index.train, prep, recipe.train), val, val_labels,
-                            # Batch norm keeps its running statistics (folded into the int8 convolutions as they are).
+                            # Eval mode while training: batch norm keeps its running statistics (folded into the int8
+                            # convolutions as they are) and dropout is off.
                             train_cfg, recipe.data.workers, lambda epoch: prepared.eval(),
                             Checkpointer(folder / "checkpoint.pt", sha256_json(inputs)), run.reporter, distiller)
         onnx_path, history_path = folder / "model_int8_qat.onnx", folder / "history.json"

@@ -340,9 +340,9 @@ class SearchSection(Section):
                                               "(e.g. its weights file and preprocessing).")
     slack_pp: float = Field(0.0, ge=0, description="A pruned model is still trained when its unpruned parent is "
                             "at most this far below the best candidate found.")
-    min_gain_pp: float = Field(0.0, ge=0, description="A model is trained only when it could beat the best candidate "
-                               "found so far by more than this many points; the choice is then at most this far below "
-                               "the best model of the grid (as far as pruning never adds accuracy).")
+    min_gain_pp: float = Field(0.0, ge=0, description="A pruned model is trained only when it could beat the best "
+                               "candidate found so far by more than this many points; the choice is then at most this "
+                               "far below the best model of the grid (as far as pruning never adds accuracy).")
 
     @field_validator("prune")
     @classmethod
@@ -376,6 +376,13 @@ class Recipe(Section):
             self.teacher_train()  # unknown or invalid keys fail here, with their path
         if self.quantize.mode == "qat" and "int8" not in self.export.precisions:
             raise ValueError("quantize.mode is `qat` but export.precisions has no `int8`")
+        qat_only = sorted({"teacher", "temperature", "alpha"} & self.quantize.model_fields_set)
+        if qat_only and self.quantize.mode != "qat":
+            raise ValueError(f"quantize.{qat_only[0]} applies to quantization-aware training only; set quantize.mode "
+                             "to `qat`, or remove it")
+        if {"temperature", "alpha"} & self.quantize.model_fields_set and not self.quantize.distill:
+            raise ValueError("quantize.temperature/alpha set with quantize.distill false: there is no KD loss to "
+                             "weigh; remove them, or set quantize.distill to true")
         recover = self.prune.recover if self.prune is not None else None
         if recover is not None and recover.feature_weight and not (recover.distill and (
                 recover.teacher == "unpruned" or (self.distill is not None and self.distill.teacher_logits == "online"))):

@@ -180,8 +180,8 @@ class SearchState:
 
 def run(candidates: list[Candidate], budget: Budget, prior: dict[str, float],
         measure_untrained: Callable[[Candidate], tuple[float, int]],
-        train: Callable[[ModelKey], tuple[float, dict[tuple[str, str], dict]]],
-        slack_pp: float = 0.0, log: Callable[[str], None] = lambda _: None, min_gain_pp: float = 0.0) -> SearchState:
+        train: Callable[[ModelKey], tuple[float, dict[tuple[str, str], dict]]], *,
+        slack_pp: float = 0.0, min_gain_pp: float = 0.0, log: Callable[[str], None] = lambda _: None) -> SearchState:
     """The whole search: cheap filter, then train models most promising first while they can still win, then the
     Pareto front and the choice. `train(key)` fine-tunes (and prunes) the model and measures its artifacts."""
     cheap_filter(candidates, budget, measure_untrained)

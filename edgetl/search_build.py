@@ -134,8 +134,8 @@ def build_search(recipe: Recipe, root: Path, reporter: Reporter) -> dict:
 
     for backbone in cfg.backbones:
         prior[backbone] = float(get_backbone(backbone).default_weights().meta.get("imagenet_top1") or 0.0)
-    state = run_search(candidates, budget, prior, measure_untrained, train, cfg.slack_pp, reporter.info,
-                       cfg.min_gain_pp)
+    state = run_search(candidates, budget, prior, measure_untrained, train, slack_pp=cfg.slack_pp,
+                       min_gain_pp=cfg.min_gain_pp, log=reporter.info)
     chosen = next((c for c in candidates if c.status == "chosen"), None)
     search = {"budget": cfg.budget.model_dump(), "min_gain_pp": cfg.min_gain_pp, "chosen": chosen.name if chosen else None,
               "candidates": [c.as_dict() for c in candidates],

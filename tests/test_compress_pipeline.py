@@ -123,6 +123,12 @@ def test_rebuild_reuses_every_stage_and_recover_changes_rerun_only_downstream(co
     assert not cached["prune"] and not cached["qat"] and not cached["export"]
     assert summary["prune"]["recover_epochs_run"] == 2 and summary["prune"]["recover_kd_from"] == "unpruned"
     assert summary["quantize"]["kd_from"] == "float" and summary["quantize"]["epochs_run"] == 1
+    # Only the QAT's KD weight changes: only QAT and what follows it run again.
+    changed["quantize"] = {**changed["quantize"], "alpha": 0.5}
+    recipe.write_text(yaml.safe_dump(changed))
+    summary = build(recipe, out=compressed["run"], reporter=Reporter(enabled=False))
+    cached = {name: stage["cached"] for name, stage in summary["stages"].items()}
+    assert cached["prune"] and not cached["qat"] and not cached["export"]
 
 
 def test_teacher_from_a_checkpoint_with_precomputed_logits(compressed, tmp_path):

@@ -23,7 +23,7 @@ _ADD = {_A.add.Tensor, _A.add_.Tensor}
 
 
 def qat_config():
-    """u8 per-tensor affine activations, s8 per-channel symmetric weights limited to 7 bits ([-64, 63]).
+    """u8 per-tensor affine activations, s8 per-channel symmetric weights limited to 7 bits ([-63, 63]).
 
     u8 activations: s8 activations run ~3× slower in onnxruntime on CPUs without VNNI. 7-bit weights: u8×s8
     products are summed pairwise in int16 (VPMADDUBSW) on AVX2 without VNNI, which saturates with full-range
