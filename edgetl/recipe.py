@@ -376,11 +376,13 @@ class Recipe(Section):
             self.teacher_train()  # unknown or invalid keys fail here, with their path
         if self.quantize.mode == "qat" and "int8" not in self.export.precisions:
             raise ValueError("quantize.mode is `qat` but export.precisions has no `int8`")
-        qat_only = sorted({"teacher", "temperature", "alpha"} & self.quantize.model_fields_set)
-        if qat_only and self.quantize.mode != "qat":
+        q = self.quantize  # (judged by value: recipes derived from a dumped recipe carry every field)
+        qat_only = [key for key, unset in (("teacher", "teacher"), ("temperature", None), ("alpha", None))
+                    if getattr(q, key) != unset]
+        if qat_only and q.mode != "qat":
             raise ValueError(f"quantize.{qat_only[0]} applies to quantization-aware training only; set quantize.mode "
                              "to `qat`, or remove it")
-        if {"temperature", "alpha"} & self.quantize.model_fields_set and not self.quantize.distill:
+        if (q.temperature is not None or q.alpha is not None) and not q.distill:
             raise ValueError("quantize.temperature/alpha set with quantize.distill false: there is no KD loss to "
                              "weigh; remove them, or set quantize.distill to true")
         recover = self.prune.recover if self.prune is not None else None
