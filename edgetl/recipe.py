@@ -376,9 +376,9 @@ class Recipe(Section):
             self.teacher_train()  # unknown or invalid keys fail here, with their path
         if self.quantize.mode == "qat" and "int8" not in self.export.precisions:
             raise ValueError("quantize.mode is `qat` but export.precisions has no `int8`")
-        q = self.quantize  # (judged by value: recipes derived from a dumped recipe carry every field)
-        qat_only = [key for key, unset in (("teacher", "teacher"), ("temperature", None), ("alpha", None))
-                    if getattr(q, key) != unset]
+        q = self.quantize  # (judged against the defaults: recipes derived from a dumped recipe carry every field)
+        qat_only = [key for key in ("teacher", "temperature", "alpha")
+                    if getattr(q, key) != QuantizeSection.model_fields[key].default]
         if qat_only and q.mode != "qat":
             raise ValueError(f"quantize.{qat_only[0]} applies to quantization-aware training only; set quantize.mode "
                              "to `qat`, or remove it")
