@@ -166,7 +166,7 @@ def gate(paths: dict[str, Path], comparisons: int, folder: Path, modes: tuple[st
             for row in saved["rows"]:
                 row.pop("model_sha256")
             baseline.write_text(json.dumps(saved))
-        failures, ratios, statuses, modes = 0, [], [], set()
+        failures, ratios, statuses, modes, compared = 0, [], [], set(), []
         for _ in range(comparisons):
             code, measured, _ = edgetl_bench([model], threads, "--baseline", str(baseline), "--max-regression", "10%",
                                              "--no-cold-start")
@@ -174,13 +174,16 @@ def gate(paths: dict[str, Path], comparisons: int, folder: Path, modes: tuple[st
             ratios.append(measured[0]["gate"]["ratio"])
             statuses.append(measured[0]["gate"]["status"])
             modes.add(measured[0]["gate"]["mode"])
+            state = measured[0]["gate"].get("machine_state")
+            compared.append(state["compared"] if state else "all rounds")
         assert modes == {mode}, (mode, modes)
         what = f"{what} [{mode}]"
         rows.append({"case": what, "mode": mode, "real_slowdown": slower, "comparisons": comparisons, "failed": failures,
                      "ratio_median": round(statistics.median(ratios), 4), "ratio_min": min(ratios),
-                     "ratio_max": max(ratios), "statuses": {s: statuses.count(s) for s in sorted(set(statuses))}})
+                     "ratio_max": max(ratios), "statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
+                     "compared": {c: compared.count(c) for c in sorted(set(compared))}})
         print(f"  {what}: {failures}/{comparisons} failed, ratio {min(ratios):.3f}–{max(ratios):.3f}, "
-              f"{rows[-1]['statuses']}", flush=True)
+              f"{rows[-1]['statuses']}, {rows[-1]['compared']}", flush=True)
     return rows
 
 

@@ -218,7 +218,8 @@ def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup
                                  f"(with {repeats}, even {repeats} slower rounds out of {repeats} are not significant)",
                                  param_hint="--repeats")
     options = BenchOptions(threads=_threads(threads), batch=batch, warmup="auto" if warmup == "auto" else int(warmup),
-                           runs=runs, time_s=time_s, repeats=repeats, images=images, cold_start=not no_cold_start)
+                           runs=runs, time_s=time_s, repeats=repeats, images=images, cold_start=not no_cold_start,
+                           reference=save_baseline is not None)
     reporter = Reporter(enabled=not quiet)
     if device or devices_file:
         if baseline or save_baseline:
@@ -245,9 +246,10 @@ def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup
         return
     for warning in environment_warnings(reference):
         click.echo(f"warning: {warning} (the comparison may not be like for like)", err=True)
-    if any(c.mode == "saved" for c in comparisons):
+    if any(c.mode == "saved" and c.state is None for c in comparisons):
         click.echo("note: compared against the baseline's saved trials (its model file is not where it was, or has "
-                   "changed): a change of machine speed since then counts as a change of the model. Keep the "
+                   "changed), and the baseline holds no machine-state reference (saved by an older edgetl): a change "
+                   "of machine speed since then counts as a change of the model. Save the baseline again, keep the "
                    "baseline's model file, or pass it as --baseline, so it is re-measured in the same rounds.",
                    err=True)
     regressions = 0
@@ -260,17 +262,34 @@ def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup
             click.echo(f"{label}: no baseline row; not checked")
             continue
         regressions += decision.status == "regression"
-        before, after = (statistics.median(r["trial_p50_ms"]) for r in (comparison.baseline_row, comparison.row))
+        before, after = (statistics.median(trials) for trials in comparison.compared_trials())
         click.echo(f"{label}: {decision.status.upper()} median of repeats {before:.3f} → {after:.3f} ms, "
                    f"×{decision.ratio:.3f} (×{decision.low:.3f}–×{decision.high:.3f} "
                    f"at {confidence:.0%}, p={decision.p_value:.3f}); tolerance +{tolerance:.0%}; "
                    + ("baseline model re-measured in the same rounds" if comparison.mode == "interleaved"
-                      else "against the baseline's saved trials")
+                      else "against the baseline's saved trials" + _state_note(comparison))
                    + (f"; measured again after a first {comparison.first.status.upper()} ×{comparison.first.ratio:.3f}"
                       if comparison.first else ""))
     if regressions:
         click.echo(f"edgetl: {regressions} latency regression(s) beyond +{tolerance:.0%} against {baseline}", err=True)
         sys.exit(1)
+
+
+def _state_note(comparison) -> str:
+    """Which rounds a saved-mode verdict used, by the machine-state reference."""
+    state = comparison.state
+    if state is None:
+        return ""
+    if state.enough:
+        return (f" ({len(state.rounds)} of {state.total} rounds and {len(state.baseline_rounds)} of "
+                f"{state.baseline_total} baseline rounds in the same machine state; reference ×{state.ratio:.2f})")
+    if comparison.unsettled:
+        speed = "slower" if state.ratio > 1 else "faster"
+        return (f"; NOT JUDGED: the machine ran {speed} than when the baseline was saved in "
+                f"{state.total - len(state.rounds)} of {state.total} rounds (reference ×{state.ratio:.2f}), so the "
+                "model's own change cannot be told apart; run again, or keep the baseline's model file so it is "
+                "re-measured in the same rounds")
+    return f" (all rounds: too few in the baseline's machine state; reference ×{state.ratio:.2f})"
 
 
 def _bench_on_devices(models, devices, options, runs: int, install: bool, json_path, csv_path, markdown_path) -> None:

@@ -107,6 +107,10 @@ def test_baseline_round_trip_and_gate_exit_codes(models, tmp_path):
     assert saved.exit_code == 0, saved.output
     data = load_baseline(base)
     assert data["machine"]["cores"] and data["runtimes"]["onnxruntime"] and data["rows"][0]["name"] == "onnx_fp32"
+    # The machine-state reference was timed just before and after each trial, on the same runtime.
+    looks = data["rows"][0]["reference_trial_p50_ms"]
+    assert data["rows"][0]["reference"].startswith("onnx:") and len(looks) == 5
+    assert all(len(pair) == 2 and 0 < min(pair) for pair in looks)
     # The same model again: within a generous tolerance it must pass (this checks matching and the exit path,
     # not the gate's false-alarm rate, which tests/test_gate.py and benchmarks/bench_gate.py measure).
     same = CliRunner().invoke(main, ["bench", str(paths["onnx"]), *QUICK, "--no-cold-start", "--baseline", str(base),
@@ -126,6 +130,7 @@ def test_baseline_round_trip_and_gate_exit_codes(models, tmp_path):
     assert "REGRESSION" in slow.output and "latency regression" in slow.output
     gate = json.loads((tmp_path / "gate.json").read_text())[0]["gate"]
     assert gate["status"] == "regression" and gate["ratio_low"] > 1.1 and gate["mode"] == "saved"
+    assert gate["machine_state"]["compared"] == "rounds in the baseline's machine state"
     # It failed twice: the first measurement's verdict was confirmed by a second one (and not without --no-confirm).
     assert gate["first_measurement"]["status"] == "regression" and "measured again after a first REGRESSION" in slow.output
     once = CliRunner().invoke(main, ["bench", str(paths["onnx"]), *QUICK, "--no-cold-start", "--baseline", str(fast),
@@ -133,8 +138,11 @@ def test_baseline_round_trip_and_gate_exit_codes(models, tmp_path):
     assert once.exit_code == 1 and json.loads((tmp_path / "once.json").read_text())[0]["gate"]["first_measurement"] is None
     # Another thread count than the baseline's: still compared (one model each side), with a warning.
     other = CliRunner().invoke(main, ["bench", str(paths["onnx"]), *QUICK, "--no-cold-start", "-t", "2",
-                                      "--baseline", str(base), "--max-regression", "500%"])
+                                      "--baseline", str(base), "--max-regression", "500%",
+                                      "--json", str(tmp_path / "t2.json")])
     assert other.exit_code == 0 and "threads differs: baseline 1, here 2" in other.output
+    # The reference's looks at 2 threads say nothing of the machine state of 1-thread rounds: all rounds compared.
+    assert json.loads((tmp_path / "t2.json").read_text())[0]["gate"]["machine_state"] is None
 
 
 @pytest.mark.parametrize("content, message", [
@@ -142,6 +150,8 @@ def test_baseline_round_trip_and_gate_exit_codes(models, tmp_path):
     ('{"rows": []}', "is not an edgetl latency baseline"),
     ('{"schema": "edgetl-latency-baseline", "schema_version": 99, "rows": []}', "schema_version 99"),
     ('{"schema": "edgetl-latency-baseline", "schema_version": 1, "rows": [{"name": "m"}]}', "rows[0].trial_p50_ms"),
+    ('{"schema": "edgetl-latency-baseline", "schema_version": 1, "rows": [{"name": "m", "threads": 1, "batch": 1, '
+     '"trial_p50_ms": [1, 1], "reference_trial_p50_ms": [[1, 1]]}]}', "rows[0].reference_trial_p50_ms"),
 ])
 def test_bad_baselines_exit_2_before_measuring(models, tmp_path, content, message):
     bad = tmp_path / "bad.json"
@@ -284,3 +294,27 @@ def test_too_few_repeats_for_the_gate_is_a_usage_error(models, tmp_path):
     assert result.exit_code == 2 and "at least 5 repeats at 95% confidence" in result.output
     with pytest.raises(ValueError, match="repeats >= 7 at 99% confidence"):
         assert_no_regression(paths["onnx"], paths["onnx"], confidence=0.99, repeats=6)
+
+
+def test_a_saved_baseline_from_another_machine_state_is_not_judged(models, tmp_path):
+    """As if the baseline had been saved while the machine ran twice as fast (its model trials and its reference
+    looks both halved) and its model file were gone: every round now is in another machine state, so the gate
+    measures more rounds, then says it cannot judge instead of failing (exit 0)."""
+    _, paths = models
+    base = tmp_path / "base.json"
+    assert CliRunner().invoke(main, ["bench", str(paths["onnx"]), *QUICK, "--no-cold-start", "--save-baseline",
+                                     str(base)]).exit_code == 0
+    data = json.loads(base.read_text())
+    row = data["rows"][0]
+    row.pop("model_sha256")
+    row["trial_p50_ms"] = [t / 2 for t in row["trial_p50_ms"]]
+    row["reference_trial_p50_ms"] = [[t / 2 for t in pair] for pair in row["reference_trial_p50_ms"]]
+    base.write_text(json.dumps(data))
+    out = tmp_path / "gate.json"
+    result = CliRunner().invoke(main, ["bench", str(paths["onnx"]), *QUICK, "--no-cold-start", "--baseline", str(base),
+                                       "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    gate = json.loads(out.read_text())[0]["gate"]
+    assert gate["status"] == "inconclusive" and gate["machine_state"]["reference_ratio"] > 1.5
+    assert gate["machine_state"]["compared"].startswith("not judged") and gate["machine_state"]["rounds"] == 5 * 4
+    assert "NOT JUDGED: the machine ran slower" in result.output

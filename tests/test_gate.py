@@ -91,3 +91,55 @@ def test_sign_test_values():
 
     assert sign_test_greater(np.array([1.2] * 5)) == pytest.approx(1 / 32)
     assert sign_test_greater(np.array([1.2, 1.2, 1.2, 1.2, 0.9])) == pytest.approx(6 / 32)
+
+
+# Machine states: a VM whose 2-thread speed switches between two levels ~1.4x apart (the reference, a smaller
+# network, moves ~1.8x), as measured on this project's CI machine; see edgetl.bench.reference.
+FAST, SLOW = (0.56, 0.70), (1.0, 1.0)  # (reference factor, model factor) of each state
+
+
+def machine_rows(rng, states, model_ms: float, name: str = "m") -> dict:
+    """A benchmark row whose round i ran in machine state states[i] (switching between rounds)."""
+    trials = [model_ms * SLOW[1] * (FAST[1] if s else 1) * (1 + rng.normal(0, 0.01)) for s in states]
+    looks = [[0.35 * (FAST[0] if s else 1) * (1 + rng.normal(0, 0.01)) for _ in range(2)] for s in states]
+    return {"name": name, "model": f"/gone/{name}.onnx", "threads": 2, "batch": 1, "p50_ms": float(np.median(trials)),
+            "trial_p50_ms": trials, "reference": "openvino:abc", "reference_trial_p50_ms": looks}
+
+
+def test_state_matching_compares_rounds_of_the_same_machine_state():
+    from edgetl.bench.gate import match_states
+
+    # Baseline: 4 fast rounds, a round where the state switched between the two looks, 5 slow rounds.
+    base = [[0.2, 0.2]] * 4 + [[0.2, 0.35]] + [[0.35, 0.36]] * 5
+    state = match_states(base, [[0.35, 0.35]] * 6 + [[0.2, 0.2]] * 2)
+    assert state.baseline_rounds == (5, 6, 7, 8, 9) and state.rounds == (0, 1, 2, 3, 4, 5) and state.enough
+    assert state.ratio == pytest.approx(1.0, abs=0.03)
+    # Every new round slower than any baseline round: nothing to compare, and the machine is slower now.
+    slower = match_states([[0.2, 0.2]] * 10, [[0.35, 0.35]] * 10)
+    assert slower.rounds == () and not slower.enough and slower.ratio == pytest.approx(1.75)
+
+
+def test_saved_baselines_in_another_machine_state_raise_no_false_alarm_and_miss_no_real_slowdown():
+    from edgetl.bench.baseline import _settle, compare
+
+    rng = np.random.default_rng(11)
+    judged = caught = 0
+    for _ in range(60):
+        base_states = rng.random(10) < rng.random()  # True: fast state; each run has its own mix
+        baseline = {"rows": [machine_rows(rng, base_states, 2.0)]}
+        now = rng.random(10) < rng.random()
+        same = _settle(compare(baseline, [machine_rows(rng, now, 2.0)], 0.10))[0]
+        assert same.status != "regression", (base_states, now)
+        slower = _settle(compare(baseline, [machine_rows(rng, now, 2.0 * 1.25)], 0.10))[0]
+        if slower.state.enough:  # enough rounds in a state both sides share
+            judged += 1
+            caught += slower.status == "regression"
+        elif slower.state.ratio < 1 and slower.status == "regression":  # caught on a faster machine: certain
+            assert not slower.unsettled
+        else:  # the machine ran in another state than for the baseline in (nearly) every round: not judged
+            assert slower.unsettled and slower.status == "inconclusive"
+    assert judged >= 40 and caught == judged
+    # Without the reference (an older baseline) the same states do raise false alarms: what this is for.
+    base = machine_rows(rng, [True] * 10, 2.0)
+    base.pop("reference_trial_p50_ms")
+    assert compare({"rows": [base]}, [machine_rows(rng, [False] * 10, 2.0)], 0.10)[0].status == "regression"

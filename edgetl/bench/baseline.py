@@ -8,9 +8,11 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from edgetl import __version__
 from edgetl.bench.environment import machine_info, runtime_versions
-from edgetl.bench.gate import Decision, decide
+from edgetl.bench.gate import STATE_BAND, Decision, StateMatch, decide, match_states
 from edgetl.bench.measure import BenchOptions, ModelRef, benchmark, find_models
 from edgetl.errors import BaselineError, EdgetlError
 from edgetl.fsutil import write_json
@@ -56,6 +58,12 @@ def load_baseline(path: Path) -> dict:
         for key in ("name", "threads", "batch"):
             if key not in row:
                 raise BaselineError(f"{path}: rows[{number}] has no field '{key}'.")
+        looks = row.get("reference_trial_p50_ms")
+        if looks is not None and not (isinstance(looks, list) and len(looks) == len(trials) and all(
+                isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, int | float) and t > 0 for t in pair)
+                for pair in looks)):
+            raise BaselineError(f"{path}: rows[{number}].reference_trial_p50_ms must hold one [before, after] pair of "
+                                "positive numbers per entry of trial_p50_ms.")
     return data
 
 
@@ -70,6 +78,8 @@ class Comparison:
     warnings: tuple[str, ...] = ()
     mode: str = "saved"
     first: Decision | None = None  # the first measurement's verdict, when a regression was measured again to confirm
+    state: StateMatch | None = None  # saved mode: rounds of the baseline's machine state (None: no reference data)
+    unsettled: bool = False  # measured only while the machine ran in another state than for the baseline
 
     @property
     def status(self) -> str:
@@ -80,7 +90,24 @@ class Comparison:
                 "baseline_p50_ms": self.baseline_row["p50_ms"] if self.baseline_row else None,
                 "p50_ms": self.row["p50_ms"], **(self.decision.as_dict() if self.decision else {"status": self.status}),
                 "mode": self.mode, "warnings": list(self.warnings),
-                "first_measurement": self.first.as_dict() if self.first else None}
+                "first_measurement": self.first.as_dict() if self.first else None,
+                "machine_state": ({**self.state.as_dict(), "compared": self.compared} if self.state else None)}
+
+    def compared_trials(self) -> tuple[list[float], list[float]]:
+        """The baseline's and the new trial medians the verdict rests on."""
+        base, curr = self.baseline_row["trial_p50_ms"], self.row["trial_p50_ms"]
+        if self.state is not None and self.state.enough:
+            return [base[i] for i in self.state.baseline_rounds], [curr[i] for i in self.state.rounds]
+        return base, curr
+
+    @property
+    def compared(self) -> str:
+        """Which rounds the saved-mode verdict rests on."""
+        if self.state is None:
+            return "all rounds"
+        if self.state.enough:
+            return "rounds in the baseline's machine state"
+        return "not judged: machine in another state than for the baseline" if self.unsettled else "all rounds"
 
 
 def environment_warnings(baseline: dict) -> list[str]:
@@ -143,13 +170,38 @@ def compare(baseline: dict, rows: list[dict], tolerance: float, confidence: floa
         live = next((r for r in live_rows if match and r["model"] == match.get("model")
                      and (r["threads"], r["batch"]) == (match["threads"], match["batch"])), None)
         reference = live or match
-        decision = (decide(reference["trial_p50_ms"], row["trial_p50_ms"], tolerance, confidence, paired=live is not None)
-                    if match else None)
-        comparisons.append(Comparison(row, reference, decision, tuple(notes), "interleaved" if live else "saved"))
+        if live is not None or match is None:
+            decision = (decide(reference["trial_p50_ms"], row["trial_p50_ms"], tolerance, confidence, paired=True)
+                        if match else None)
+            comparisons.append(Comparison(row, reference, decision, tuple(notes), "interleaved" if live else "saved"))
+        else:
+            comparisons.append(_compare_saved(row, match, tolerance, confidence, notes))
     if not any(c.baseline_row for c in comparisons):
         names = sorted({f"{r['name']} ({r['threads']} threads, batch {r['batch']})" for r in baseline["rows"]})
         raise BaselineError(f"no benchmarked model matches a row of the baseline, which has: {', '.join(names)}.")
     return comparisons
+
+
+def _compare_saved(row: dict, match: dict, tolerance: float, confidence: float, notes: list[str]) -> Comparison:
+    """A row against a baseline's saved trials: only the rounds in the baseline's machine state when both sides
+    looked at the same reference; else all rounds, and a regression seen only while the machine ran slower than
+    for the baseline is marked unsettled (measured again, then not judged)."""
+    base, curr = np.asarray(match["trial_p50_ms"], dtype=np.float64), np.asarray(row["trial_p50_ms"], dtype=np.float64)
+    state = None
+    looked = bool(match.get("reference_trial_p50_ms") and row.get("reference_trial_p50_ms"))
+    if looked and row.get("reference") == match.get("reference") and row["threads"] == match["threads"]:
+        state = match_states(match["reference_trial_p50_ms"], row["reference_trial_p50_ms"])
+    elif looked and row["threads"] == match["threads"]:
+        notes = [*notes, "the baseline's machine-state reference differs from this edgetl's: all rounds compared"]
+    if state is not None and state.enough:
+        decision = decide(base[list(state.baseline_rounds)], curr[list(state.rounds)], tolerance, confidence)
+        return Comparison(row, match, decision, tuple(notes), "saved", state=state)
+    decision = decide(base, curr, tolerance, confidence)
+    # Too few rounds in a shared state, and the machine now in another one: a slower machine makes any model look
+    # slower, a faster one hides a slowdown. Only a regression measured on a faster machine is certain.
+    unsettled = (state is not None and abs(state.ratio - 1) > STATE_BAND
+                 and not (state.ratio < 1 and decision.status == "regression"))
+    return Comparison(row, match, decision, tuple(notes), "saved", state=state, unsettled=unsettled)
 
 
 @dataclass(frozen=True)
@@ -172,6 +224,12 @@ def bench_against(models: list[ModelRef], baseline: Path | dict, options: BenchO
     unchanged, are re-measured in the same rounds) or a loaded baseline dict, or model files / a run directory
     measured now as the baseline.
 
+    Against saved trials, each round's machine state is known from the reference timed around it (see
+    `edgetl.bench.reference`), and only rounds in the baseline's state are compared. When too few rounds were in
+    that state and the machine ran in another (slower or faster) state, more rounds are measured (up to
+    `STATE_RETRIES` times); if it stays there, the row is not judged (inconclusive), except a regression measured
+    while the machine was faster than for the baseline, which is certain.
+
     `confirm`: a model found to regress is measured again (fresh rounds, with its live baseline model) and only a
     regression found both times counts; a burst of load on the machine rarely lasts through both measurements,
     a real slowdown always does."""
@@ -181,6 +239,7 @@ def bench_against(models: list[ModelRef], baseline: Path | dict, options: BenchO
     if isinstance(baseline, dict) or is_baseline_file(baseline):
         reference = baseline if isinstance(baseline, dict) else load_baseline(baseline)
         references = live_references(reference)
+        options = replace(options, reference=any(r.get("reference_trial_p50_ms") for r in reference["rows"]))
     else:
         reference, references = None, [replace(m, role="baseline") for m in find_models([baseline])]
     measured = benchmark(models + references, options, reporter)
@@ -189,6 +248,18 @@ def bench_against(models: list[ModelRef], baseline: Path | dict, options: BenchO
     if reference is None:
         reference = baseline_from_rows(live, Path(baseline))
     comparisons = compare(reference, rows, tolerance, confidence, live)
+    for _ in range(STATE_RETRIES):
+        unsettled = {c.row["model"] for c in comparisons if c.unsettled}
+        if not unsettled:
+            break
+        ratios = ", ".join(f"×{c.state.ratio:.2f}" for c in comparisons if c.unsettled)
+        reporter.info(f"{len(unsettled)} model(s) measured while the machine ran in another state than for the baseline "
+                      f"(reference {ratios}) in nearly every round: measuring {options.repeats} more rounds")
+        extra = {_key(r): r for r in benchmark([m for m in models if str(m.path) in unsettled],
+                                               replace(options, cold_start=False), reporter) if r["role"] == "model"}
+        rows = [_extend(r, extra[_key(r)]) if _key(r) in extra else r for r in rows]
+        comparisons = compare(reference, rows, tolerance, confidence, live)
+    comparisons = _settle(comparisons)
     suspects = {c.row["model"] for c in comparisons if c.status == "regression"}
     if confirm and suspects:
         reporter.info(f"{len(suspects)} model(s) measured slower than allowed: measuring again to confirm")
@@ -205,7 +276,24 @@ def bench_against(models: list[ModelRef], baseline: Path | dict, options: BenchO
                        for c in comparisons]
         remeasured = {_key(r): r for r in again_rows}
         rows = [remeasured.get(_key(r), r) for r in rows]  # the rows shown are the ones the verdict rests on
-    return GateRun(rows, comparisons, reference)
+    return GateRun(rows, _settle(comparisons), reference)
+
+
+STATE_RETRIES = 3
+
+
+def _extend(row: dict, extra: dict) -> dict:
+    """`row` with the rounds of a further measurement of the same model appended (its statistics stay the first
+    measurement's; the gate uses the rounds)."""
+    return {**row, "trial_p50_ms": row["trial_p50_ms"] + extra["trial_p50_ms"],
+            "reference_trial_p50_ms": row["reference_trial_p50_ms"] + extra["reference_trial_p50_ms"],
+            "repeats": row["repeats"] + extra["repeats"]}
+
+
+def _settle(comparisons: list[Comparison]) -> list[Comparison]:
+    """Rows still measured in another machine state than the baseline's are not judged: inconclusive."""
+    return [replace(c, decision=replace(c.decision, status="inconclusive")) if c.unsettled and c.decision else c
+            for c in comparisons]
 
 
 PROBED = ("cold_start_ms", "load_ms", "first_inference_ms", "peak_rss_mb")

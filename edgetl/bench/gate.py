@@ -127,3 +127,51 @@ def decide(baseline_trials, current_trials, tolerance: float, confidence: float 
     else:
         status = "ok"
     return Decision(status, ratio, low, high, slower_p)
+
+
+# Machine states (see edgetl.bench.reference): a round is in the baseline's state when the reference's p50 just
+# before and just after its trial are both within STATE_BAND of the baseline's usual reference p50. Within one
+# state this VM's reference moves by a few per cent; its two 2-thread states are about 1.4× apart.
+STATE_BAND = 0.08
+MIN_MATCHED_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class StateMatch:
+    """Which rounds of a baseline and of a new measurement ran in the same machine state."""
+
+    level: float  # the reference p50 (ms) of the state compared
+    ratio: float  # the new measurement's median reference p50 / level (machine slower now when > 1)
+    baseline_rounds: tuple[int, ...]  # baseline rounds in that state
+    rounds: tuple[int, ...]  # new rounds in that state
+    baseline_total: int
+    total: int
+
+    @property
+    def enough(self) -> bool:
+        return len(self.rounds) >= MIN_MATCHED_ROUNDS and len(self.baseline_rounds) >= MIN_MATCHED_ROUNDS
+
+    def as_dict(self) -> dict:
+        return {"reference_ratio": round(self.ratio, 4), "matched_rounds": len(self.rounds), "rounds": self.total,
+                "baseline_matched_rounds": len(self.baseline_rounds), "baseline_rounds": self.baseline_total}
+
+
+def match_states(baseline_looks, current_looks, band: float = STATE_BAND) -> StateMatch:
+    """Rounds of both measurements in one machine state. `*_looks`: per round, the reference's p50 just before
+    and just after the trial. The state chosen is the baseline's state that the most rounds share on both sides
+    (a machine can switch state during either measurement)."""
+    base = np.asarray(baseline_looks, dtype=np.float64).reshape(-1, 2)
+    curr = np.asarray(current_looks, dtype=np.float64).reshape(-1, 2)
+
+    def within(looks: np.ndarray, level: float) -> tuple[int, ...]:
+        return tuple(int(i) for i in np.flatnonzero((np.abs(looks / level - 1) <= band).all(axis=1)))
+
+    def score(level: float) -> tuple[int, int]:
+        b, c = len(within(base, level)), len(within(curr, level))
+        return min(b, c), b + c
+
+    centers = base.mean(axis=1)
+    best = max(centers, key=score)  # first of the best: a round of the state both sides share most
+    level = float(np.median([c for c in centers if abs(c / best - 1) <= band]))  # that state's middle
+    return StateMatch(level, float(np.median(curr) / level), within(base, level), within(curr, level), len(base),
+                      len(curr))

@@ -23,7 +23,7 @@ from edgetl.progress import SILENT, Reporter
 ROW_FIELDS = ("model", "name", "role", "format", "precision", "threads", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
               "std_ms", "min_ms", "max_ms", "throughput_ips", "cold_start_ms", "load_ms", "first_inference_ms",
               "peak_rss_mb", "size_bytes", "runs", "repeats", "warmup_runs", "input", "runtime", "runtime_version",
-              "model_sha256", "trial_p50_ms")
+              "model_sha256", "trial_p50_ms", "reference", "reference_trial_p50_ms")
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class BenchOptions:
     images: tuple[Path, ...] = ()  # real images (files or folders); random inputs when empty
     cold_start: bool = True
     seed: int = 0
+    reference: bool = False  # time the machine-state reference just before and after every trial (for baselines)
     extra: dict = field(default_factory=dict)
 
     def trial_plan(self) -> LatencyPlan:
@@ -73,6 +74,11 @@ class BenchOptions:
             return LatencyPlan(warmup=0, min_runs=per, min_time_s=0.0, max_runs=per)
         return LatencyPlan(warmup=0, min_runs=max(1, -(-self.min_runs // self.repeats)),
                            min_time_s=self.time_s / self.repeats, max_runs=max(1, self.max_runs // self.repeats))
+
+    def reference_plan(self) -> LatencyPlan:
+        """One look at the machine-state reference: a twentieth of a second, or a quarter of a trial if shorter."""
+        trial = self.trial_plan()
+        return LatencyPlan(warmup=0, min_runs=5, min_time_s=min(0.05, trial.min_time_s / 4), max_runs=1000)
 
 
 def _sidecar(path: Path) -> dict:
@@ -198,25 +204,54 @@ def benchmark(models: list[ModelRef], options: BenchOptions, reporter: Reporter 
                     probes[(model.path, threads)] = cold_start(model, threads, options.batch)
                     update(1)
     rows: list[dict] = []
-    plan = options.trial_plan()
+    plan, reference_plan = options.trial_plan(), options.reference_plan()
     for threads in options.threads:
         runners = [load_runner(m.path, threads=threads) for m in models]
         batches = [make_inputs(m, r.input_shape, options) for m, r in zip(models, runners, strict=True)]
         warmups = [warm_up(r, b, options.warmup) for r, b in zip(runners, batches, strict=True)]
+        states = _reference_runners({m.format for m in models}, threads) if options.reference else {}
         trials: list[list[np.ndarray]] = [[] for _ in models]
+        looks: list[list[list[float]]] = [[] for _ in models]  # the reference's p50 just before and after each trial
         with reporter.task(f"benchmarking {len(models)} model{'s' if len(models) > 1 else ''} ({threads} thread"
                            f"{'s' if threads > 1 else ''}, batch {options.batch}, {options.repeats} interleaved "
                            "repeats)", None) as update:
             for _ in range(options.repeats):
-                for i, (runner, batch) in enumerate(zip(runners, batches, strict=True)):
+                for i, (model, runner, batch) in enumerate(zip(models, runners, batches, strict=True)):
+                    before = _look(states[model.format], reference_plan) if states else None
                     trials[i].append(time_runs(runner, batch, plan, update))
+                    if states:
+                        looks[i].append([before, _look(states[model.format], reference_plan)])
         del runners
-        for model, model_trials, warmup_runs in zip(models, trials, warmups, strict=True):
+        states.clear()
+        for model, model_trials, model_looks, warmup_runs in zip(models, trials, looks, warmups, strict=True):
             rows.append(_row(model, threads, options, model_trials, warmup_runs, probes.get((model.path, threads))))
+            if model_looks:
+                from edgetl.bench.reference import reference_id
+
+                rows[-1].update(reference=reference_id(model.format), reference_trial_p50_ms=model_looks)
             label = f"baseline {model.name}" if model.role == "baseline" else model.name
             reporter.info(f"  {label} @ {threads} thread(s): p50 {rows[-1]['p50_ms']:.3f} ms, "
                           f"p90 {rows[-1]['p90_ms']:.3f} ms ({rows[-1]['runs']} runs)")
     return rows
+
+
+def _reference_runners(formats: set[str], threads: int) -> dict:
+    """The machine-state reference loaded and warmed up on each runtime in use: format -> (runner, input)."""
+    from edgetl.bench.reference import load_reference, reference_input
+
+    states = {}
+    for fmt in sorted(formats):
+        runner = load_reference(fmt, threads)
+        batch = reference_input(runner)
+        warm_up(runner, batch, "auto")
+        states[fmt] = (runner, batch)
+    return states
+
+
+def _look(state: tuple, plan: LatencyPlan) -> float:
+    """The machine-state reference's p50 (ms) over one short look."""
+    runner, batch = state
+    return round(float(np.median(time_runs(runner, batch, plan))), 4)
 
 
 def _row(model: ModelRef, threads: int, options: BenchOptions, trials: list[np.ndarray], warmup_runs: int,

@@ -1,0 +1,53 @@
+"""The machine-state reference: a small fixed network timed for a moment just before and just after every model
+trial of a baseline measurement, with the same runtime and threads. Torch-free.
+
+Why: a saved baseline holds trials from one moment of the machine, and some machines run in distinct speed states
+for seconds to minutes. On this project's 2-core CI VM, 2-thread inference switches between two levels about
+1.4× apart (the second vCPU shared or not), often several times within one `edgetl bench` run. A model measured
+in the slow state against a baseline saved in the fast one looks 1.4× slower, though nothing changed. The
+reference shows the state of each round; the gate then compares rounds of the same state (see
+`edgetl.bench.baseline`). It does not rescale latencies: how much a state slows a model depends on the model
+(the reference's own ratio is larger than a MobileNetV2's), so it only tells which rounds are comparable.
+
+The files are made by `python -m edgetl.bench.reference.build` (torch needed) and never change within a schema
+version: a baseline records the reference's sha256, and states are only compared between identical references.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).parent
+FILES = {"onnx": "reference.onnx", "openvino": "reference.onnx", "tflite": "reference.tflite"}
+
+
+def reference_file(fmt: str) -> Path:
+    """The reference model file that `fmt`'s runtime runs (OpenVINO reads the ONNX file itself)."""
+    return HERE / FILES[fmt]
+
+
+def load_reference(fmt: str, threads: int):
+    """A runner of the reference model on `fmt`'s runtime with `threads` threads."""
+    from edgetl.runtime import load_runner
+
+    path = reference_file(fmt)
+    if fmt == "openvino":
+        from edgetl.runtime.openvino import OpenVinoRunner
+
+        return OpenVinoRunner(path, threads=threads)
+    return load_runner(path, threads=threads)
+
+
+def reference_input(runner) -> np.ndarray:
+    """A seeded random batch of 1 for the reference's input shape."""
+    shape = [1 if d is None else d for d in runner.input_shape]
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
+def reference_id(fmt: str) -> str:
+    """What identifies the reference a row's states were measured with: the runtime and the file's sha256."""
+    from edgetl.fsutil import sha256_file
+
+    return f"{fmt}:{sha256_file(reference_file(fmt))}"
