@@ -246,7 +246,8 @@ def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup
         return
     for warning in environment_warnings(reference):
         click.echo(f"warning: {warning} (the comparison may not be like for like)", err=True)
-    if any(c.mode == "saved" and c.state is None for c in comparisons):
+    if any(c.mode == "saved" and c.baseline_row and not c.baseline_row.get("reference_trial_p50_ms")
+           for c in comparisons):
         click.echo("note: compared against the baseline's saved trials (its model file is not where it was, or has "
                    "changed), and the baseline holds no machine-state reference (saved by an older edgetl): a change "
                    "of machine speed since then counts as a change of the model. Save the baseline again, keep the "
@@ -284,12 +285,12 @@ def _state_note(comparison) -> str:
         return (f" ({len(state.rounds)} of {state.total} rounds and {len(state.baseline_rounds)} of "
                 f"{state.baseline_total} baseline rounds in the same machine state; reference ×{state.ratio:.2f})")
     if comparison.unsettled:
-        speed = "slower" if state.ratio > 1 else "faster"
-        return (f"; NOT JUDGED: the machine ran {speed} than when the baseline was saved in "
-                f"{state.total - len(state.rounds)} of {state.total} rounds (reference ×{state.ratio:.2f}), so the "
-                "model's own change cannot be told apart; run again, or keep the baseline's model file so it is "
-                "re-measured in the same rounds")
-    return f" (all rounds: too few in the baseline's machine state; reference ×{state.ratio:.2f})"
+        return (f"; NOT JUDGED: only {len(state.rounds)} of {state.total} rounds (and {len(state.baseline_rounds)} of "
+                f"{state.baseline_total} baseline rounds) ran in a machine state both share (reference ×{state.ratio:.2f} "
+                "of that state's), too few to tell the model's own change from the machine's; run again, or keep "
+                "the baseline's model file so it is re-measured in the same rounds")
+    return (f" (all rounds, too few in a shared machine state: the machine ran {'faster' if state.ratio < 1 else 'slower'}"
+            f" in every round than in any baseline round, so it cannot have caused this verdict)")
 
 
 def _bench_on_devices(models, devices, options, runs: int, install: bool, json_path, csv_path, markdown_path) -> None:

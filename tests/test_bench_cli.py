@@ -299,7 +299,7 @@ def test_too_few_repeats_for_the_gate_is_a_usage_error(models, tmp_path):
 def test_a_saved_baseline_from_another_machine_state_is_not_judged(models, tmp_path):
     """As if the baseline had been saved while the machine ran twice as fast (its model trials and its reference
     looks both halved) and its model file were gone: every round now is in another machine state, so the gate
-    measures more rounds, then says it cannot judge instead of failing (exit 0)."""
+    measures more rounds (3 more times), then says it cannot judge instead of failing (exit 0)."""
     _, paths = models
     base = tmp_path / "base.json"
     assert CliRunner().invoke(main, ["bench", str(paths["onnx"]), *QUICK, "--no-cold-start", "--save-baseline",
@@ -315,6 +315,17 @@ def test_a_saved_baseline_from_another_machine_state_is_not_judged(models, tmp_p
                                        "--json", str(out)])
     assert result.exit_code == 0, result.output
     gate = json.loads(out.read_text())[0]["gate"]
-    assert gate["status"] == "inconclusive" and gate["machine_state"]["reference_ratio"] > 1.5
+    assert gate["status"] == "not_judged" and gate["machine_state"]["reference_ratio"] > 1.5
     assert gate["machine_state"]["compared"].startswith("not judged") and gate["machine_state"]["rounds"] == 5 * 4
-    assert "NOT JUDGED: the machine ran slower" in result.output
+    assert "NOT_JUDGED" in result.output and "NOT JUDGED: only 0 of 20 rounds" in result.output
+    # Gating against it and saving a fresh baseline in the same call: the new baseline has the looks again, and an
+    # older baseline without any looks does not switch them off.
+    for row_ in data["rows"]:
+        row_.pop("reference_trial_p50_ms")
+    base.write_text(json.dumps(data))
+    fresh = tmp_path / "fresh.json"
+    result = CliRunner().invoke(main, ["bench", str(paths["onnx"]), *QUICK, "--no-cold-start", "--baseline", str(base),
+                                       "--max-regression", "500%", "--save-baseline", str(fresh)])
+    assert result.exit_code == 0, result.output
+    assert "holds no machine-state reference" in result.output
+    assert len(load_baseline(fresh)["rows"][0]["reference_trial_p50_ms"]) == 5

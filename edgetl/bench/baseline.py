@@ -79,7 +79,7 @@ class Comparison:
     mode: str = "saved"
     first: Decision | None = None  # the first measurement's verdict, when a regression was measured again to confirm
     state: StateMatch | None = None  # saved mode: rounds of the baseline's machine state (None: no reference data)
-    unsettled: bool = False  # measured only while the machine ran in another state than for the baseline
+    unsettled: bool = False  # too few rounds in a machine state shared with the baseline, and a verdict it could cause
 
     @property
     def status(self) -> str:
@@ -107,7 +107,8 @@ class Comparison:
             return "all rounds"
         if self.state.enough:
             return "rounds in the baseline's machine state"
-        return "not judged: machine in another state than for the baseline" if self.unsettled else "all rounds"
+        return "not judged: too few rounds in a machine state shared with the baseline" if self.unsettled \
+            else "all rounds: the machine cannot have caused the verdict"
 
 
 def environment_warnings(baseline: dict) -> list[str]:
@@ -183,25 +184,34 @@ def compare(baseline: dict, rows: list[dict], tolerance: float, confidence: floa
 
 
 def _compare_saved(row: dict, match: dict, tolerance: float, confidence: float, notes: list[str]) -> Comparison:
-    """A row against a baseline's saved trials: only the rounds in the baseline's machine state when both sides
-    looked at the same reference; else all rounds, and a regression seen only while the machine ran slower than
-    for the baseline is marked unsettled (measured again, then not judged)."""
+    """A row against a baseline's saved trials. When both sides looked at the same reference at the same threads:
+    only the rounds of one machine state shared by both (`match_states`); with too few of them, the verdict on all
+    rounds stands only where the machine cannot have caused it, else the row is unsettled (measured again, then not
+    judged). Without looks on both sides (an older baseline): all rounds."""
     base, curr = np.asarray(match["trial_p50_ms"], dtype=np.float64), np.asarray(row["trial_p50_ms"], dtype=np.float64)
     state = None
     looked = bool(match.get("reference_trial_p50_ms") and row.get("reference_trial_p50_ms"))
     if looked and row.get("reference") == match.get("reference") and row["threads"] == match["threads"]:
         state = match_states(match["reference_trial_p50_ms"], row["reference_trial_p50_ms"])
     elif looked and row["threads"] == match["threads"]:
-        notes = [*notes, "the baseline's machine-state reference differs from this edgetl's: all rounds compared"]
+        notes = [*notes, "the machine-state reference differs from the baseline's (another reference file or runtime "
+                         "version): all rounds compared"]
     if state is not None and state.enough:
         decision = decide(base[list(state.baseline_rounds)], curr[list(state.rounds)], tolerance, confidence)
         return Comparison(row, match, decision, tuple(notes), "saved", state=state)
     decision = decide(base, curr, tolerance, confidence)
-    # Too few rounds in a shared state, and the machine now in another one: a slower machine makes any model look
-    # slower, a faster one hides a slowdown. Only a regression measured on a faster machine is certain.
-    unsettled = (state is not None and abs(state.ratio - 1) > STATE_BAND
-                 and not (state.ratio < 1 and decision.status == "regression"))
-    return Comparison(row, match, decision, tuple(notes), "saved", state=state, unsettled=unsettled)
+    return Comparison(row, match, decision, tuple(notes), "saved", state=state,
+                      unsettled=state is not None and not _certain(decision, match, row))
+
+
+def _certain(decision: Decision, match: dict, row: dict) -> bool:
+    """Whether a verdict on all rounds holds whatever the machine states: a regression measured while the machine
+    ran faster in every round than in any baseline round, or no regression while it ran slower in every round."""
+    base_looks = np.asarray(match["reference_trial_p50_ms"], dtype=np.float64)
+    looks = np.asarray(row["reference_trial_p50_ms"], dtype=np.float64)
+    if decision.status == "regression":
+        return bool(looks.max() < base_looks.min() * (1 - STATE_BAND))
+    return bool(looks.min() > base_looks.max() * (1 + STATE_BAND))
 
 
 @dataclass(frozen=True)
@@ -225,10 +235,9 @@ def bench_against(models: list[ModelRef], baseline: Path | dict, options: BenchO
     measured now as the baseline.
 
     Against saved trials, each round's machine state is known from the reference timed around it (see
-    `edgetl.bench.reference`), and only rounds in the baseline's state are compared. When too few rounds were in
-    that state and the machine ran in another (slower or faster) state, more rounds are measured (up to
-    `STATE_RETRIES` times); if it stays there, the row is not judged (inconclusive), except a regression measured
-    while the machine was faster than for the baseline, which is certain.
+    `edgetl.bench.reference`), and only rounds of a state both sides share are compared. With too few such rounds,
+    more rounds are measured (up to `STATE_RETRIES` times); then the row is not judged (`not_judged`), unless the
+    verdict on all rounds is one the machine cannot have caused (see `_certain`).
 
     `confirm`: a model found to regress is measured again (fresh rounds, with its live baseline model) and only a
     regression found both times counts; a burst of load on the machine rarely lasts through both measurements,
@@ -239,7 +248,10 @@ def bench_against(models: list[ModelRef], baseline: Path | dict, options: BenchO
     if isinstance(baseline, dict) or is_baseline_file(baseline):
         reference = baseline if isinstance(baseline, dict) else load_baseline(baseline)
         references = live_references(reference)
-        options = replace(options, reference=any(r.get("reference_trial_p50_ms") for r in reference["rows"]))
+        live_paths = {str(r.path) for r in references}
+        # The machine-state reference is timed when a saved-mode row can use it (or a new baseline is being saved).
+        options = replace(options, reference=options.reference or any(
+            r.get("reference_trial_p50_ms") and str(r.get("model")) not in live_paths for r in reference["rows"]))
     else:
         reference, references = None, [replace(m, role="baseline") for m in find_models([baseline])]
     measured = benchmark(models + references, options, reporter)
@@ -247,19 +259,7 @@ def bench_against(models: list[ModelRef], baseline: Path | dict, options: BenchO
     live = [r for r in measured if r["role"] == "baseline"]
     if reference is None:
         reference = baseline_from_rows(live, Path(baseline))
-    comparisons = compare(reference, rows, tolerance, confidence, live)
-    for _ in range(STATE_RETRIES):
-        unsettled = {c.row["model"] for c in comparisons if c.unsettled}
-        if not unsettled:
-            break
-        ratios = ", ".join(f"×{c.state.ratio:.2f}" for c in comparisons if c.unsettled)
-        reporter.info(f"{len(unsettled)} model(s) measured while the machine ran in another state than for the baseline "
-                      f"(reference {ratios}) in nearly every round: measuring {options.repeats} more rounds")
-        extra = {_key(r): r for r in benchmark([m for m in models if str(m.path) in unsettled],
-                                               replace(options, cold_start=False), reporter) if r["role"] == "model"}
-        rows = [_extend(r, extra[_key(r)]) if _key(r) in extra else r for r in rows]
-        comparisons = compare(reference, rows, tolerance, confidence, live)
-    comparisons = _settle(comparisons)
+    rows, comparisons = _until_comparable(models, rows, live, reference, options, tolerance, confidence, reporter)
     suspects = {c.row["model"] for c in comparisons if c.status == "regression"}
     if confirm and suspects:
         reporter.info(f"{len(suspects)} model(s) measured slower than allowed: measuring again to confirm")
@@ -270,30 +270,46 @@ def bench_against(models: list[ModelRef], baseline: Path | dict, options: BenchO
         first_rows = {_key(r): r for r in rows}
         again_rows = [{**r, **{k: first_rows[_key(r)].get(k) for k in PROBED}} for r in measured
                       if r["role"] == "model"]  # the cold start was measured once, the first time
-        second = {_key(c.row): c for c in compare(reference, again_rows, tolerance, confidence,
-                                                   [r for r in measured if r["role"] == "baseline"])}
+        again_rows, again_comparisons = _until_comparable(again, again_rows, [r for r in measured if r["role"] == "baseline"],
+                                                          reference, options, tolerance, confidence, reporter)
+        second = {_key(c.row): c for c in again_comparisons}
         comparisons = [replace(second[_key(c.row)], first=c.decision) if c.status == "regression" else c
                        for c in comparisons]
         remeasured = {_key(r): r for r in again_rows}
         rows = [remeasured.get(_key(r), r) for r in rows]  # the rows shown are the ones the verdict rests on
-    return GateRun(rows, _settle(comparisons), reference)
+    return GateRun(rows, comparisons, reference)
 
 
 STATE_RETRIES = 3
 
 
+def _until_comparable(models: list[ModelRef], rows: list[dict], live: list[dict], reference: dict,
+                      options: BenchOptions, tolerance: float, confidence: float, reporter
+                      ) -> tuple[list[dict], list[Comparison]]:
+    """Compare; while some saved-mode rows have too few rounds in a machine state shared with the baseline, measure
+    those models for more rounds (up to STATE_RETRIES times); rows still short are not judged."""
+    comparisons = compare(reference, rows, tolerance, confidence, live)
+    for _ in range(STATE_RETRIES):
+        unsettled = {c.row["model"] for c in comparisons if c.unsettled}
+        if not unsettled:
+            break
+        ratios = ", ".join(f"×{c.state.ratio:.2f}" for c in comparisons if c.unsettled)
+        reporter.info(f"{len(unsettled)} model(s) had too few rounds in a machine state shared with the baseline "
+                      f"(reference {ratios}): measuring {options.repeats} more rounds")
+        extra = {_key(r): r for r in benchmark([m for m in models if str(m.path) in unsettled],
+                                               replace(options, cold_start=False), reporter) if r["role"] == "model"}
+        rows = [_extend(r, extra[_key(r)]) if _key(r) in extra else r for r in rows]
+        comparisons = compare(reference, rows, tolerance, confidence, live)
+    return rows, [replace(c, decision=replace(c.decision, status="not_judged")) if c.unsettled and c.decision else c
+                  for c in comparisons]
+
+
 def _extend(row: dict, extra: dict) -> dict:
-    """`row` with the rounds of a further measurement of the same model appended (its statistics stay the first
-    measurement's; the gate uses the rounds)."""
+    """`row` with the rounds of a further measurement of the same model appended to its `trial_p50_ms` and
+    `reference_trial_p50_ms` (counted in `extra_rounds`); its statistics stay the first measurement's."""
     return {**row, "trial_p50_ms": row["trial_p50_ms"] + extra["trial_p50_ms"],
             "reference_trial_p50_ms": row["reference_trial_p50_ms"] + extra["reference_trial_p50_ms"],
-            "repeats": row["repeats"] + extra["repeats"]}
-
-
-def _settle(comparisons: list[Comparison]) -> list[Comparison]:
-    """Rows still measured in another machine state than the baseline's are not judged: inconclusive."""
-    return [replace(c, decision=replace(c.decision, status="inconclusive")) if c.unsettled and c.decision else c
-            for c in comparisons]
+            "extra_rounds": row.get("extra_rounds", 0) + len(extra["trial_p50_ms"])}
 
 
 PROBED = ("cold_start_ms", "load_ms", "first_inference_ms", "peak_rss_mb")

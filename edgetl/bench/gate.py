@@ -22,7 +22,7 @@ import numpy as np
 class Decision:
     """The gate's verdict on one row."""
 
-    status: str  # regression | inconclusive | ok | faster
+    status: str  # regression | inconclusive | ok | faster; the gate adds not_judged (edgetl.bench.baseline)
     ratio: float  # median current / median baseline
     low: float  # one-sided lower confidence bound of the ratio
     high: float  # one-sided upper confidence bound of the ratio

@@ -54,12 +54,13 @@ def markdown(rows: list[dict]) -> str:
 
 
 def csv_text(rows: list[dict]) -> str:
-    """CSV with one column per row field (the trial medians joined by ';')."""
+    """CSV with one column per row field (the trial medians joined by ';', the reference's looks as 'before/after')."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(ROW_FIELDS), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({**row, "trial_p50_ms": ";".join(str(t) for t in row.get("trial_p50_ms", []))})
+        writer.writerow({**row, "trial_p50_ms": ";".join(str(t) for t in row.get("trial_p50_ms", [])),
+                         "reference_trial_p50_ms": ";".join(f"{a}/{b}" for a, b in row.get("reference_trial_p50_ms") or [])})
     return buffer.getvalue()
 
 

@@ -47,7 +47,11 @@ def reference_input(runner) -> np.ndarray:
 
 
 def reference_id(fmt: str) -> str:
-    """What identifies the reference a row's states were measured with: the runtime and the file's sha256."""
+    """What identifies the reference a row's states were measured with: the runtime, its version and the file's
+    sha256 (another runtime version runs the reference at another speed: its looks are not comparable)."""
+    from edgetl.bench.environment import package_version
+    from edgetl.formats import FORMATS
     from edgetl.fsutil import sha256_file
 
-    return f"{fmt}:{sha256_file(reference_file(fmt))}"
+    package = FORMATS[fmt].runtime_package
+    return f"{fmt}:{package}=={package_version(package)}:{sha256_file(reference_file(fmt))}"
