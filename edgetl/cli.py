@@ -201,7 +201,7 @@ def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup
     """
     from edgetl.bench.baseline import bench_against, environment_warnings, is_baseline_file, load_baseline
     from edgetl.bench.baseline import save_baseline as save
-    from edgetl.bench.gate import fewest_rounds
+    from edgetl.bench.gate import STATE_BAND, fewest_rounds
     from edgetl.bench.measure import BenchOptions, benchmark, find_models
     from edgetl.bench.output import print_table, write_outputs
     from edgetl.progress import Reporter
@@ -253,6 +253,10 @@ def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup
                    "of machine speed since then counts as a change of the model. Save the baseline again, keep the "
                    "baseline's model file, or pass it as --baseline, so it is re-measured in the same rounds.",
                    err=True)
+    if tolerance < STATE_BAND and any(c.state is not None for c in comparisons):
+        click.echo(f"warning: rounds count as the same machine state within ±{STATE_BAND:.0%}; a tolerance of "
+                   f"{tolerance:.0%} is below that, so against saved trials a change of state within that band can "
+                   "pass for a change of the model.", err=True)
     regressions = 0
     for comparison in comparisons:
         label = f"{comparison.row['name']} @ {comparison.row['threads']} thread(s), batch {comparison.row['batch']}"
@@ -290,7 +294,7 @@ def _state_note(comparison) -> str:
                 "of that state's), too few to tell the model's own change from the machine's; run again, or keep "
                 "the baseline's model file so it is re-measured in the same rounds")
     return (f" (all rounds, too few in a shared machine state: the machine ran {'faster' if state.ratio < 1 else 'slower'}"
-            f" in every round than in any baseline round, so it cannot have caused this verdict)")
+            f" by more than 8 % in every round than in any baseline round, so it cannot have caused this verdict)")
 
 
 def _bench_on_devices(models, devices, options, runs: int, install: bool, json_path, csv_path, markdown_path) -> None:

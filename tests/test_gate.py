@@ -170,3 +170,16 @@ def test_older_baselines_without_looks_compare_all_rounds():
     base.pop("reference_trial_p50_ms")
     comparison = compare({"rows": [base]}, [machine_rows(rng, [False] * 10, 2.0)], 0.10)[0]
     assert comparison.state is None and comparison.status == "regression"
+
+
+def test_an_inconclusive_slowdown_on_a_slower_machine_is_not_judged():
+    from edgetl.bench.baseline import compare
+
+    base = {"name": "m", "model": "/gone/m.onnx", "threads": 2, "batch": 1, "p50_ms": 1.0, "reference": "r",
+            "trial_p50_ms": [1.0] * 5, "reference_trial_p50_ms": [[10.0, 10.0]] * 5}
+    row = {**base, "trial_p50_ms": [1.5, 0.9, 1.5, 0.9, 1.5], "reference_trial_p50_ms": [[14.0, 14.0]] * 5}
+    comparison = compare({"rows": [base]}, [row], 0.10)[0]
+    assert comparison.decision.status == "inconclusive" and verdict(comparison) == "not_judged"
+    # The same trials on a machine as fast as the baseline's: judged (inconclusive, not "not judged").
+    same_speed = compare({"rows": [base]}, [{**row, "reference_trial_p50_ms": [[10.0, 10.0]] * 5}], 0.10)[0]
+    assert verdict(same_speed) == "inconclusive"

@@ -78,7 +78,8 @@ class Comparison:
     warnings: tuple[str, ...] = ()
     mode: str = "saved"
     first: Decision | None = None  # the first measurement's verdict, when a regression was measured again to confirm
-    state: StateMatch | None = None  # saved mode: rounds of the baseline's machine state (None: no reference data)
+    state: StateMatch | None = None  # saved mode: rounds of a shared machine state (None: no looks to compare:
+    # none saved, other threads, or another reference id)
     unsettled: bool = False  # too few rounds in a machine state shared with the baseline, and a verdict it could cause
 
     @property
@@ -211,7 +212,9 @@ def _certain(decision: Decision, match: dict, row: dict) -> bool:
     looks = np.asarray(row["reference_trial_p50_ms"], dtype=np.float64)
     if decision.status == "regression":
         return bool(looks.max() < base_looks.min() * (1 - STATE_BAND))
-    return bool(looks.min() > base_looks.max() * (1 + STATE_BAND))
+    if decision.status in ("ok", "faster"):
+        return bool(looks.min() > base_looks.max() * (1 + STATE_BAND))
+    return False  # inconclusive: looks slower, which a slower machine alone can do
 
 
 @dataclass(frozen=True)
@@ -290,15 +293,17 @@ def _until_comparable(models: list[ModelRef], rows: list[dict], live: list[dict]
     those models for more rounds (up to STATE_RETRIES times); rows still short are not judged."""
     comparisons = compare(reference, rows, tolerance, confidence, live)
     for _ in range(STATE_RETRIES):
-        unsettled = {c.row["model"] for c in comparisons if c.unsettled}
+        unsettled = {_key(c.row) for c in comparisons if c.unsettled}
         if not unsettled:
             break
         ratios = ", ".join(f"×{c.state.ratio:.2f}" for c in comparisons if c.unsettled)
-        reporter.info(f"{len(unsettled)} model(s) had too few rounds in a machine state shared with the baseline "
+        reporter.info(f"{len(unsettled)} row(s) had too few rounds in a machine state shared with the baseline "
                       f"(reference {ratios}): measuring {options.repeats} more rounds")
-        extra = {_key(r): r for r in benchmark([m for m in models if str(m.path) in unsettled],
-                                               replace(options, cold_start=False), reporter) if r["role"] == "model"}
-        rows = [_extend(r, extra[_key(r)]) if _key(r) in extra else r for r in rows]
+        paths, threads = {key[0] for key in unsettled}, tuple(sorted({key[1] for key in unsettled}))
+        extra = {_key(r): r for r in benchmark([m for m in models if str(m.path) in paths],
+                                               replace(options, cold_start=False, threads=threads), reporter)
+                 if r["role"] == "model"}
+        rows = [_extend(r, extra[_key(r)]) if _key(r) in unsettled and _key(r) in extra else r for r in rows]
         comparisons = compare(reference, rows, tolerance, confidence, live)
     return rows, [replace(c, decision=replace(c.decision, status="not_judged")) if c.unsettled and c.decision else c
                   for c in comparisons]

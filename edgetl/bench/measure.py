@@ -23,7 +23,7 @@ from edgetl.progress import SILENT, Reporter
 ROW_FIELDS = ("model", "name", "role", "format", "precision", "threads", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
               "std_ms", "min_ms", "max_ms", "throughput_ips", "cold_start_ms", "load_ms", "first_inference_ms",
               "peak_rss_mb", "size_bytes", "runs", "repeats", "warmup_runs", "input", "runtime", "runtime_version",
-              "model_sha256", "trial_p50_ms", "reference", "reference_trial_p50_ms")
+              "model_sha256", "trial_p50_ms", "reference", "reference_trial_p50_ms", "extra_rounds")
 
 
 @dataclass(frozen=True)
