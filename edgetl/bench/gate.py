@@ -129,9 +129,9 @@ def decide(baseline_trials, current_trials, tolerance: float, confidence: float 
     return Decision(status, ratio, low, high, slower_p)
 
 
-# Machine states (see edgetl.bench.reference): a round is in the baseline's state when the reference's p50 just
-# before and just after its trial are both within STATE_BAND of the baseline's usual reference p50. Within one
-# state this VM's reference moves by a few per cent; its two 2-thread states are about 1.4× apart.
+# Machine states (see edgetl.bench.reference): a round is in a state when the reference's p50 just before and just
+# after its trial are both within STATE_BAND of that state's reference p50 (match_states). Within one state this
+# VM's reference moves by a few per cent; its two 2-thread states are about 1.9× apart (the model's, 1.4×).
 STATE_BAND = 0.08
 MIN_MATCHED_ROUNDS = 3
 

@@ -3,7 +3,7 @@ trial of a baseline measurement, with the same runtime and threads. Torch-free.
 
 Why: a saved baseline holds trials from one moment of the machine, and some machines run in distinct speed states
 for seconds to minutes. On this project's 2-core CI VM, 2-thread inference switches between two levels about
-1.4× apart (the second vCPU shared or not), often several times within one `edgetl bench` run. A model measured
+1.4× apart (likely the host sharing the second vCPU or not), often several times within one `edgetl bench` run. A model measured
 in the slow state against a baseline saved in the fast one looks 1.4× slower, though nothing changed. The
 reference shows the state of each round; the gate then compares rounds of the same state (see
 `edgetl.bench.baseline`). It does not rescale latencies: how much a state slows a model depends on the model
@@ -15,6 +15,7 @@ version: a baseline records the reference's sha256, and states are only compared
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,7 @@ def reference_input(runner) -> np.ndarray:
     return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
 
+@functools.cache
 def reference_id(fmt: str) -> str:
     """What identifies the reference a row's states were measured with: the runtime, its version and the file's
     sha256 (another runtime version runs the reference at another speed: its looks are not comparable)."""
