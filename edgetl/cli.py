@@ -282,6 +282,8 @@ def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup
 
 def _state_note(comparison) -> str:
     """Which rounds a saved-mode verdict used, by the machine-state reference."""
+    from edgetl.bench.gate import STATE_BAND
+
     state = comparison.state
     if state is None:
         return ""
@@ -294,7 +296,8 @@ def _state_note(comparison) -> str:
                 "of that state's), too few to tell the model's own change from the machine's; run again, or keep "
                 "the baseline's model file so it is re-measured in the same rounds")
     return (f" (all rounds, too few in a shared machine state: the machine ran {'faster' if state.ratio < 1 else 'slower'}"
-            f" by more than 8 % in every round than in any baseline round, so it cannot have caused this verdict)")
+            f" by more than {STATE_BAND:.0%} in every round than in any baseline round, so it cannot have caused this "
+            "verdict)")
 
 
 def _bench_on_devices(models, devices, options, runs: int, install: bool, json_path, csv_path, markdown_path) -> None:
