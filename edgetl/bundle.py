@@ -7,13 +7,15 @@ import json
 import re
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgetl import __version__
-from edgetl.errors import BundleError
+from edgetl.errors import BundleError, EdgetlError, OutputError, StorageError
 from edgetl.formats import FORMATS
-from edgetl.fsutil import replace_dir
+from edgetl.fsutil import BUNDLE_MARKER, mark, refuse_unmarked, sha256_file, swap_in
+from edgetl.summary import read_summary
 
 PACKAGE = "edgetl_runner"
 EDGETL_ROOT = Path(__file__).resolve().parent
@@ -36,21 +38,72 @@ class Bundle:
     files: tuple[str, ...]
 
 
-def _artifact(run_dir: Path, fmt: str, precision: str) -> dict:
+def _artifact(run_dir: Path, fmt: str, precision: str) -> tuple[dict, Path]:
+    """The run's `fmt`_`precision` artifact entry (checked) and its summary.json's path."""
+    summary = read_summary(run_dir, BundleError)
     summary_file = run_dir / "summary.json"
-    if not summary_file.is_file():
-        raise BundleError(f"{run_dir} is not an edgetl run directory (no summary.json). Build a recipe first.")
-    try:
-        artifacts = json.loads(summary_file.read_text(encoding="utf-8"))["artifacts"]
-    except (ValueError, KeyError) as exc:
-        raise BundleError(f"{summary_file}: not an edgetl summary (field 'artifacts': {exc}).") from None
+    if summary.get("status") != "ok":
+        raise BundleError(f"{summary_file}: the last build of this run did not finish (status: "
+                          f"{str(summary.get('status'))[:100]!r}); its files may not be the ones it verified. Fix what "
+                          "its error says and build again, then bundle.")
     wanted = f"{fmt}_{precision}"
-    for artifact in artifacts:
-        if artifact.get("name") == wanted:
-            return artifact
-    available = ", ".join(a.get("name", "?") for a in artifacts) or "none"
+    for artifact in summary["artifacts"]:
+        if artifact["name"] == wanted:
+            return artifact, summary_file
+    available = ", ".join(a["name"] for a in summary["artifacts"]) or "none"
     raise BundleError(f"{run_dir} has no {wanted} artifact (it has: {available}). Add '{fmt}' to export.formats and "
                       f"'{precision}' to export.precisions in the recipe and build again.")
+
+
+def _inside_run(run_dir: Path, relative: str, summary_file: Path, field: str) -> Path:
+    """`run_dir / relative`, refused when it is absolute or resolves outside the run directory (a `../` or a link)."""
+    path = run_dir / relative
+    if Path(relative).is_absolute() or not path.resolve().is_relative_to(run_dir.resolve()):
+        raise BundleError(f"{summary_file}: {field} '{relative[:200]}' points outside the run directory {run_dir}; "
+                          "edgetl bundles only files its build wrote there.")
+    return path
+
+
+def _expected_hashes(run_dir: Path, artifact: dict, summary_file: Path) -> dict[Path, str]:
+    """{file: sha256 the build recorded} for the artifact's files (every file since `files_sha256`; before it, the
+    model file alone)."""
+    recorded = artifact.get("files_sha256") or ({artifact["path"]: artifact["sha256"]} if artifact.get("sha256") else {})
+    if not recorded:
+        raise BundleError(f"{summary_file}: artifact {artifact['name']} records no sha256, so its files cannot be "
+                          "checked against what the build verified. Build the recipe again.")
+    return {_inside_run(run_dir, rel, summary_file, f"artifact {artifact['name']} file"): digest
+            for rel, digest in recorded.items()}
+
+
+def _check_hashes(expected: dict[Path, str], copies: dict[Path, Path], summary_file: Path) -> None:
+    for source, digest in expected.items():
+        copy = copies.get(source.resolve(), source)
+        if sha256_file(copy) != digest:
+            raise BundleError(f"{source} is not the file the build verified: its sha256 differs from the one in "
+                              f"{summary_file} (changed or truncated since). Build the recipe again; nothing was "
+                              "bundled.")
+
+
+def _json_object(path: Path, error: type[EdgetlError]) -> dict:
+    try:
+        meta = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise error(f"{path}: cannot read it as JSON ({str(exc)[:200]}).") from None
+    if not isinstance(meta, dict):
+        raise error(f"{path}: not an edgetl model.json (a JSON object is expected, not {type(meta).__name__}).")
+    return meta
+
+
+def read_model_json(path: Path, error: type[EdgetlError] = BundleError) -> dict:
+    """A model.json, checked for what a device needs (labels, preprocessing, file), or `error` naming the field."""
+    meta = _json_object(path, error)
+    labels = meta.get("labels")
+    if not (isinstance(labels, list) and labels and all(isinstance(label, str) for label in labels)):
+        raise error(f"{path}: `labels` must be a non-empty list of strings, got {str(labels)[:100]!r}.")
+    prep = meta.get("preprocessing")
+    if not isinstance(prep, dict) or any(key not in prep for key in ("resize", "crop", "mean", "std", "interpolation")):
+        raise error(f"{path}: `preprocessing` must be an object with resize, crop, mean, std and interpolation.")
+    return meta
 
 
 def vendor_runner(target: Path) -> list[str]:
@@ -90,39 +143,84 @@ Run these from this folder (or pass `--bundle PATH`). Made by edgetl {__version_
 """
 
 
+def _is_old_bundle(folder: Path) -> bool:
+    """A bundle an edgetl without markers wrote: nothing in it but a bundle's files."""
+    names = {e.name for e in folder.iterdir()}
+    return {"model.json", PACKAGE} <= names and all(
+        n in ("model.json", "requirements.txt", "README.md", PACKAGE) or n.startswith("model.") for n in names)
+
+
+def _check_zip_target(archive: Path) -> None:
+    """An existing OUT.zip is replaced only when it is an edgetl bundle's zip (it holds the bundle marker)."""
+    if not archive.exists() and not archive.is_symlink():
+        return
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            ours = BUNDLE_MARKER in zf.namelist()
+    except (OSError, zipfile.BadZipFile):
+        ours = False
+    if not ours:
+        raise OutputError(f"{archive} (--zip) already exists and is not an edgetl bundle's zip; edgetl will not "
+                          "replace it. Move it away or give another --out.")
+
+
 def make_bundle(run_dir: Path, fmt: str, precision: str, out: Path, zip_file: bool = False) -> Bundle:
-    """Write the `fmt`/`precision` artifact of `run_dir` as a deploy bundle folder `out` (replaced atomically)."""
+    """Write the `fmt`/`precision` artifact of `run_dir` as a deploy bundle folder `out`.
+
+    `out` may be new, empty, or an earlier bundle (it carries the bundle marker); it is replaced only once the new
+    bundle is complete. Every file is checked against the sha256 the build recorded for it."""
     run_dir, out = Path(run_dir), Path(out)
     if fmt not in FORMATS:
         raise BundleError(f"unknown format '{fmt}'; edgetl bundles {', '.join(FORMATS)}.")
-    artifact = _artifact(run_dir, fmt, precision)
-    model_path = run_dir / artifact["path"]
+    artifact, summary_file = _artifact(run_dir, fmt, precision)
+    out = out.resolve() if out.is_symlink() else out
+    if out.resolve() == run_dir.resolve() or out.resolve() in run_dir.resolve().parents:
+        raise OutputError(f"{out} (--out) is or holds the run directory {run_dir}; the bundle would replace the run. "
+                          "Give a new folder, e.g. --out pi-bundle.")
+    refuse_unmarked(out, BUNDLE_MARKER, "a deploy bundle", "--out", adopt=_is_old_bundle)
+    if zip_file:
+        _check_zip_target(out.with_suffix(".zip"))
+    model_path = _inside_run(run_dir, artifact["path"], summary_file, f"artifact {artifact['name']} path")
+    expected = _expected_hashes(run_dir, artifact, summary_file)
     sources = FORMATS[fmt].files(model_path)
     meta_path = model_path.parent / "model.json"
     for source in [*sources, meta_path]:
         if not source.is_file():
             raise BundleError(f"{source} is missing from the run directory; build the recipe again.")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".edgetl-bundle-", dir=out.parent) as scratch:
-        staging = Path(scratch) / "bundle"
+    meta = read_model_json(meta_path)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        scratch_dir = tempfile.mkdtemp(prefix=".edgetl-bundle-", dir=out.parent)
+    except OSError as exc:
+        raise StorageError(f"Cannot write the bundle beside {out}: {exc.strerror or exc}. Choose another --out.") from None
+    try:
+        staging = Path(scratch_dir) / "bundle"
         staging.mkdir()
-        files = []
+        files, copies = [], {}
         for source in sources:
             shutil.copyfile(source, staging / f"model{source.suffix}")
+            copies[source.resolve()] = staging / f"model{source.suffix}"
             files.append(f"model{source.suffix}")
+        copies[meta_path.resolve()] = meta_path
+        _check_hashes(expected, copies, summary_file)  # the copies are what ships: check them, not the originals
         meta |= {"file": f"model{model_path.suffix}", "files": files, "edgetl_version": __version__}
         (staging / "model.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         requirement = DEVICE_RUNTIME[fmt]
         (staging / "requirements.txt").write_text(f"numpy>=1.21\nPillow>=9\n{requirement}\n", encoding="utf-8")
         (staging / "README.md").write_text(_readme(meta, requirement), encoding="utf-8")
         files += ["model.json", "requirements.txt", "README.md", *vendor_runner(staging)]
+        mark(staging, BUNDLE_MARKER)
         archive = None
         if zip_file:
-            made = shutil.make_archive(str(Path(scratch) / out.name), "zip", root_dir=staging)
+            made = shutil.make_archive(str(Path(scratch_dir) / out.name), "zip", root_dir=staging)
             archive = out.with_suffix(".zip")
             Path(made).replace(archive)
-        replace_dir(staging, out)
+        swap_in(staging, out)
+    except OSError as exc:
+        raise StorageError(f"Cannot write the bundle {out}: {exc.strerror or exc}. Nothing was replaced; free space "
+                           "or choose another --out.") from None
+    finally:
+        shutil.rmtree(scratch_dir, ignore_errors=True)
     return Bundle(out, archive, artifact["name"], tuple(files))
 
 
@@ -140,7 +238,7 @@ def bundle_model_file(model_path: Path, out: Path, name: str | None = None, prec
         shutil.copyfile(source, out / f"model{source.suffix}")
         files.append(f"model{source.suffix}")
     sidecar = model_path.parent / "model.json"
-    meta = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
+    meta = _json_object(sidecar, BundleError) if sidecar.is_file() else {}
     meta |= {"name": name or meta.get("name") or model_path.stem, "format": fmt.name,
              "precision": precision or meta.get("precision"), "file": f"model{model_path.suffix}", "files": files}
     (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

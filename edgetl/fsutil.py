@@ -96,8 +96,86 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move a fully built folder `src` onto `dst`, removing an old `dst` first."""
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(src, dst)
+def swap_in(src: Path, dst: Path) -> None:
+    """Move a complete folder `src` onto `dst`. An old `dst` (the caller has checked it is edgetl's own) is moved
+    aside first and deleted only once `src` is in its place, so a failure leaves the old folder or the new one."""
+    aside = None
+    try:
+        if dst.exists() or dst.is_symlink():
+            aside = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+            if aside.exists():
+                shutil.rmtree(aside)
+            os.replace(dst, aside)
+        os.replace(src, dst)
+    except OSError as exc:
+        if aside is not None and aside.exists() and not dst.exists():
+            os.replace(aside, dst)  # put the old folder back
+        raise _storage_error(dst, exc) from exc
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+# Marker files: edgetl writes only into folders that carry its marker (it created them, or took them empty).
+RUN_MARKER = ".edgetl-run"
+BUNDLE_MARKER = ".edgetl-bundle"
+
+
+def is_marked(folder: Path, marker: str) -> bool:
+    """Whether `folder` carries edgetl's `marker` file (it made the folder)."""
+    return (Path(folder) / marker).is_file()
+
+
+def mark(folder: Path, marker: str) -> None:
+    """Write `marker` into `folder`: from now on the folder is edgetl's to replace and clean."""
+    from edgetl import __version__
+
+    write_json(Path(folder) / marker, {"made_by": "edgetl", "kind": marker.removeprefix(".edgetl-"),
+                                       "edgetl_version": __version__})
+
+
+def refuse_unmarked(folder: Path, marker: str, what: str, option: str, adopt=None) -> None:
+    """Raise OutputError unless `folder` may be written as edgetl's `what`: it does not exist, is empty, carries
+    `marker`, or `adopt(folder)` recognises it as edgetl's own from before markers (then it is marked now)."""
+    from edgetl.errors import OutputError
+
+    folder = Path(folder)
+    if folder.is_symlink() and not folder.exists():
+        raise OutputError(f"{folder} ({option}) is a broken symbolic link; give a folder.")
+    if not folder.exists() or is_marked(folder, marker):
+        return
+    if not folder.is_dir():
+        raise OutputError(f"{folder} ({option}) is a file, not a folder; edgetl will not replace it. Give a new or "
+                          "empty folder.")
+    try:
+        empty = next(folder.iterdir(), None) is None
+    except OSError as exc:
+        raise _storage_error(folder, exc) from exc
+    if empty or (adopt is not None and adopt(folder)):
+        mark(folder, marker)
+        return
+    raise OutputError(f"{folder} ({option}) already exists and is not {what} made by edgetl (it has no {marker} "
+                      "marker file), so edgetl will not write into it: it could hold your own files. Give a new or "
+                      f"empty folder as {option}, or move that folder away first.")
+
+
+def check_apart(out: Path, other: Path, option: str, what: str) -> None:
+    """Raise OutputError when the output folder `out` is `other`, lies inside it, or holds it (e.g. the dataset)."""
+    from edgetl.errors import OutputError
+
+    out_real, other_real = Path(out).resolve(), Path(other).resolve()
+    if out_real == other_real or other_real in out_real.parents:
+        raise OutputError(f"{out} ({option}) is inside {what} {other}; edgetl would write among those files. Give a "
+                          f"folder outside it as {option}.")
+    if out_real in other_real.parents:
+        raise OutputError(f"{out} ({option}) holds {what} {other}; edgetl would write beside (and clean) those files. "
+                          f"Give a folder outside it as {option}.")
+
+
+def parent_must_exist(path: Path, option: str) -> None:
+    """Raise OutputError when an output file's folder does not exist: a typo should not create folders."""
+    from edgetl.errors import OutputError
+
+    parent = Path(path).absolute().parent
+    if not parent.is_dir():
+        raise OutputError(f"{path} ({option}): the folder {parent} does not exist; create it first or give another "
+                          "path.")

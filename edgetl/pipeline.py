@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import json
@@ -17,7 +18,19 @@ import numpy as np
 
 from edgetl import __version__
 from edgetl.errors import AccuracyBudgetError, ParityError, RecipeError, StorageError
-from edgetl.fsutil import atomic_path, read_json, sha256_file, sha256_json, write_json
+from edgetl.fsutil import (
+    RUN_MARKER,
+    atomic_path,
+    check_apart,
+    is_marked,
+    mark,
+    read_json,
+    refuse_unmarked,
+    sha256_file,
+    sha256_json,
+    swap_in,
+    write_json,
+)
 from edgetl.preprocess import Preprocessing
 from edgetl.progress import Reporter
 from edgetl.recipe import QuantizeSection, Recipe, RecoverSection, load_recipe, section_dict
@@ -43,62 +56,103 @@ def stage_names(recipe: Recipe) -> list[str]:
 
 @dataclass
 class RunDir:
-    """runs/<name>/: one folder per stage, each with a stage.json marker written last."""
+    """runs/<name>/: one folder per stage, each with a stage.json marker written last.
+
+    A stage that must run works in `.<name>.partial/` beside its folder; only once it has finished is that folder
+    swapped in for the old one, so a stage that fails (bad weights, a full disk) leaves the last good outputs, and
+    the records that point at them, as they were."""
 
     root: Path
     reporter: Reporter
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     timings: dict[str, dict] = field(default_factory=dict)
+    _working: dict[Path, Path] = field(default_factory=dict)  # partial folder -> the stage folder it becomes
+    current: str | None = None  # the stage running now (named in a failed build's summary)
 
     def rel(self, path: Path) -> str:
-        """A path inside the run directory, relative to it (as stored in records and the summary)."""
+        """A path inside the run directory, relative to it (as stored in records and the summary); a file written
+        in a running stage's partial folder is named where it will be once the stage has finished."""
+        path = Path(path)
+        for partial, final in self._working.items():
+            if path == partial or partial in path.parents:
+                path = final / path.relative_to(partial)
         return os.path.relpath(path, self.root)
 
     def stage(self, name: str, inputs: dict[str, Any], work: Callable[[Path], dict]) -> dict:
         """Run `work(folder)` unless a completed run with the same inputs is recorded; return its record."""
         key = sha256_json({"stage": name, "inputs": inputs, "edgetl": __version__})
         folder = self.root / name
-        marker = folder / "stage.json"
         number = self.stages.index(name) + 1
-        if marker.is_file():
-            try:
-                saved = read_json(marker)
-            except (OSError, ValueError):
-                saved = {}
-            if saved.get("key") == key and self._outputs_intact(saved.get("record", {})):
-                self.reporter.info(f"[{number}/{len(self.stages)}] {name}: unchanged, reused")
-                self.timings[name] = {"cached": True, "seconds": saved.get("seconds", 0.0)}
-                return saved["record"]
-            marker.unlink()
+        saved = _read_marker(folder / "stage.json")
+        if saved is not None and saved.get("key") == key and self._intact(saved):
+            self.reporter.info(f"[{number}/{len(self.stages)}] {name}: unchanged, reused")
+            self.timings[name] = {"cached": True, "seconds": saved.get("seconds", 0.0)}
+            return saved["record"]
         self.reporter.info(f"[{number}/{len(self.stages)}] {name}")
-        if folder.is_dir():
-            for child in folder.iterdir():
-                if child.name not in _KEEP_ON_RERUN:
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
-        folder.mkdir(parents=True, exist_ok=True)
+        partial = self.root / f".{name}.partial"
+        try:
+            _clear(partial)
+            partial.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"Cannot rerun the {name} stage in {self.root}: {exc.strerror or exc} (read-only "
+                               "location?). Completed stages are kept; make the run directory writable or choose "
+                               "another output folder (--out) and run again.") from None
+        self._working[partial], self.current = folder, name
         started = time.perf_counter()
         try:
-            record = work(folder)
+            record = work(partial)
+            seconds = round(time.perf_counter() - started, 2)
+            write_json(partial / "stage.json", {"key": key, "stage": name, "seconds": seconds, "inputs": inputs,
+                                                "record": record, "record_sha256": sha256_json(record)})
+            swap_in(partial, folder)
         except Exception as exc:
+            with contextlib.suppress(OSError):
+                _clear(partial, drop=True)  # keeps only resumable state (a training checkpoint)
             if isinstance(exc, StorageError) or not _out_of_space(exc):
                 raise
             # Exporters and runtimes write files their own way and report a full disk in their own words.
             raise StorageError(f"Cannot write the {name} stage's outputs in {folder}: the disk is full "
                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Completed "
                                "stages are kept; free space or choose another output folder (--out) and run again.") from None
-        seconds = round(time.perf_counter() - started, 2)
-        write_json(marker, {"key": key, "stage": name, "seconds": seconds, "inputs": inputs, "record": record})
+        finally:
+            del self._working[partial]
+        self.current = None
         self.timings[name] = {"cached": False, "seconds": seconds}
         return record
 
-    def _outputs_intact(self, record: dict) -> bool:
+    def _intact(self, saved: dict) -> bool:
+        """The record is the one written (its hash matches) and every file it lists has the content recorded."""
+        record = saved.get("record")
+        if not isinstance(record, dict) or saved.get("record_sha256") != sha256_json(record):
+            return False
         files = record.get("files", {})
-        return all((self.root / rel).is_file() and sha256_file(self.root / rel) == digest
-                   for rel, digest in files.items())
+        return isinstance(files, dict) and all(
+            (self.root / rel).is_file() and sha256_file(self.root / rel) == digest for rel, digest in files.items())
 
     def files_record(self, *paths: Path) -> dict[str, str]:
         """{relative path: sha256} for outputs, so reuse is checked against their content."""
         return {self.rel(p): sha256_file(p) for p in paths}
+
+
+def _read_marker(marker: Path) -> dict | None:
+    """A stage.json as a dict, or None when it is missing, unreadable or not an object (then the stage reruns)."""
+    try:
+        saved = read_json(marker)
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def _clear(partial: Path, drop: bool = False) -> None:
+    """Empty a stage's partial folder (edgetl's own) but for resumable state; `drop`: remove it when nothing is
+    left to resume from."""
+    if not partial.is_dir():
+        return
+    for child in partial.iterdir():
+        if child.name not in _KEEP_ON_RERUN:
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    if drop and next(partial.iterdir(), None) is None:
+        partial.rmdir()
 
 
 def _out_of_space(exc: BaseException) -> bool:
@@ -406,12 +460,12 @@ def _train_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs_r
                             teacher_record)
 
 
-def _teacher_train_logits(run: RunDir, index, model, teacher_prep: Preprocessing) -> dict:
+def _teacher_train_logits(run: RunDir, folder: Path, index, model, teacher_prep: Preprocessing) -> dict:
     """The teacher's logits for every train image, augmentation-free (distill.teacher_logits: precomputed)."""
     from edgetl.preprocess import preprocess_files
     from edgetl.train import predict
 
-    path = run.root / "teacher" / "train_logits.npy"
+    path = folder / "train_logits.npy"
     with run.reporter.task("teacher logits for the train images", len(index.train)) as update:
         inputs = preprocess_files([s.path for s in index.train], teacher_prep, progress=lambda done, total: update(1))
     _write_logits(path, predict(model, inputs))
@@ -424,7 +478,7 @@ def _teacher_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs
     precomputed = recipe.distill.teacher_logits == "precomputed"
     if teacher.backbone is not None:
         spec = teacher_spec(recipe, prep)
-        extra = (lambda folder, model: _teacher_train_logits(run, index, model, spec.prep)) if precomputed else None
+        extra = (lambda folder, model: _teacher_train_logits(run, folder, index, model, spec.prep)) if precomputed else None
         return _fine_tune_stage(run, "teacher", recipe, spec, index, data_record, inputs_record, prep, extra=extra)
     checkpoint = recipe.resolve_path(teacher.checkpoint)
     if not checkpoint.is_file():
@@ -460,7 +514,7 @@ def _teacher_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs
                   "params": sum(p.numel() for p in model.parameters()),
                   "files": run.files_record(model_path, logits_path)}
         if precomputed:
-            added = _teacher_train_logits(run, index, model, teacher_prep)
+            added = _teacher_train_logits(run, folder, index, model, teacher_prep)
             record["files"] |= added.pop("files")
             record |= added
         return record
@@ -961,6 +1015,7 @@ def _summary(recipe: Recipe, index, prep: Preprocessing, records: dict, run: Run
         if "quantization" in artifact:
             entry["quantization"] = artifact["quantization"]
         entry["files"] = list(artifact["files"])  # the model file, its sidecars, and model.json
+        entry["files_sha256"] = dict(artifact["files"])  # what a bundle checks each file against
         entry["model_json"] = entry["files"][-1]
         entry["export"] = artifact["export"]
         entry["confusion_matrix"] = verified["confusion_matrix"]
@@ -996,11 +1051,44 @@ def _summary(recipe: Recipe, index, prep: Preprocessing, records: dict, run: Run
     }
 
 
-def _write_outputs(run: RunDir, summary: dict) -> None:
+def _write_outputs(run: RunDir, summary: dict, plots: bool = True) -> None:
     from edgetl.report import write_report
 
     write_json(run.root / "summary.json", summary)
-    write_report(run.root, summary)
+    write_report(run.root, summary, plots=plots)
+
+
+# What a run directory holds besides its stage folders (an older edgetl's run is recognised by these names).
+_RUN_FILES = {"summary.json", "report.md", "report.html", "report", "search", "search.json", "bundle", RUN_MARKER}
+
+
+def _is_old_run(folder: Path) -> bool:
+    """A run directory an edgetl without markers wrote: only edgetl's names, each stage folder with its stage.json."""
+    entries = list(folder.iterdir())
+    stage_dirs = [e for e in entries if e.name in STAGES]
+    if not stage_dirs or any(e.name not in STAGES and e.name not in _RUN_FILES and not e.name.startswith(".")
+                             for e in entries):
+        return False
+    return all(e.is_dir() and (_read_marker(e / "stage.json") or {}).get("stage") == e.name for e in stage_dirs)
+
+
+def claim_run_dir(root: Path) -> None:
+    """Make `root` a run directory: refuse a folder of other files; create it and write the marker otherwise."""
+    refuse_unmarked(root, RUN_MARKER, "a run directory", "--out", adopt=_is_old_run)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if not is_marked(root, RUN_MARKER):
+            mark(root, RUN_MARKER)
+    except OSError as exc:
+        raise StorageError(f"Cannot create the run directory {root}: {exc.strerror}. Choose another with --out.") from None
+
+
+def _dataset_folder(recipe: Recipe) -> Path:
+    """Where the recipe's images are (or will be extracted to), without downloading anything."""
+    from edgetl.data import default_cache_dir
+
+    data = recipe.data
+    return recipe.resolve_path(data.path) if data.path else default_cache_dir() / "datasets" / str(data.dataset)
 
 
 def build(recipe: str | Path | Recipe, out: str | Path | None = None, reporter: Reporter | None = None) -> dict:
@@ -1009,26 +1097,53 @@ def build(recipe: str | Path | Recipe, out: str | Path | None = None, reporter: 
         recipe = load_recipe(recipe)
     reporter = reporter or Reporter()
     root = Path(out) if out else Path("runs") / recipe.name
+    check_apart(root, _dataset_folder(recipe), "--out", "the dataset")
     first_created = next((p for p in reversed([root, *root.parents]) if not p.exists()), None)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StorageError(f"Cannot create the run directory {root}: {exc.strerror}. Choose another with --out.") from None
+    claim_run_dir(root)
     reporter.info(f"edgetl {__version__}: building '{recipe.name}' into {root}")
+    run = RunDir(root.resolve(), reporter, stage_names(recipe) if recipe.search is None else [])
     try:
         if recipe.search is not None:
             from edgetl.search_build import build_search
 
             summary = build_search(recipe, root.resolve(), reporter)
-            _write_outputs(RunDir(root.resolve(), reporter, []), summary)
+            _write_outputs(run, summary)
             reporter.info(f"done: {root / 'summary.json'}, {root / 'report.html'}")
             return summary
-        return _run(recipe, RunDir(root.resolve(), reporter, stage_names(recipe)))
-    except BaseException:
+        return _run(recipe, run)
+    except BaseException as exc:
         # A build that failed before any stage completed leaves no empty run directory behind.
         if first_created is not None and not any(first_created.glob("**/stage.json")):
             shutil.rmtree(first_created, ignore_errors=True)
+        elif isinstance(exc, Exception) and not isinstance(exc, AccuracyBudgetError):
+            _record_failure(recipe, run, exc)
         raise
+
+
+def _record_failure(recipe: Recipe, run: RunDir, exc: Exception) -> None:
+    """Rewrite summary.json with the build's real status: the last summary's fields, `status: failed: …` and the
+    error, and only the artifacts whose files are still there as recorded. Bundles refuse such a run."""
+    summary_path = run.root / "summary.json"
+    if not summary_path.is_file() and not any(run.root.glob("*/stage.json")):
+        return
+    try:
+        previous = read_json(summary_path) if summary_path.is_file() else {}
+    except (OSError, ValueError):
+        previous = {}
+    previous = previous if isinstance(previous, dict) else {}
+    kept = []
+    for artifact in previous.get("artifacts") or []:
+        hashes = artifact.get("files_sha256") if isinstance(artifact, dict) else None
+        if isinstance(hashes, dict) and hashes and all(
+                (run.root / rel).is_file() and sha256_file(run.root / rel) == digest for rel, digest in hashes.items()):
+            kept.append(artifact)
+    kind = getattr(exc, "kind", "internal error")
+    summary = {**previous, "edgetl_version": __version__, "status": f"failed: {kind}",
+               "error": str(exc)[:4000], "failed_stage": run.current, "recipe": recipe.source or "<recipe>",
+               "recipe_name": recipe.name, "artifacts": kept,
+               "stages": {**(previous.get("stages") or {}), **run.timings}}
+    with contextlib.suppress(Exception):  # the original error is the one to report
+        _write_outputs(run, summary, plots=False)
 
 
 def _run(recipe: Recipe, run: RunDir) -> dict:

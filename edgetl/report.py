@@ -13,22 +13,14 @@ from pathlib import Path
 
 from edgetl.errors import ReportError
 from edgetl.fsutil import write_bytes, write_text
+from edgetl.summary import check_summary, read_summary
 
 PLOTS = ("training", "pareto", "confusion")
 
 
 def load_summary(run_dir: Path) -> dict:
-    """The run's summary.json, or a ReportError naming what is wrong."""
-    path = Path(run_dir) / "summary.json"
-    if not path.is_file():
-        raise ReportError(f"{run_dir}: not an edgetl run directory (no summary.json; build one with `edgetl build`).")
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ReportError(f"{path}: cannot read it as JSON ({exc}).") from None
-    if not isinstance(summary, dict) or not isinstance(summary.get("artifacts"), list):
-        raise ReportError(f"{path}: not an edgetl summary (no `artifacts` list).")
-    return summary
+    """The run's summary.json, checked field by field, or a ReportError naming what is wrong."""
+    return read_summary(run_dir, ReportError)
 
 
 def bench_threads(summary: dict) -> str | None:
@@ -211,21 +203,21 @@ def write_report(run_dir: Path, summary: dict | None = None, plots: bool = True)
     """(Re)make report.md, report.html and report/*.png of a run directory. `plots=False`: the text and tables only,
     and a pointer to `edgetl report RUN_DIR`, which draws the plots."""
     run_dir = Path(run_dir)
-    summary = summary if summary is not None else load_summary(run_dir)
-    for stale in PLOTS:
-        (run_dir / "report" / f"{stale}.png").unlink(missing_ok=True)
+    summary = check_summary(summary, run_dir / "summary.json") if summary is not None else load_summary(run_dir)
+    # Everything is made in memory first: a summary that cannot be reported leaves the old report as it was.
     images = render_plots(run_dir, summary) if plots else {}
-    written = {}
-    for name, data in images.items():
-        if data is not None:
-            written[name] = run_dir / "report" / f"{name}.png"
-            write_bytes(written[name], data)
+    written = {name: run_dir / "report" / f"{name}.png" for name, data in images.items() if data is not None}
     sections = _sections(summary, run_dir, bench_threads(summary), chosen_artifact(summary))
     if not plots:
         sections[0].text.append(f"Plots (training curves, Pareto front, confusion matrix): run `edgetl report "
                                 f"{run_dir}`.")
-    write_text(run_dir / "report.md", _markdown(summary, sections, written, run_dir))
-    write_text(run_dir / "report.html", _html(summary, sections, images))
+    markdown, page = _markdown(summary, sections, written, run_dir), _html(summary, sections, images)
+    for name, path in written.items():
+        write_bytes(path, images[name])
+    for stale in set(PLOTS) - set(written):  # plots of an earlier report that this one does not have
+        (run_dir / "report" / f"{stale}.png").unlink(missing_ok=True)
+    write_text(run_dir / "report.md", markdown)
+    write_text(run_dir / "report.html", page)
     return Report(run_dir / "report.md", run_dir / "report.html", written)
 
 
@@ -242,6 +234,15 @@ def _fmt(value, spec: str = ".2f", none: str = "—") -> str:
     return none if value is None else format(value, spec)
 
 
+def _failure_text(summary: dict) -> list[str]:
+    """What a failed build's summary says about the failure (nothing for a build that went well)."""
+    if not summary.get("error"):
+        return []
+    where = f" in the {summary['failed_stage']} stage" if summary.get("failed_stage") else ""
+    return [f"The build failed{where}: {summary['error']} The figures below are the last successful build's; only "
+            "artifacts whose files are still as it left them are listed."]
+
+
 def _sections(summary: dict, run_dir: Path, threads: str | None, chosen: dict | None) -> list[Section]:
     data, model, env = summary.get("data", {}), summary.get("model", {}), summary.get("environment", {})
     recipe_path = Path(str(summary.get("recipe", "")))
@@ -250,7 +251,8 @@ def _sections(summary: dict, run_dir: Path, threads: str | None, chosen: dict | 
     sections = [Section("Recipe", [f"`{summary.get('recipe')}` (sha256 of the validated recipe "
                                    f"`{str(summary.get('recipe_sha256', ''))[:12]}`), edgetl "
                                    f"{summary.get('edgetl_version')}, status **{summary.get('status')}**."]
-                        + ([] if recipe_text else ["(the recipe file is no longer at that path)"]), code=recipe_text)]
+                        + ([] if recipe_text else ["(the recipe file is no longer at that path)"])
+                        + _failure_text(summary), code=recipe_text)]
     counts = data.get("class_counts", {})
     classes = sorted({c for split in counts.values() for c in split})
     bad = data.get("bad_images", [])

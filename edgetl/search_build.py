@@ -83,6 +83,9 @@ class Measurer:
 
 def _reuse(source: Path, folder: Path, stages: tuple[str, ...]) -> None:
     """Copy finished stages into a new sub-run: their keys match, so the build reuses them instead of retraining."""
+    from edgetl.pipeline import claim_run_dir
+
+    claim_run_dir(folder)
     for stage in stages:
         if (source / stage / "stage.json").is_file() and not (folder / stage).exists():
             shutil.copytree(source / stage, folder / stage)
@@ -154,6 +157,8 @@ def build_search(recipe: Recipe, root: Path, reporter: Reporter) -> dict:
     for artifact in summary["artifacts"]:
         artifact["path"] = f"{prefix}/{artifact['path']}"
         artifact["files"] = [f"{prefix}/{f}" for f in artifact.get("files", [])]
+        if artifact.get("files_sha256"):
+            artifact["files_sha256"] = {f"{prefix}/{f}": digest for f, digest in artifact["files_sha256"].items()}
         if artifact.get("model_json"):
             artifact["model_json"] = f"{prefix}/{artifact['model_json']}"
         artifact["chosen"] = (artifact["format"], artifact["precision"]) == (chosen.format, chosen.precision)

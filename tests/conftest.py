@@ -77,3 +77,16 @@ def run_dir(tmp_path_factory) -> Path:
 def images(tmp_path_factory) -> list[Path]:
     """Three small JPEGs to classify."""
     return sorted(make_image_folder(tmp_path_factory.mktemp("imgs"), {"x": 3}, size=48).rglob("*.jpg"))
+
+
+def run_cli(*args) -> tuple[int, str]:
+    """Run the `edgetl` command in-process; an exception escaping it (a traceback for a user) fails the test."""
+    from click.testing import CliRunner
+
+    from edgetl.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"uncaught {type(result.exception).__name__}: {result.exception}\n{result.output}")
+    assert "Traceback" not in result.output
+    return result.exit_code, result.output

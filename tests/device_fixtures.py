@@ -20,6 +20,8 @@ def tiny_run(root: Path) -> Path:
     from edgetl.export.onnx import export_fp32, quantize_int8
     from edgetl.export.openvino import export as export_openvino
     from edgetl.export.tflite import export as export_tflite
+    from edgetl.formats import FORMATS
+    from edgetl.fsutil import sha256_file
     from edgetl.pipeline import _write_model_json
 
     torch.manual_seed(0)
@@ -49,10 +51,14 @@ def tiny_run(root: Path) -> Path:
     artifacts = []
     for name, result in results.items():
         fmt, precision = name.split("_")
-        _write_model_json(result, name, fmt, precision, metadata)
+        files = [*FORMATS[fmt].files(result.path), _write_model_json(result, name, fmt, precision, metadata)]
+        hashes = {str(f.relative_to(root)): sha256_file(f) for f in files}
         artifacts.append({"name": name, "format": fmt, "precision": precision,
-                          "path": str(result.path.relative_to(root))})
-    (root / "summary.json").write_text(json.dumps({"artifacts": artifacts}))
+                          "path": str(result.path.relative_to(root)), "sha256": sha256_file(result.path),
+                          "size_bytes": sum(f.stat().st_size for f in files[:-1]), "files": list(hashes),
+                          "files_sha256": hashes})
+    (root / "summary.json").write_text(json.dumps({"status": "ok", "artifacts": artifacts}))
+    (root / ".edgetl-run").write_text("{}")
     return root
 
 

@@ -47,7 +47,7 @@ def test_bundle_predicts_like_edgetl_without_torch_or_edgetl(run_dir, images, tm
     bundle = tmp_path / "bundle"
     suffix = ".tflite" if fmt == "tflite" else ".onnx"
     assert sorted(p.name for p in bundle.iterdir()) == sorted(
-        ["README.md", "edgetl_runner", "model.json", f"model{suffix}", "requirements.txt"])
+        [".edgetl-bundle", "README.md", "edgetl_runner", "model.json", f"model{suffix}", "requirements.txt"])
     requirements = (bundle / "requirements.txt").read_text().split()
     assert requirements[:2] == ["numpy>=1.21", "Pillow>=9"] and len(requirements) == 3
     assert requirements[2].startswith("ai-edge-litert" if fmt == "tflite" else "onnxruntime")

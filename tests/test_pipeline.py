@@ -295,7 +295,7 @@ def test_a_killed_build_resumes_training_from_its_last_epoch(tmp_path, tiny_data
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(timeout=60)
-    assert (run / "train" / "checkpoint.pt").is_file() and not (run / "train" / "stage.json").exists()
+    assert (run / ".train.partial" / "checkpoint.pt").is_file() and not (run / "train" / "stage.json").exists()
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resuming training after epoch 2" in result.stderr
@@ -308,7 +308,7 @@ def test_a_killed_build_resumes_training_from_its_last_epoch(tmp_path, tiny_data
     straight = json.loads((tmp_path / "straight" / "train" / "history.json").read_text())
     assert [h["train_loss"] for h in history] == pytest.approx([h["train_loss"] for h in straight], rel=1e-4)
     assert uninterrupted["model"]["val_accuracy"] == summary["model"]["val_accuracy"]
-    assert not (run / "train" / "checkpoint.pt").exists()
+    assert not (run / "train" / "checkpoint.pt").exists() and not (run / ".train.partial").exists()
     assert np.isfinite(summary["artifacts"][0]["latency_ms"]["p50"])
 
 

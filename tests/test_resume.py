@@ -80,7 +80,8 @@ def test_a_build_killed_at_every_point_resumes_and_ends_like_an_uninterrupted_on
             assert code == -signal.SIGKILL, f"{what}: exit {code}"
         assert not (run / unfinished / "stage.json").exists(), f"{what}: {unfinished} completed before the kill"
         if unfinished == "train":
-            assert (run / "train" / "checkpoint.pt").is_file(), what  # the epochs done so far are kept
+            # the epochs done so far are kept, in the stage's partial folder (the stage folder appears when it is done)
+            assert (run / ".train.partial" / "checkpoint.pt").is_file(), what
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "data: unchanged, reused" in result.stderr and "verify: unchanged, reused" in result.stderr
@@ -88,6 +89,7 @@ def test_a_build_killed_at_every_point_resumes_and_ends_like_an_uninterrupted_on
     history = json.loads((run / "train" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert not list(run.rglob("*.tmp")) or all(p.parent.name == "train" for p in run.rglob("*.tmp"))
+    assert not list(run.glob(".*.partial")), "a finished build leaves no partial stage folder"
 
     straight = build(path, out=tmp_path / "straight", reporter=Reporter(enabled=False))
     assert _comparable(resumed) == _comparable(straight)
@@ -103,7 +105,7 @@ def _mount_tmpfs(folder: Path, megabytes: int) -> bool:
                           capture_output=True).returncode == 0
 
 
-@pytest.mark.parametrize(("megabytes", "while_writing"), [(3, "train/checkpoint.pt"), (None, "export")])
+@pytest.mark.parametrize(("megabytes", "while_writing"), [(3, ".train.partial/checkpoint.pt"), (None, "export")])
 def test_a_full_disk_is_one_clear_error_and_nothing_half_written(tmp_path, tiny_dataset, megabytes, while_writing):
     path = _recipe(tmp_path, tiny_dataset)
     disk = tmp_path / "disk"
@@ -124,6 +126,7 @@ def test_a_full_disk_is_one_clear_error_and_nothing_half_written(tmp_path, tiny_
         assert result.returncode == 1 and "storage error" in result.stderr and "disk is full" in result.stderr, \
             result.stderr[-3000:]
         assert "Traceback" not in result.stderr and while_writing in result.stderr
-        assert not (disk / "run" / while_writing.split("/")[0] / "stage.json").exists()
+        stage = while_writing.split("/")[0].removeprefix(".").removesuffix(".partial")
+        assert not (disk / "run" / stage / "stage.json").exists()
     finally:
         subprocess.run(["umount", str(disk)], check=False)

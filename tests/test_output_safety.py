@@ -1,0 +1,192 @@
+"""edgetl never deletes what it did not write (README: "Output folders"): it writes only into folders it made and
+marked, replaces an output only once its replacement is complete, and a run's summary never points at files that are
+gone or claims a build went well when it did not. Each test here failed before its fix (issue 19)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import make_image_folder, tiny_recipe
+from conftest import run_cli as edgetl
+
+
+def _dataset(root: Path) -> Path:
+    make_image_folder(root / "train", {"red": 4, "green": 4}, size=24, seed=1)
+    make_image_folder(root / "val", {"red": 2, "green": 2}, size=24, seed=2)
+    return root
+
+
+def _write_recipe(path: Path, dataset: Path, **sections) -> Path:
+    path.write_text(yaml.safe_dump(tiny_recipe(dataset, train={"epochs": 1}, **sections)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, Path]:
+    """(recipe, run directory) of one real tiny build, which tests copy before they touch it."""
+    base = tmp_path_factory.mktemp("built")
+    recipe = _write_recipe(base / "recipe.yaml", _dataset(base / "data"))
+    code, out = edgetl("build", recipe, "--out", base / "run", "-q")
+    assert code == 0, out
+    return recipe, base / "run"
+
+
+@pytest.fixture
+def run(built, tmp_path) -> Path:
+    """A copy of the built run directory, this test's own."""
+    return Path(shutil.copytree(built[1], tmp_path / "run", symlinks=True))
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _precious(folder: Path) -> dict[str, bytes]:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "thesis.txt").write_text("years of work")
+    (folder / "photos").mkdir(exist_ok=True)
+    (folder / "photos" / "a.jpg").write_bytes(b"\xff\xd8 not really")
+    return _tree(folder)
+
+
+# --- edgetl bundle -o ------------------------------------------------------------------------------------------------
+
+def test_bundle_refuses_a_folder_of_the_users_files(run, tmp_path):
+    before = _precious(tmp_path / "precious")
+    code, out = edgetl("bundle", run, "--format", "onnx", "--precision", "int8", "-o", tmp_path / "precious")
+    assert code == 2 and "precious" in out and "not a deploy bundle made by edgetl" in out, out
+    assert _tree(tmp_path / "precious") == before
+
+
+def test_bundle_refuses_to_replace_the_run_or_a_folder_holding_it(run, tmp_path, monkeypatch):
+    before = _tree(run)
+    code, out = edgetl("bundle", run, "--format", "onnx", "--precision", "int8", "-o", run)
+    assert code == 2 and "would replace the run" in out, out
+    monkeypatch.chdir(tmp_path)
+    code, out = edgetl("bundle", run, "--format", "onnx", "--precision", "int8", "-o", ".")
+    assert code == 2 and "would replace the run" in out, out
+    assert _tree(run) == before
+
+
+def test_bundle_replaces_its_own_bundle_and_takes_an_empty_folder(run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    for out_dir in (tmp_path / "empty", tmp_path / "empty"):  # the second time it replaces its own bundle
+        code, out = edgetl("bundle", run, "--format", "onnx", "--precision", "int8", "-o", out_dir, "--zip")
+        assert code == 0, out
+    assert (tmp_path / "empty" / "model.onnx").is_file() and (tmp_path / "empty" / ".edgetl-bundle").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch or old folder left
+
+
+def test_bundle_refuses_to_overwrite_a_zip_it_did_not_write(run, tmp_path):
+    (tmp_path / "b.zip").write_bytes(b"my own archive")
+    code, out = edgetl("bundle", run, "--format", "onnx", "--precision", "int8", "-o", tmp_path / "b", "--zip")
+    assert code == 2 and "b.zip" in out, out
+    assert (tmp_path / "b.zip").read_bytes() == b"my own archive" and not (tmp_path / "b").exists()
+
+
+def test_bundle_refuses_a_model_file_changed_after_the_build(run, tmp_path):
+    model = run / "export" / "onnx_int8" / "model.onnx"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    code, out = edgetl("bundle", run, "--format", "onnx", "--precision", "int8", "-o", tmp_path / "b")
+    assert code == 2 and "model.onnx" in out and "sha256" in out, out
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("where", ["absolute", "dotdot"])
+def test_bundle_refuses_an_artifact_path_outside_the_run(run, tmp_path, where):
+    secret = tmp_path / "secret.onnx"
+    secret.write_text("password")
+    summary = json.loads((run / "summary.json").read_text())
+    artifact = next(a for a in summary["artifacts"] if a["name"] == "onnx_int8")
+    artifact["path"] = str(secret) if where == "absolute" else "../secret.onnx"
+    (run / "summary.json").write_text(json.dumps(summary))
+    code, out = edgetl("bundle", run, "--format", "onnx", "--precision", "int8", "-o", tmp_path / "b")
+    assert code == 2 and "outside the run directory" in out, out
+    assert not (tmp_path / "b").exists()
+
+
+# --- edgetl build --out ----------------------------------------------------------------------------------------------
+
+def test_build_refuses_an_existing_folder_it_did_not_make(built, tmp_path):
+    before = _precious(tmp_path / "project")
+    code, out = edgetl("build", built[0], "--out", tmp_path / "project", "-q")
+    assert code == 2 and "project" in out and "not a run directory made by edgetl" in out, out
+    assert _tree(tmp_path / "project") == before
+
+
+def test_build_refuses_an_output_folder_that_holds_or_is_inside_the_dataset(tmp_path):
+    project = tmp_path / "project"
+    recipe = _write_recipe(project / "recipe.yaml", _dataset(project / "data"))
+    recipe.write_text(recipe.read_text().replace(str(project / "data"), "data"))  # data.path relative to the recipe
+    before = _tree(project)
+    for out_dir, says in ((project, "holds the dataset"), (project / "data", "inside the dataset"),
+                          (project / "data" / "runs", "inside the dataset")):
+        code, out = edgetl("build", recipe, "--out", out_dir, "-q")
+        assert code == 2 and says in out, out
+    assert _tree(project) == before
+
+
+def test_build_takes_an_empty_folder_and_an_old_run_without_a_marker(built, run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, out = edgetl("build", built[0], "--out", tmp_path / "empty")
+    assert code == 0 and (tmp_path / "empty" / ".edgetl-run").is_file(), out
+    (run / ".edgetl-run").unlink()  # as an edgetl before markers left it: recognised by its stage folders
+    code, out = edgetl("build", built[0], "--out", run)
+    assert code == 0 and out.count("unchanged, reused") == 6, out
+
+
+def test_a_failed_rebuild_keeps_the_good_run_and_says_it_failed(built, run, tmp_path):
+    truncated = tmp_path / "weights.pth"
+    truncated.write_bytes(b"PK\x03\x04 truncated")
+    good = _tree(run / "train")
+    recipe = _write_recipe(tmp_path / "bad.yaml", Path(yaml.safe_load(built[0].read_text())["data"]["path"]),
+                           model={"weights": str(truncated)})
+    code, out = edgetl("build", recipe, "--out", run, "-q")
+    assert code == 2 and "weights.pth" in out, out
+    assert _tree(run / "train") == good  # the last good model, its history and stage.json are untouched
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed: weights error" and "weights.pth" in summary["error"], summary["status"]
+    assert summary["failed_stage"] == "train"
+    assert all((run / a["path"]).is_file() for a in summary["artifacts"])
+    code, out = edgetl("bundle", run, "--format", "onnx", "--precision", "int8", "-o", tmp_path / "b")
+    assert code == 2 and "did not finish" in out, out
+    code, out = edgetl("build", built[0], "--out", run)  # the good recipe again: everything is still there
+    assert code == 0 and out.count("unchanged, reused") == 6, out
+    assert json.loads((run / "summary.json").read_text())["status"] == "ok"
+
+
+def test_an_edited_stage_record_is_not_trusted(built, run):
+    marker = run / "verify" / "stage.json"
+    saved = json.loads(marker.read_text())
+    saved["record"]["artifacts"]["onnx_int8"]["val_accuracy"] = 99.9
+    marker.write_text(json.dumps(saved))
+    code, out = edgetl("build", built[0], "--out", run)
+    assert code == 0 and "[5/6] verify\n" in out, out  # verify ran again instead of reusing the edited record
+    summary = json.loads((run / "summary.json").read_text())
+    assert {a["val_accuracy"] for a in summary["artifacts"]} != {99.9}
+    assert next(a for a in summary["artifacts"] if a["name"] == "onnx_int8")["val_accuracy"] != 99.9
+
+
+@pytest.mark.parametrize("content", ["null", "[]", "\"text\""])
+def test_a_stage_json_that_is_not_an_object_reruns_the_stage(built, run, content):
+    (run / "bench" / "stage.json").write_text(content)
+    code, out = edgetl("build", built[0], "--out", run)
+    assert code == 0 and "[6/6] bench\n" in out, out
+
+
+# --- edgetl report ---------------------------------------------------------------------------------------------------
+
+def test_report_keeps_the_old_report_when_the_summary_is_malformed(run):
+    plots = _tree(run / "report")
+    assert plots, "the build drew no plots"
+    summary = json.loads((run / "summary.json").read_text())
+    summary["artifacts"][0]["val_accuracy"] = "high"
+    (run / "summary.json").write_text(json.dumps(summary))
+    code, out = edgetl("report", run)
+    assert code == 2 and "artifacts[0].val_accuracy" in out, out
+    assert _tree(run / "report") == plots
