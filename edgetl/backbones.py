@@ -177,8 +177,6 @@ def resolve_weight_file(weights: WeightSet) -> Path:
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """torch.load a state_dict safely (weights_only); accepts {'state_dict': ...} / {'model': ...} wrappers."""
-    import pickle
-
     import torch
 
     if path.is_dir():
@@ -187,7 +185,7 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"model.weights names {path}, which does not exist.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError):
+    except Exception:  # unpickling bytes that are no checkpoint raises anything (a text file: KeyError)
         raise WeightsError(f"{path} (model.weights) cannot be loaded as a state_dict: it is not a torch checkpoint, "
                            "or it contains pickled Python objects or code, which edgetl refuses to run (it loads "
                            "weights with torch.load(weights_only=True)). Save plain tensors: "

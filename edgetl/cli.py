@@ -143,9 +143,20 @@ def _threads(values: tuple[str, ...]) -> tuple[int, ...]:
         threads = tuple(int(v) for value in values for v in value.split(",") if v.strip())
     except ValueError:
         raise click.BadParameter(f"{','.join(values)!r}: give thread counts like 1,2,4") from None
-    if not threads or min(threads) < 1:
-        raise click.BadParameter("thread counts must be positive integers")
+    from edgetl.recipe import MAX_THREADS
+
+    if not threads or min(threads) < 1 or max(threads) > MAX_THREADS:
+        raise click.BadParameter(f"thread counts must be whole numbers from 1 to {MAX_THREADS}")
     return threads
+
+
+def _output_files(**paths: Path | None) -> None:
+    """Refuse an output file whose folder does not exist (before any work; a typo should not create folders)."""
+    from edgetl.fsutil import parent_must_exist
+
+    for option, path in paths.items():
+        if path is not None:
+            parent_must_exist(path, f"--{option.replace('_', '-')}")
 
 
 @main.command()
@@ -209,6 +220,7 @@ def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup
     if warmup != "auto" and not warmup.isdigit():
         raise click.BadParameter(f"{warmup!r}: give a count or 'auto'", param_hint="--warmup")
     tolerance = _percent(max_regression)
+    _output_files(json=json_path, csv=csv_path, markdown=markdown_path, save_baseline=save_baseline)
     reference = None
     if baseline:  # a bad baseline fails before minutes of measuring
         reference = load_baseline(baseline) if is_baseline_file(baseline) else find_models([baseline])
@@ -362,7 +374,7 @@ def _devices(device: tuple[str, ...], devices_file: Path | None, python: str, ss
 @click.option("--images", multiple=True, type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Images to classify on the device.")
 @click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True, help="Timed runs on the device.")
-@click.option("--threads", "-t", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--threads", "-t", type=click.IntRange(1, 1024), default=1, show_default=True)
 @click.option("--install", is_flag=True, help="pip-install the bundle's requirements on the device when missing.")
 @click.option("--python", default="python3", show_default=True, help="The Python to use on the device.")
 @click.option("--ssh-config", type=click.Path(path_type=Path, dir_okay=False), help="An ssh_config file to use.")
@@ -376,6 +388,7 @@ def deploy(run_dir: Path, device: tuple[str, ...], devices_file: Path | None, fm
     from edgetl.bench.remote import deploy_to_devices
     from edgetl.fsutil import write_json
 
+    _output_files(json=json_path)
     targets = _devices(device, devices_file, python, ssh_config)
     if not targets:
         raise click.UsageError("give --device ssh://... or --devices devices.yaml")
@@ -423,6 +436,7 @@ def compare(run_a: Path, run_b: Path, json_path: Path | None) -> None:
     from edgetl.fsutil import write_json
     from edgetl.report import compare_runs
 
+    _output_files(json=json_path)
     result = compare_runs(run_a, run_b)
     console = _stdout_console()
     console.print(f"A: {run_a}\nB: {run_b}" + ("\nthe recipe changed" if result["recipe_changed"] else

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from edgetl.errors import DataError, StorageError
-from edgetl.fsutil import atomic_path, replace_dir, sha256_file
+from edgetl.fsutil import atomic_path, sha256_file, swap_in
 from edgetl.images import check_image, load_rgb  # noqa: F401  (load_rgb: part of this module's API)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -471,7 +471,7 @@ def _install_archive(archive: Path, target: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".extracting", dir=target.parent))
     try:
         _extract(archive, tmp)
-        replace_dir(_dataset_root(tmp), target)
+        swap_in(_dataset_root(tmp), target)
     except OSError as exc:
         raise _extract_os_error(archive, target, exc) from exc
     finally:
@@ -487,6 +487,11 @@ def _extract_os_error(archive: Path, target: Path, exc: OSError) -> Exception:
                      ".tar.gz/.tgz, .tar.bz2, .tar.xz); the download was deleted. Check data.url and try again.")
 
 
+# A link chain that escapes only once resolved (a/b -> .. where a -> ..) passes a name-by-name check; the "data"
+# filter resolves it and raises one of these, which say "may be malicious", not "corrupt".
+_TAR_FILTER_ERRORS = (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
+
+
 def _extract(archive: Path, dest: Path) -> None:
     try:
         if zipfile.is_zipfile(archive):
@@ -496,6 +501,9 @@ def _extract(archive: Path, dest: Path) -> None:
         else:
             raise DataError(f"{archive} is not a supported archive (.zip, .tar, .tar.gz/.tgz, .tar.bz2, .tar.xz). "
                             "Check data.url in the recipe points at the dataset archive itself, not a web page.")
+    except _TAR_FILTER_ERRORS as exc:  # the stdlib's "data" filter caught what our own checks let through
+        member = getattr(getattr(exc, "tarinfo", None), "name", "?")
+        raise _unsafe_member(archive, member, f"was refused by the tar safety filter ({exc})") from None
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise DataError(f"Cannot extract {archive}: {exc}. The archive is corrupt and the download was deleted; "
                         "check data.url (and set data.sha256 to catch corrupt downloads) and try again.") from exc

@@ -68,10 +68,25 @@ class DeviceError(EdgetlError):
     kind = "device error"
 
 
+class DeviceAddressError(DeviceError):
+    """A device address (--device URL, a devices.yaml entry) is malformed: bad input, not a failing device."""
+
+    exit_code = 2
+    kind = "device address error"
+
+
 class StorageError(EdgetlError):
     """Writing to the run directory or cache failed (disk full, permissions)."""
 
     kind = "storage error"
+
+
+class OutputError(EdgetlError):
+    """An output folder (--out, bundle -o, --json) is not one edgetl may write: a folder of other files, the
+    dataset or the run itself, or a file whose parent folder does not exist."""
+
+    exit_code = 2
+    kind = "output folder error"
 
 
 class BenchUsageError(EdgetlError):

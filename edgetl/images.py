@@ -75,8 +75,17 @@ def _check_not_empty(path: str | Path) -> None:
         raise _BadImageError("empty file (0 bytes)")
 
 
+# Preprocessing resizes the shorter side to about 256 pixels before cropping: a 1×10000 strip would become
+# 256×2,560,000 (2.7 GB). No photo is this elongated (a 360° panorama is about 8:1).
+MAX_ASPECT_RATIO = 50
+
+
 def _check_pixel_limit(im: Image.Image) -> None:
-    """Refuse images over Image.MAX_IMAGE_PIXELS, read at call time so a caller's setting is respected."""
+    """Refuse images over Image.MAX_IMAGE_PIXELS (read at call time so a caller's setting is respected), and strips
+    more than MAX_ASPECT_RATIO times as long as they are wide."""
+    if max(im.size) > MAX_ASPECT_RATIO * max(1, min(im.size)):
+        raise _BadImageError(f"{im.width}x{im.height} pixels is more than {MAX_ASPECT_RATIO}:1, not a photo edgetl can "
+                             "resize and crop (resizing its shorter side would take gigabytes)")
     # Pillow itself only raises above twice the limit and merely warns above it; catching that warning would need
     # warnings.catch_warnings, which is not thread-safe, so the limit is enforced here instead.
     limit = Image.MAX_IMAGE_PIXELS

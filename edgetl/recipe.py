@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import reprlib
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -10,6 +11,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgetl.errors import RecipeError
+
+# No CPU a model is deployed on has more cores than this; a larger count is a typo that a runtime would only
+# reject (or overflow on) minutes into a build.
+MAX_THREADS = 1024
+# A real recipe has a few hundred values; YAML aliases can make a few hundred bytes expand to billions (an alias
+# bomb), so the expanded document is bounded before anything is built from it.
+MAX_RECIPE_VALUES = 10_000
+MAX_RECIPE_DEPTH = 40
 
 
 class Section(BaseModel):
@@ -101,7 +110,7 @@ class TrainSection(Section):
     freeze_batchnorm: bool | None = Field(
         None, description="Keep BatchNorm statistics frozen; default: frozen for pretrained weights, not for `none`.")
     seed: int = 0
-    threads: int | None = Field(None, gt=0, description="torch intra-op threads (default: all cores).")
+    threads: int | None = Field(None, gt=0, le=MAX_THREADS, description="torch intra-op threads (default: all cores).")
     augment: AugmentSection = AugmentSection()
 
     @model_validator(mode="after")
@@ -303,8 +312,8 @@ class BenchSection(Section):
     @field_validator("threads")
     @classmethod
     def _positive(cls, value: list[int]) -> list[int]:
-        if any(t <= 0 for t in value):
-            raise ValueError("every thread count must be > 0")
+        if any(t <= 0 or t > MAX_THREADS for t in value):
+            raise ValueError(f"every thread count must be from 1 to {MAX_THREADS}")
         return value
 
 
@@ -315,7 +324,7 @@ class SearchBudget(Section):
     size_mb: float | None = Field(None, gt=0, description="Model file size limit (MB).")
     accuracy_min: float | None = Field(None, ge=0, le=100, description="Lowest acceptable val accuracy (%).")
     device: str = Field("local", description="`local`, or ssh://[user@]host[:port] (see `edgetl deploy`).")
-    threads: int = Field(1, gt=0)
+    threads: int = Field(1, gt=0, le=MAX_THREADS)
 
     @model_validator(mode="after")
     def _something_to_meet(self) -> SearchBudget:
@@ -434,6 +443,12 @@ def _section_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(current, "model_fields", {}).keys())
 
 
+# Echoed values are cut short: an error names the field and shows enough of the value to recognise it.
+_ECHO = reprlib.Repr()
+_ECHO.maxlevel, _ECHO.maxdict, _ECHO.maxlist, _ECHO.maxtuple, _ECHO.maxset = 3, 6, 6, 6, 6
+_ECHO.maxstring, _ECHO.maxother, _ECHO.maxlong = 120, 120, 40
+
+
 def _format_error(err: dict[str, Any], schema: type[BaseModel] | None = None) -> str:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     where = ".".join(str(p) for p in loc) or "(top level)"
@@ -447,7 +462,7 @@ def _format_error(err: dict[str, Any], schema: type[BaseModel] | None = None) ->
         return message if not loc else f"{where}: {message}"  # a check across fields: the message names them
     if err["type"] == "missing":
         message = "required but missing"
-    return f"{where}: {message} (got {err['input']!r})" if err["type"] != "missing" else f"{where}: {message}"
+    return f"{where}: {message} (got {_ECHO.repr(err['input'])})" if err["type"] != "missing" else f"{where}: {message}"
 
 
 def parse_recipe(obj: Any, source: str = "<recipe>") -> Recipe:
@@ -464,6 +479,57 @@ def parse_recipe(obj: Any, source: str = "<recipe>") -> Recipe:
         raise RecipeError(f"{source} is not a valid recipe: {problems}. See the recipe reference in the README.") from None
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """safe_load, and a key given twice in one mapping is an error naming both lines (YAML would keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[str, int] = {}
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
+                    line = key_node.start_mark.line + 1
+                    if key_node.value in lines:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"the key '{key_node.value[:80]}' is given twice, at lines "
+                            f"{lines[key_node.value]} and {line} (the second would silently replace the first)",
+                            key_node.start_mark)
+                    lines[key_node.value] = line
+        return super().construct_mapping(node, deep)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], depth: int = 0) -> int:
+    """How many values `node` stands for once every alias is expanded (a shared node counts each time it is used)."""
+    if depth > MAX_RECIPE_DEPTH:
+        raise RecursionError
+    if id(node) in memo:
+        return memo[id(node)]
+    children = (node.value if isinstance(node, yaml.SequenceNode) else
+                [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+    size = 1
+    for child in children:
+        size += _expanded_size(child, memo, depth + 1)
+        if size > MAX_RECIPE_VALUES:
+            break
+    memo[id(node)] = size
+    return size
+
+
+def _load_yaml(text: str, path: Path) -> Any:
+    """The YAML document in `text` (safe tags only), refused when aliases expand it beyond MAX_RECIPE_VALUES."""
+    loader = _RecipeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_RECIPE_VALUES:
+            raise RecipeError(f"{path}: expands to more than {MAX_RECIPE_VALUES:,} values (YAML anchors and aliases "
+                              "repeated within each other: an alias bomb?); a recipe has a few hundred. Write the "
+                              "values out instead of nesting aliases.")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file (YAML, safe_load only)."""
     path = Path(path)
@@ -474,7 +540,9 @@ def load_recipe(path: str | Path) -> Recipe:
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"Cannot read recipe file {path}: {exc}.") from None
     try:
-        obj = yaml.safe_load(text)
+        obj = _load_yaml(text, path)
+    except RecursionError:
+        raise RecipeError(f"{path} is nested too deeply to be a recipe (more than {MAX_RECIPE_DEPTH} levels).") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

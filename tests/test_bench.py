@@ -74,3 +74,16 @@ def test_interleaved_measurement_alternates_rounds_and_keeps_each_runner_apart()
     assert order == ["fast", "slow"] * 5  # five alternating rounds
     assert [s["runs"] for s in stats] == [10, 10] and fast.calls == slow.calls == 15  # 2 timed + 1 warm-up a round
     assert 2.0 <= stats[1]["p50"] / stats[0]["p50"] <= 4.0
+
+
+def test_the_probes_peak_rss_is_its_own_not_its_large_parents():
+    # ru_maxrss survives fork and exec: a probe started by a 600 MB process (a build, this test run) reported 600 MB.
+    import subprocess
+    import sys
+
+    ballast = np.ones(600_000_000 // 8)
+    ballast += 1  # touched, so it is resident
+    script = "from edgetl.bench.probe import peak_rss_mb; print(peak_rss_mb())"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert 5 < float(result.stdout) < 200, result.stdout  # a bare Python with edgetl.bench.probe imported
+    del ballast

@@ -179,7 +179,7 @@ def test_bad_files_and_options_are_clear_errors(tmp_path, models):
         ([str(garbage)], 2, "could not be loaded by onnxruntime"),
         ([str(tmp_path / "missing.tflite")], 2, "does not exist"),
         ([str(tmp_path / "notes.txt")], 2, "unknown model file type"),
-        ([str(models[1]["onnx"]), "--threads", "0"], 2, "thread counts must be positive"),
+        ([str(models[1]["onnx"]), "--threads", "0"], 2, "thread counts must be whole numbers from 1 to 1024"),
         ([str(models[1]["onnx"]), "--max-regression", "ten"], 2, "is not a percentage"),
         ([str(models[1]["onnx"]), "--warmup", "soon"], 2, "give a count or 'auto'"),
     ]:

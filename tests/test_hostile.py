@@ -13,20 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from click.testing import CliRunner
 from PIL import Image
 
 from conftest import make_image_folder, tiny_recipe
-from edgetl.cli import main
-
-
-def edgetl(*args) -> tuple[int, str]:
-    """Run the CLI in-process; an exception escaping it (a traceback for a user) fails the test."""
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"uncaught {type(result.exception).__name__}: {result.exception}\n{result.output}")
-    assert "Traceback" not in result.output
-    return result.exit_code, result.output
+from conftest import run_cli as edgetl
 
 
 @pytest.fixture
@@ -238,3 +228,205 @@ def test_a_loader_worker_killed_mid_epoch_is_one_clear_error(tmp_path, dataset, 
     cfg = TrainSection(epochs=1, batch_size=3, warmup_epochs=0, probe_epochs=0)
     with pytest.raises(DataError, match="data loader worker process died.*data.workers to 0"):
         train.fine_tune(created, samples, np.zeros((2, 3, 32, 32), np.float32), np.zeros(2, int), cfg, workers=2)
+
+
+# --- issue 19: resource exhaustion and the tracebacks that were left ----------------------------------------------
+
+def _alias_bomb(levels: int) -> str:
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\nname: *l{levels - 1}\ndata: {{dataset: x}}\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_at_load_with_a_short_message(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(_alias_bomb(7))  # 9^7 = 4.8 million values from 300 bytes; the message was 34.7 MB
+    assert path.stat().st_size < 400
+    code, out = edgetl("check", path)
+    assert code == 2 and "recipe.yaml" in out and "alias" in out and len(out) < 1000, out[:2000]
+
+
+def test_an_echoed_bad_value_is_cut_short(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("name: x\ndata: {dataset: x}\ntrain: {epochs: [" + ", ".join(["many"] * 3000) + "]}\n")
+    code, out = edgetl("check", path)
+    assert code == 2 and "train.epochs" in out and len(out) < 1000, out[:2000]
+
+
+def test_a_deeply_nested_recipe_value_is_refused(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("name: x\ndata: {dataset: x}\ntrain: " + "[" * 3000 + "]" * 3000 + "\n")
+    code, out = edgetl("check", path)
+    assert code == 2 and "recipe.yaml" in out and "nested too deeply" in out, out
+
+
+def test_a_key_given_twice_names_the_key_and_both_lines(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("name: x\ntrain: {epochs: 2}\ndata: {dataset: x}\ntrain: {epochs: 9}\n")
+    code, out = edgetl("check", path)
+    assert code == 2 and "recipe.yaml" in out and "'train' is given twice, at lines 2 and 4" in out, out
+
+
+def test_a_very_thin_image_is_a_bad_image_not_gigabytes(tmp_path, dataset):
+    Image.new("RGB", (1, 10000)).save(dataset / "train" / "red" / "strip.png")  # 125 bytes; resized: 2.7 GB
+    code, out = check(tmp_path, dataset)
+    assert code == 2 and "strip.png" in out and "50:1" in out, out
+    code, out = check(tmp_path, dataset, data={"skip_bad_images": True})
+    assert code == 0 and "1 bad images skipped" in out, out
+
+
+def test_the_device_copy_refuses_a_very_thin_image_too(tmp_path, run_dir, images):
+    import subprocess
+    import sys
+
+    from edgetl.bundle import make_bundle
+
+    Image.new("RGB", (5000, 1)).save(tmp_path / "strip.png")
+    bundle = make_bundle(run_dir, "onnx", "int8", tmp_path / "b").folder
+    result = subprocess.run([sys.executable, "-m", "edgetl_runner", "predict", str(tmp_path / "strip.png")],
+                            cwd=bundle, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "strip.png" in result.stderr and "50:1" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_weights_that_are_a_text_file_are_a_weights_error(tmp_path, dataset):
+    (tmp_path / "hello.pth").write_text("hello")
+    code, out = check(tmp_path, dataset, model={"weights": str(tmp_path / "hello.pth")})
+    assert code == 2 and "hello.pth" in out and "model.weights" in out, out
+
+
+def test_thread_counts_are_bounded_when_checked(tmp_path, dataset, run_dir):
+    code, out = check(tmp_path, dataset, bench={"threads": [100000000000]})
+    assert code == 2 and "bench.threads" in out, out
+    code, out = edgetl("bench", next(run_dir.rglob("*.onnx")), "-n", 2, "-t", "100000000000")
+    assert code == 2 and "thread counts" in out, out
+
+
+def _onnx_model(path: Path, inputs: dict[str, int]) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    values = [helper.make_tensor_value_info(name, dtype, [1, 3, 8, 8] if dtype == TensorProto.FLOAT else [1])
+              for name, dtype in inputs.items()]
+    out = helper.make_tensor_value_info("y", list(inputs.values())[0], None)
+    node = helper.make_node("Identity", [next(iter(inputs))], ["y"])
+    onnx.save(helper.make_model(helper.make_graph([node], "g", values, [out]),
+                                opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize(("inputs", "says"), [({"text": 8}, "string"),  # TensorProto.STRING
+                                              ({"a": 1, "b": 1}, "2 inputs (a, b)")])
+def test_bench_refuses_a_model_it_cannot_feed(tmp_path, inputs, says):
+    model = _onnx_model(tmp_path / "odd.onnx", inputs)
+    code, out = edgetl("bench", model, "-n", 2, "--no-cold-start")
+    assert code == 2 and "odd.onnx" in out and says in out, out
+
+
+def test_a_stage_that_must_rerun_in_a_read_only_run_dir_is_a_storage_error(tmp_path, dataset):
+    import subprocess
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(dataset, train={"epochs": 1})))
+    assert edgetl("build", recipe, "--out", tmp_path / "run", "-q")[0] == 0
+    recipe.write_text(yaml.safe_dump(tiny_recipe(dataset, train={"epochs": 1}, bench={"min_runs": 6})))
+    if os.geteuid() == 0:  # root ignores permission bits: a read-only bind mount is what a read-only disk is
+        mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(tmp_path / "run"), str(tmp_path / "run")],
+                                 capture_output=True, text=True)
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot make a read-only mount here: {mounted.stderr.strip()}")
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(tmp_path / "run")], check=True)
+    else:
+        for folder in [tmp_path / "run", *(p for p in (tmp_path / "run").rglob("*") if p.is_dir())]:
+            folder.chmod(0o555)
+    try:
+        code, out = edgetl("build", recipe, "--out", tmp_path / "run", "-q")
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(tmp_path / "run")], check=True)
+        else:
+            for folder in [tmp_path / "run", *(p for p in (tmp_path / "run").rglob("*") if p.is_dir())]:
+                folder.chmod(0o755)
+    assert code == 1 and "storage error" in out and "bench" in out and "read-only" in out, out
+
+
+@pytest.fixture
+def run_copy(run_dir, tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run_dir, tmp_path / "run"))
+
+
+def _edit_json(path: Path, edit) -> None:
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+
+
+@pytest.mark.parametrize(("file", "edit", "says"), [
+    ("model.json", lambda m: "not json {", "model.json"),
+    ("model.json", lambda m: [], "a JSON object is expected"),
+    ("model.json", lambda m: m | {"labels": [1, 2, 3]}, "`labels` must be a non-empty list of strings"),
+    ("summary.json", lambda s: [], "a JSON object is expected"),
+    ("summary.json", lambda s: s | {"artifacts": ["onnx_int8"]}, "artifacts[0] must be an object"),
+])
+def test_bundle_of_a_damaged_run_is_one_message(run_copy, tmp_path, file, edit, says):
+    path = run_copy / "export" / "onnx_int8" / "model.json" if file == "model.json" else run_copy / "summary.json"
+    if file == "model.json":  # the build recorded this file's hash: re-record it, so only its content is at fault
+        text = edit(json.loads(path.read_text()))
+        path.write_text(text if isinstance(text, str) else json.dumps(text))
+        from edgetl.fsutil import sha256_file
+
+        _edit_json(run_copy / "summary.json", lambda s: {**s, "artifacts": [
+            {**a, "files_sha256": {**a["files_sha256"], "export/onnx_int8/model.json": sha256_file(path)}}
+            if a["name"] == "onnx_int8" else a for a in s["artifacts"]]})
+    else:
+        _edit_json(path, edit)
+    code, out = edgetl("bundle", run_copy, "--format", "onnx", "--precision", "int8", "-o", tmp_path / "b")
+    assert code == 2 and says in out, out
+
+
+@pytest.mark.parametrize(("edit", "says"), [
+    (lambda s: s | {"artifacts": [7]}, "artifacts[0] must be an object"),
+    (lambda s: s | {"artifacts": [{**s["artifacts"][0], "val_accuracy": "96%"}]}, "artifacts[0].val_accuracy"),
+    (lambda s: s | {"artifacts": [{**s["artifacts"][0], "latency_by_threads": {"1": {"p50": "fast"}}}]},
+     "latency_by_threads.1.p50"),
+    (lambda s: s | {"artifacts": [{**s["artifacts"][0], "latency_ms": [1, 2]}]}, "artifacts[0].latency_ms"),
+    (lambda s: s | {"model": {"val_accuracy": "high"}}, "model.val_accuracy"),
+])
+@pytest.mark.parametrize("command", ["report", "compare"])
+def test_report_and_compare_of_a_damaged_summary_are_one_message(run_copy, command, edit, says):
+    _edit_json(run_copy / "summary.json", edit)
+    code, out = edgetl(command, run_copy, *([run_copy] if command == "compare" else []))
+    assert code == 2 and "summary.json" in out and says in out, out
+
+
+def test_a_tar_whose_links_escape_once_resolved_is_called_malicious(tmp_path, monkeypatch):
+    import tarfile
+
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tf:
+        for name, target in (("train/up", ".."), ("train/up/out", "..")):  # train/up/out -> ../.. once resolved
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tf.addfile(info)
+    monkeypatch.setenv("EDGETL_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "recipe.yaml"
+    recipe = tiny_recipe(tmp_path, data={"dataset": "evil", "url": archive.as_uri()})
+    del recipe["data"]["path"]
+    path.write_text(yaml.safe_dump(recipe))
+    code, out = edgetl("check", path)
+    assert code == 2 and "may be malicious" in out and "corrupt" not in out, out
+
+
+def test_an_output_file_in_a_missing_folder_is_refused_not_created(tmp_path, run_dir):
+    missing = tmp_path / "no" / "such" / "dir"
+    code, out = edgetl("compare", run_dir, run_dir, "--json", missing / "x.json")
+    assert code == 2 and "does not exist" in out, out
+    code, out = edgetl("bench", next(run_dir.rglob("*.onnx")), "-n", 2, "--json", missing / "x.json")
+    assert code == 2 and "does not exist" in out, out
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("url", ["ssh://", "http://host", "ssh://host:99999", "ssh://[::1", "ssh://host/path"])
+def test_a_malformed_device_url_is_bad_input(url, run_dir):
+    code, out = edgetl("bench", next(run_dir.rglob("*.onnx")), "-n", 2, "--device", url)
+    assert code == 2 and "device address error" in out, out

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from edgetl.errors import DeviceError
+from edgetl.errors import DeviceAddressError, DeviceError
 
 CONNECT_TIMEOUT_S = 10
 # What ssh prints when an established connection goes away (sshd killed, network down, keep-alives unanswered).
@@ -36,13 +36,17 @@ class Device:
 
     @classmethod
     def parse(cls, url: str, python: str = "python3", ssh_config: Path | None = None, name: str | None = None) -> Device:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            parts.hostname  # noqa: B018  (parses the host: an unclosed [IPv6 bracket raises here)
+        except ValueError as exc:
+            raise DeviceAddressError(f"device '{url[:200]}': not a URL ({exc}); expected ssh://[user@]host[:port].") from None
         if parts.scheme != "ssh" or not parts.hostname or parts.path not in ("", "/") or parts.query:
-            raise DeviceError(f"device '{url}': expected ssh://[user@]host[:port].")
+            raise DeviceAddressError(f"device '{url[:200]}': expected ssh://[user@]host[:port].")
         try:
             port = parts.port
         except ValueError:
-            raise DeviceError(f"device '{url}': the port is not a number.") from None
+            raise DeviceAddressError(f"device '{url[:200]}': the port is not a number from 0 to 65535.") from None
         return cls(url, parts.hostname, parts.username, port, python, ssh_config, name or url)
 
     def ssh_args(self) -> list[str]:
@@ -158,17 +162,17 @@ def load_devices(path: Path, ssh_config: Path | None = None) -> list[Device]:
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
-        raise DeviceError(f"{path}: cannot read the devices file ({exc}).") from None
+        raise DeviceAddressError(f"{path}: cannot read the devices file ({exc}).") from None
     entries = data.get("devices") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not entries:
-        raise DeviceError(f"{path}: expected `devices:` with a list of {{name, url}} entries.")
+        raise DeviceAddressError(f"{path}: expected `devices:` with a list of {{name, url}} entries.")
     devices = []
     for number, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
-            raise DeviceError(f"{path}: devices[{number}].url must be an ssh://[user@]host[:port] string.")
+            raise DeviceAddressError(f"{path}: devices[{number}].url must be an ssh://[user@]host[:port] string.")
         unknown = set(entry) - {"name", "url", "python", "ssh_config"}
         if unknown:
-            raise DeviceError(f"{path}: devices[{number}] has unknown keys {sorted(unknown)} "
+            raise DeviceAddressError(f"{path}: devices[{number}] has unknown keys {sorted(unknown)} "
                               "(valid: name, url, python, ssh_config).")
         config = Path(entry["ssh_config"]) if entry.get("ssh_config") else ssh_config
         devices.append(Device.parse(entry["url"], entry.get("python", "python3"), config, entry.get("name")))

@@ -22,6 +22,22 @@ class Runner(Protocol):
     def run(self, batch: np.ndarray) -> np.ndarray: ...
 
 
+_IMAGE_DTYPES = ("float32", "float16", "uint8", "int8")
+
+
+def check_image_input(path: Path, runtime: str, inputs: list[tuple[str, str, int]]) -> None:
+    """Refuse a model edgetl cannot feed: it runs image classifiers with one N×C×H×W (or N×H×W×C) input of float or
+    quantized integer pixels. `inputs`: (name, numpy dtype name, rank) of each model input."""
+    if len(inputs) != 1:
+        names = ", ".join(name for name, _, _ in inputs[:5]) or "none"
+        raise ModelFileError(f"{path} has {len(inputs)} inputs ({names}); edgetl runs image classifiers with one image "
+                             f"input (N×3×H×W), so {runtime} cannot be fed by it.")
+    name, dtype, rank = inputs[0]
+    if dtype not in _IMAGE_DTYPES or rank != 4:
+        raise ModelFileError(f"{path}: its input '{name}' is a rank-{rank} {dtype} tensor; edgetl runs image "
+                             "classifiers whose one input is a 4-d batch of images (float32, float16, uint8 or int8).")
+
+
 def require_runtime(fmt: Format):
     """Import a format's runtime package (or its fallback), or say clearly how to install it."""
     problems = []

@@ -8,7 +8,14 @@ import numpy as np
 
 from edgetl.errors import ModelFileError
 from edgetl.formats import FORMATS
-from edgetl.runtime import require_runtime
+from edgetl.runtime import check_image_input, require_runtime
+
+_ONNX_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
+
+
+def _onnx_dtype(onnx_type: str) -> str:
+    """onnxruntime's 'tensor(float)' as numpy's 'float32' (other types by their ONNX name)."""
+    return _ONNX_TYPES.get(onnx_type, onnx_type.removeprefix("tensor(").rstrip(")"))
 
 
 class OnnxRunner:
@@ -30,6 +37,8 @@ class OnnxRunner:
             first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise ModelFileError(f"{path} could not be loaded by onnxruntime: {first_line}.") from None
         self.path, self.threads = path, threads
+        check_image_input(path, "onnxruntime", [(i.name, _onnx_dtype(i.type), len(i.shape or ()))
+                                                for i in self.session.get_inputs()])
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         self.input_shape = tuple(d if isinstance(d, int) else None for d in model_input.shape)

@@ -8,7 +8,9 @@ import numpy as np
 
 from edgetl.errors import ModelFileError
 from edgetl.formats import FORMATS
-from edgetl.runtime import require_runtime
+from edgetl.runtime import check_image_input, require_runtime
+
+_OV_TYPES = {"f32": "float32", "f16": "float16", "u8": "uint8", "i8": "int8"}
 
 
 class OpenVinoRunner:
@@ -30,6 +32,14 @@ class OpenVinoRunner:
         self.path, self.threads = path, threads
         try:
             self.model = self.core.read_model(str(path))
+            inputs = [(i.get_any_name() if i.get_names() else "?", _OV_TYPES.get(i.get_element_type().get_type_name(),
+                       i.get_element_type().get_type_name()), i.get_partial_shape().rank.get_length()
+                       if i.get_partial_shape().rank.is_static else -1) for i in self.model.inputs]
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own for bad files
+            first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise ModelFileError(f"{path} could not be loaded by OpenVINO: {first_line}.") from None
+        check_image_input(path, "OpenVINO", inputs)
+        try:
             shape = self.model.inputs[0].get_partial_shape()
             self.input_shape = tuple(d.get_length() if d.is_static else None for d in shape)
             self._requests: dict[int, object] = {}

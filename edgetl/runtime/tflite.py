@@ -8,7 +8,7 @@ import numpy as np
 
 from edgetl.errors import ModelFileError
 from edgetl.formats import FORMATS
-from edgetl.runtime import require_runtime
+from edgetl.runtime import check_image_input, require_runtime
 
 
 class TfliteRunner:
@@ -27,6 +27,8 @@ class TfliteRunner:
             first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise ModelFileError(f"{path} could not be loaded by the TFLite interpreter: {first_line}.") from None
         self.path, self.threads = path, threads
+        check_image_input(path, "the TFLite interpreter", [(d["name"], np.dtype(d["dtype"]).name, len(d["shape"]))
+                                                           for d in self.interpreter.get_input_details()])
         details = self.interpreter.get_input_details()[0]
         shape = [int(d) for d in details["shape"]]
         # NHWC when the last axis holds the 3 colour channels and the second does not.
