@@ -3,6 +3,7 @@ requirements, in a folder (and optionally a zip) to copy to a Raspberry Pi or an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -42,13 +43,19 @@ def _artifact(run_dir: Path, fmt: str, precision: str) -> tuple[dict, Path]:
     """The run's `fmt`_`precision` artifact entry (checked) and its summary.json's path."""
     summary = read_summary(run_dir, BundleError)
     summary_file = run_dir / "summary.json"
-    if summary.get("status") != "ok":
+    status, wanted = summary.get("status"), f"{fmt}_{precision}"
+    over_budget = status == "failed: accuracy budget"  # every file was verified; some lost too much accuracy
+    if status != "ok" and not over_budget:
         raise BundleError(f"{summary_file}: the last build of this run did not finish (status: "
-                          f"{str(summary.get('status'))[:100]!r}); its files may not be the ones it verified. Fix what "
-                          "its error says and build again, then bundle.")
-    wanted = f"{fmt}_{precision}"
+                          f"{str(status)[:100]!r}); its files may not be the ones it verified. Fix what its error says "
+                          "and build again, then bundle.")
     for artifact in summary["artifacts"]:
         if artifact["name"] == wanted:
+            budget = (summary.get("budget") or {}).get("max_accuracy_drop_pp")
+            if over_budget and (budget is None or (artifact.get("accuracy_drop_pp") or 0) > budget):
+                raise BundleError(f"{summary_file}: {wanted} lost {artifact.get('accuracy_drop_pp')} pp of val "
+                                  f"accuracy, more than verify.max_accuracy_drop_pp ({budget}); the build failed on "
+                                  "it. Bundle an artifact within the budget, or change the recipe and build again.")
             return artifact, summary_file
     available = ", ".join(a["name"] for a in summary["artifacts"]) or "none"
     raise BundleError(f"{run_dir} has no {wanted} artifact (it has: {available}). Add '{fmt}' to export.formats and "
@@ -71,22 +78,20 @@ def _expected_hashes(run_dir: Path, artifact: dict, summary_file: Path) -> dict[
     if not recorded:
         raise BundleError(f"{summary_file}: artifact {artifact['name']} records no sha256, so its files cannot be "
                           "checked against what the build verified. Build the recipe again.")
-    return {_inside_run(run_dir, rel, summary_file, f"artifact {artifact['name']} file"): digest
+    return {_inside_run(run_dir, rel, summary_file, f"artifact {artifact['name']} file").absolute(): digest
             for rel, digest in recorded.items()}
 
 
-def _check_hashes(expected: dict[Path, str], copies: dict[Path, Path], summary_file: Path) -> None:
-    for source, digest in expected.items():
-        copy = copies.get(source.resolve(), source)
-        if sha256_file(copy) != digest:
-            raise BundleError(f"{source} is not the file the build verified: its sha256 differs from the one in "
-                              f"{summary_file} (changed or truncated since). Build the recipe again; nothing was "
-                              "bundled.")
+def _check_hash(source: Path, actual: str, expected: dict[Path, str], summary_file: Path) -> None:
+    """`actual` (the sha256 of what will ship from `source`) is the one the build recorded."""
+    if expected.get(source.absolute()) not in (None, actual):
+        raise BundleError(f"{source} is not the file the build verified: its sha256 differs from the one in "
+                          f"{summary_file} (changed or truncated since). Build the recipe again; nothing was bundled.")
 
 
-def _json_object(path: Path, error: type[EdgetlError]) -> dict:
+def _json_object(path: Path, error: type[EdgetlError], text: bytes | None = None) -> dict:
     try:
-        meta = json.loads(Path(path).read_text(encoding="utf-8"))
+        meta = json.loads(text if text is not None else Path(path).read_bytes())
     except (OSError, ValueError, RecursionError) as exc:
         raise error(f"{path}: cannot read it as JSON ({str(exc)[:200]}).") from None
     if not isinstance(meta, dict):
@@ -94,9 +99,10 @@ def _json_object(path: Path, error: type[EdgetlError]) -> dict:
     return meta
 
 
-def read_model_json(path: Path, error: type[EdgetlError] = BundleError) -> dict:
-    """A model.json, checked for what a device needs (labels, preprocessing, file), or `error` naming the field."""
-    meta = _json_object(path, error)
+def read_model_json(path: Path, error: type[EdgetlError] = BundleError, text: bytes | None = None) -> dict:
+    """A model.json (its bytes `text` when already read), checked for what a device needs (labels, preprocessing),
+    or `error` naming the field."""
+    meta = _json_object(path, error, text)
     labels = meta.get("labels")
     if not (isinstance(labels, list) and labels and all(isinstance(label, str) for label in labels)):
         raise error(f"{path}: `labels` must be a non-empty list of strings, got {str(labels)[:100]!r}.")
@@ -143,11 +149,14 @@ Run these from this folder (or pass `--bundle PATH`). Made by edgetl {__version_
 """
 
 
+def _is_bundle_file(name: str) -> bool:
+    return name in ("model.json", "requirements.txt", "README.md", PACKAGE) or name.startswith("model.")
+
+
 def _is_old_bundle(folder: Path) -> bool:
     """A bundle an edgetl without markers wrote: nothing in it but a bundle's files."""
     names = {e.name for e in folder.iterdir()}
-    return {"model.json", PACKAGE} <= names and all(
-        n in ("model.json", "requirements.txt", "README.md", PACKAGE) or n.startswith("model.") for n in names)
+    return {"model.json", PACKAGE} <= names and all(_is_bundle_file(n) for n in names)
 
 
 def _check_zip_target(archive: Path) -> None:
@@ -164,30 +173,54 @@ def _check_zip_target(archive: Path) -> None:
                           "replace it. Move it away or give another --out.")
 
 
+def _check_own_bundle(out: Path) -> None:
+    """An earlier bundle at `out` is replaced whole: refuse when it holds anything edgetl did not write into it."""
+    marker = out / BUNDLE_MARKER
+    if not marker.is_file():
+        return
+    try:
+        written = set(json.loads(marker.read_text(encoding="utf-8")).get("files") or ())
+    except (OSError, ValueError, AttributeError):
+        written = set()
+    extra = sorted(e.name for e in out.iterdir() if e.name not in written | {BUNDLE_MARKER}
+                   and not (not written and _is_bundle_file(e.name)))
+    if extra:
+        raise OutputError(f"{out} (--out) is an earlier bundle, but holds files edgetl did not write: "
+                          f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}. Replacing the bundle would delete "
+                          "them: move them out, or give another --out.")
+
+
 def make_bundle(run_dir: Path, fmt: str, precision: str, out: Path, zip_file: bool = False) -> Bundle:
     """Write the `fmt`/`precision` artifact of `run_dir` as a deploy bundle folder `out`.
 
-    `out` may be new, empty, or an earlier bundle (it carries the bundle marker); it is replaced only once the new
-    bundle is complete. Every file is checked against the sha256 the build recorded for it."""
-    run_dir, out = Path(run_dir), Path(out)
+    `out` may be new, empty, or an earlier bundle (it carries the bundle marker, and nothing else was put in it); it
+    is replaced only once the new bundle is complete. Every file is checked against the sha256 the build recorded."""
+    run_dir, out = Path(run_dir), Path(out).resolve()
     if fmt not in FORMATS:
         raise BundleError(f"unknown format '{fmt}'; edgetl bundles {', '.join(FORMATS)}.")
     artifact, summary_file = _artifact(run_dir, fmt, precision)
-    out = out.resolve() if out.is_symlink() else out
-    if out.resolve() == run_dir.resolve() or out.resolve() in run_dir.resolve().parents:
+    if out == run_dir.resolve() or out in run_dir.resolve().parents:
         raise OutputError(f"{out} (--out) is or holds the run directory {run_dir}; the bundle would replace the run. "
                           "Give a new folder, e.g. --out pi-bundle.")
-    refuse_unmarked(out, BUNDLE_MARKER, "a deploy bundle", "--out", adopt=_is_old_bundle)
-    if zip_file:
-        _check_zip_target(out.with_suffix(".zip"))
+    refuse_unmarked(out, BUNDLE_MARKER, "a deploy bundle", "--out", adopt=_is_old_bundle, mark_now=False)
+    _check_own_bundle(out)
+    archive = out.with_suffix(".zip") if zip_file else None
+    if archive is not None:
+        _check_zip_target(archive)
     model_path = _inside_run(run_dir, artifact["path"], summary_file, f"artifact {artifact['name']} path")
     expected = _expected_hashes(run_dir, artifact, summary_file)
     sources = FORMATS[fmt].files(model_path)
     meta_path = model_path.parent / "model.json"
     for source in [*sources, meta_path]:
+        _inside_run(run_dir, str(source.relative_to(run_dir)), summary_file, f"artifact {artifact['name']} file")
         if not source.is_file():
             raise BundleError(f"{source} is missing from the run directory; build the recipe again.")
-    meta = read_model_json(meta_path)
+        if artifact.get("files_sha256") and source.absolute() not in expected:
+            raise BundleError(f"{summary_file}: artifact {artifact['name']} records no sha256 for {source}; build "
+                              "the recipe again.")
+    meta_bytes = meta_path.read_bytes()
+    _check_hash(meta_path, hashlib.sha256(meta_bytes).hexdigest(), expected, summary_file)
+    meta = read_model_json(meta_path, text=meta_bytes)  # the very bytes whose hash was checked
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         scratch_dir = tempfile.mkdtemp(prefix=".edgetl-bundle-", dir=out.parent)
@@ -196,26 +229,23 @@ def make_bundle(run_dir: Path, fmt: str, precision: str, out: Path, zip_file: bo
     try:
         staging = Path(scratch_dir) / "bundle"
         staging.mkdir()
-        files, copies = [], {}
+        files = []
         for source in sources:
-            shutil.copyfile(source, staging / f"model{source.suffix}")
-            copies[source.resolve()] = staging / f"model{source.suffix}"
-            files.append(f"model{source.suffix}")
-        copies[meta_path.resolve()] = meta_path
-        _check_hashes(expected, copies, summary_file)  # the copies are what ships: check them, not the originals
+            copy = staging / f"model{source.suffix}"
+            shutil.copyfile(source, copy)
+            _check_hash(source, sha256_file(copy), expected, summary_file)  # the copy is what ships: check it
+            files.append(copy.name)
         meta |= {"file": f"model{model_path.suffix}", "files": files, "edgetl_version": __version__}
         (staging / "model.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         requirement = DEVICE_RUNTIME[fmt]
         (staging / "requirements.txt").write_text(f"numpy>=1.21\nPillow>=9\n{requirement}\n", encoding="utf-8")
         (staging / "README.md").write_text(_readme(meta, requirement), encoding="utf-8")
         files += ["model.json", "requirements.txt", "README.md", *vendor_runner(staging)]
-        mark(staging, BUNDLE_MARKER)
-        archive = None
-        if zip_file:
-            made = shutil.make_archive(str(Path(scratch_dir) / out.name), "zip", root_dir=staging)
-            archive = out.with_suffix(".zip")
-            Path(made).replace(archive)
+        mark(staging, BUNDLE_MARKER, files=sorted({f.split("/")[0] for f in files}))
+        made = shutil.make_archive(str(Path(scratch_dir) / out.name), "zip", root_dir=staging) if archive else None
         swap_in(staging, out)
+        if made:
+            Path(made).replace(archive)  # after the folder: a failure before leaves the old zip with the old folder
     except OSError as exc:
         raise StorageError(f"Cannot write the bundle {out}: {exc.strerror or exc}. Nothing was replaced; free space "
                            "or choose another --out.") from None

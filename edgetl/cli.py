@@ -11,6 +11,7 @@ import click
 
 from edgetl import __version__
 from edgetl.errors import EdgetlError
+from edgetl.limits import MAX_THREADS
 
 
 def _handle_errors(command):
@@ -35,7 +36,8 @@ def main() -> None:
     """Fine-tune vision backbones on your images; export, verify and benchmark them for edge devices.
 
     \b
-    Exit codes: 0 ok, 2 bad recipe/data/weights/model file, 1 other failures, 130 interrupted.
+    Exit codes: 0 ok, 2 bad recipe/data/weights/model file, an output folder edgetl may not write or a malformed
+    device address, 1 other failures, 130 interrupted.
     Offline lookup: $TORCH_HOME/hub/checkpoints for weights, $EDGETL_CACHE/datasets for datasets.
     """
 
@@ -143,8 +145,6 @@ def _threads(values: tuple[str, ...]) -> tuple[int, ...]:
         threads = tuple(int(v) for value in values for v in value.split(",") if v.strip())
     except ValueError:
         raise click.BadParameter(f"{','.join(values)!r}: give thread counts like 1,2,4") from None
-    from edgetl.recipe import MAX_THREADS
-
     if not threads or min(threads) < 1 or max(threads) > MAX_THREADS:
         raise click.BadParameter(f"thread counts must be whole numbers from 1 to {MAX_THREADS}")
     return threads
@@ -341,7 +341,7 @@ def _stdout_console():
 @click.option("--format", "fmt", default="tflite", show_default=True, help="Artifact format (onnx, openvino, tflite).")
 @click.option("--precision", default="int8", show_default=True, help="Artifact precision (fp32, fp16, int8).")
 @click.option("--out", "-o", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="Bundle folder to write (replaced).")
+              help="Bundle folder to write: new, empty, or an earlier bundle (replaced once the new one is complete).")
 @click.option("--zip", "zip_file", is_flag=True, help="Also write OUT.zip.")
 @_handle_errors
 def bundle(run_dir: Path, fmt: str, precision: str, out: Path, zip_file: bool) -> None:
@@ -374,7 +374,7 @@ def _devices(device: tuple[str, ...], devices_file: Path | None, python: str, ss
 @click.option("--images", multiple=True, type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Images to classify on the device.")
 @click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True, help="Timed runs on the device.")
-@click.option("--threads", "-t", type=click.IntRange(1, 1024), default=1, show_default=True)
+@click.option("--threads", "-t", type=click.IntRange(1, MAX_THREADS), default=1, show_default=True)
 @click.option("--install", is_flag=True, help="pip-install the bundle's requirements on the device when missing.")
 @click.option("--python", default="python3", show_default=True, help="The Python to use on the device.")
 @click.option("--ssh-config", type=click.Path(path_type=Path, dir_okay=False), help="An ssh_config file to use.")

@@ -474,6 +474,9 @@ def _install_archive(archive: Path, target: Path) -> None:
         swap_in(_dataset_root(tmp), target)
     except OSError as exc:
         raise _extract_os_error(archive, target, exc) from exc
+    except StorageError as exc:  # swap_in's words name an output folder; this one is the dataset cache
+        raise StorageError(f"Cannot put the dataset extracted from {archive} in {target}: {exc}. Point EDGETL_CACHE "
+                           "at a writable folder with room and run again.") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # already gone unless the archive had a wrapper folder or failed
 
@@ -558,7 +561,10 @@ def _extract_tar(archive: Path, dest: Path) -> None:
         if hasattr(tarfile, "data_filter"):
             # filter="data" is the stdlib's own guard (also strips setuid bits) on top of ours
             tf.extractall(dest, filter="data")
-        else:  # Python 3.11.0-3.11.3 predate extraction filters; the checks above still apply
+        else:  # Python 3.11.0-3.11.3 predate extraction filters, and a chain of links can escape a name-by-name check
+            if any(m.issym() or m.islnk() for m in tf.getmembers()):
+                raise _unsafe_member(archive, next(m.name for m in tf.getmembers() if m.issym() or m.islnk()),
+                                     "is a link, which this Python (before 3.11.4) cannot extract safely")
             tf.extractall(dest)
 
 

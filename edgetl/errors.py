@@ -69,7 +69,7 @@ class DeviceError(EdgetlError):
 
 
 class DeviceAddressError(DeviceError):
-    """A device address (--device URL, a devices.yaml entry) is malformed: bad input, not a failing device."""
+    """A device address (--device URL) or devices.yaml is malformed or unreadable: bad input, not a failing device."""
 
     exit_code = 2
     kind = "device address error"

@@ -99,6 +99,7 @@ def sha256_json(obj: Any) -> str:
 def swap_in(src: Path, dst: Path) -> None:
     """Move a complete folder `src` onto `dst`. An old `dst` (the caller has checked it is edgetl's own) is moved
     aside first and deleted only once `src` is in its place, so a failure leaves the old folder or the new one."""
+    src, dst = Path(src).absolute(), Path(dst).absolute()
     aside = None
     try:
         if dst.exists() or dst.is_symlink():
@@ -125,17 +126,24 @@ def is_marked(folder: Path, marker: str) -> bool:
     return (Path(folder) / marker).is_file()
 
 
-def mark(folder: Path, marker: str) -> None:
-    """Write `marker` into `folder`: from now on the folder is edgetl's to replace and clean."""
+def mark(folder: Path, marker: str, **fields: Any) -> None:
+    """Write `marker` (with `fields`) into `folder`: from now on the folder is edgetl's to replace and clean."""
     from edgetl import __version__
 
     write_json(Path(folder) / marker, {"made_by": "edgetl", "kind": marker.removeprefix(".edgetl-"),
-                                       "edgetl_version": __version__})
+                                       "edgetl_version": __version__, **fields})
 
 
-def refuse_unmarked(folder: Path, marker: str, what: str, option: str, adopt=None) -> None:
+def changed_files(root: Path, hashes: dict[str, str]) -> list[str]:
+    """Which of `hashes` ({path relative to root: sha256}) are missing under `root` or have other content."""
+    return [rel for rel, digest in hashes.items()
+            if not (Path(root) / rel).is_file() or sha256_file(Path(root) / rel) != digest]
+
+
+def refuse_unmarked(folder: Path, marker: str, what: str, option: str, adopt=None, mark_now: bool = True) -> None:
     """Raise OutputError unless `folder` may be written as edgetl's `what`: it does not exist, is empty, carries
-    `marker`, or `adopt(folder)` recognises it as edgetl's own from before markers (then it is marked now)."""
+    `marker`, or `adopt(folder)` recognises it as edgetl's own from before markers. `mark_now`: an empty or adopted
+    folder gets the marker at once (a run directory, written in place; a bundle is marked when it is swapped in)."""
     from edgetl.errors import OutputError
 
     folder = Path(folder)
@@ -151,7 +159,8 @@ def refuse_unmarked(folder: Path, marker: str, what: str, option: str, adopt=Non
     except OSError as exc:
         raise _storage_error(folder, exc) from exc
     if empty or (adopt is not None and adopt(folder)):
-        mark(folder, marker)
+        if mark_now:
+            mark(folder, marker)
         return
     raise OutputError(f"{folder} ({option}) already exists and is not {what} made by edgetl (it has no {marker} "
                       "marker file), so edgetl will not write into it: it could hold your own files. Give a new or "

@@ -85,7 +85,8 @@ def _check_pixel_limit(im: Image.Image) -> None:
     more than MAX_ASPECT_RATIO times as long as they are wide."""
     if max(im.size) > MAX_ASPECT_RATIO * max(1, min(im.size)):
         raise _BadImageError(f"{im.width}x{im.height} pixels is more than {MAX_ASPECT_RATIO}:1, not a photo edgetl can "
-                             "resize and crop (resizing its shorter side would take gigabytes)")
+                             "resize and crop (its shorter side resized to the model's input would make a strip over "
+                             f"{MAX_ASPECT_RATIO} times as long)")
     # Pillow itself only raises above twice the limit and merely warns above it; catching that warning would need
     # warnings.catch_warnings, which is not thread-safe, so the limit is enforced here instead.
     limit = Image.MAX_IMAGE_PIXELS

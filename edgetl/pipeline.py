@@ -17,10 +17,19 @@ from typing import Any
 import numpy as np
 
 from edgetl import __version__
-from edgetl.errors import AccuracyBudgetError, ParityError, RecipeError, StorageError
+from edgetl.errors import (
+    AccuracyBudgetError,
+    EdgetlError,
+    ExportError,
+    ModelFileError,
+    ParityError,
+    RecipeError,
+    StorageError,
+)
 from edgetl.fsutil import (
     RUN_MARKER,
     atomic_path,
+    changed_files,
     check_apart,
     is_marked,
     mark,
@@ -83,21 +92,21 @@ class RunDir:
         key = sha256_json({"stage": name, "inputs": inputs, "edgetl": __version__})
         folder = self.root / name
         number = self.stages.index(name) + 1
+        _finish_swap(self.root, name)
         saved = _read_marker(folder / "stage.json")
         if saved is not None and saved.get("key") == key and self._intact(saved):
             self.reporter.info(f"[{number}/{len(self.stages)}] {name}: unchanged, reused")
             self.timings[name] = {"cached": True, "seconds": saved.get("seconds", 0.0)}
             return saved["record"]
         self.reporter.info(f"[{number}/{len(self.stages)}] {name}")
-        partial = self.root / f".{name}.partial"
+        partial, self.current = self.root / f".{name}.partial", name
         try:
             _clear(partial)
             partial.mkdir(parents=True, exist_ok=True)
+            _keep_resumable(folder, partial)
         except OSError as exc:
-            raise StorageError(f"Cannot rerun the {name} stage in {self.root}: {exc.strerror or exc} (read-only "
-                               "location?). Completed stages are kept; make the run directory writable or choose "
-                               "another output folder (--out) and run again.") from None
-        self._working[partial], self.current = folder, name
+            raise _storage_error(exc, f"Cannot run the {name} stage in {self.root}") from None
+        self._working[partial] = folder
         started = time.perf_counter()
         try:
             record = work(partial)
@@ -121,13 +130,13 @@ class RunDir:
         return record
 
     def _intact(self, saved: dict) -> bool:
-        """The record is the one written (its hash matches) and every file it lists has the content recorded."""
+        """The record is the one written (its hash matches; an older edgetl's record has none) and every file it
+        lists has the content recorded."""
         record = saved.get("record")
-        if not isinstance(record, dict) or saved.get("record_sha256") != sha256_json(record):
+        if not isinstance(record, dict) or saved.get("record_sha256", sha256_json(record)) != sha256_json(record):
             return False
         files = record.get("files", {})
-        return isinstance(files, dict) and all(
-            (self.root / rel).is_file() and sha256_file(self.root / rel) == digest for rel, digest in files.items())
+        return isinstance(files, dict) and not changed_files(self.root, files)
 
     def files_record(self, *paths: Path) -> dict[str, str]:
         """{relative path: sha256} for outputs, so reuse is checked against their content."""
@@ -141,6 +150,31 @@ def _read_marker(marker: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return saved if isinstance(saved, dict) else None
+
+
+def _storage_error(exc: OSError, what: str) -> StorageError:
+    hint = {errno.ENOSPC: "the disk is full; free space", errno.EROFS: "the location is read-only",
+            errno.EACCES: "permission denied", errno.EPERM: "permission denied"}.get(exc.errno, exc.strerror or str(exc))
+    return StorageError(f"{what}: {hint}. Completed stages are kept; fix that or choose another output folder "
+                        "(--out) and run again.")
+
+
+def _finish_swap(root: Path, name: str) -> None:
+    """Complete a swap a kill interrupted (the stage folder gone, its finished partial folder there) and remove old
+    folders that a swap moved aside."""
+    folder, partial = root / name, root / f".{name}.partial"
+    if not folder.exists() and (_read_marker(partial / "stage.json") or {}).get("stage") == name:
+        os.replace(partial, folder)
+    for aside in root.glob(f".{name}.old-*"):
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _keep_resumable(folder: Path, partial: Path) -> None:
+    """An older edgetl kept a killed stage's checkpoint in the stage folder itself: move it to where it resumes."""
+    if folder.is_dir() and not (folder / "stage.json").exists():
+        for name in _KEEP_ON_RERUN:
+            if (folder / name).is_file() and not (partial / name).exists():
+                os.replace(folder / name, partial / name)
 
 
 def _clear(partial: Path, drop: bool = False) -> None:
@@ -901,9 +935,14 @@ def _verify_stage(run: RunDir, recipe: Recipe, index, inputs_record: dict, model
         torch_accuracy = top1_accuracy(torch_logits, labels)
         results = {}
         for artifact in export_record["artifacts"]:
-            runner = load_runner(run.root / artifact["path"], threads=os.cpu_count() or 1)
-            with run.reporter.task(f"evaluating {artifact['name']} on {len(val)} val images", len(val)) as update:
-                logits = runner_logits(runner, val, update=update)
+            try:
+                runner = load_runner(run.root / artifact["path"], threads=os.cpu_count() or 1)
+                with run.reporter.task(f"evaluating {artifact['name']} on {len(val)} val images", len(val)) as update:
+                    logits = runner_logits(runner, val, update=update)
+            except ModelFileError as exc:  # a file the build itself wrote: its export is at fault, not the input
+                raise ExportError(f"{artifact['name']} was exported but its runtime cannot run it: {exc} Try "
+                                  "another export.exporter, export.opset or export.int8_format, or leave that "
+                                  "precision out.") from None
             parity_n = min(recipe.verify.parity_images, len(val))
             diff = float(np.abs(logits[:parity_n] - torch_logits[:parity_n]).max())
             acc = top1_accuracy(logits, labels)
@@ -1063,13 +1102,26 @@ _RUN_FILES = {"summary.json", "report.md", "report.html", "report", "search", "s
 
 
 def _is_old_run(folder: Path) -> bool:
-    """A run directory an edgetl without markers wrote: only edgetl's names, each stage folder with its stage.json."""
+    """A run directory an edgetl without markers wrote: only edgetl's names; each stage folder with its stage.json
+    (or, for a stage killed mid-way, only its resumable state); or a search's folder of sub-runs."""
     entries = list(folder.iterdir())
-    stage_dirs = [e for e in entries if e.name in STAGES]
-    if not stage_dirs or any(e.name not in STAGES and e.name not in _RUN_FILES and not e.name.startswith(".")
-                             for e in entries):
+    if any(e.name not in STAGES and e.name not in _RUN_FILES and not e.name.startswith(".") for e in entries):
         return False
-    return all(e.is_dir() and (_read_marker(e / "stage.json") or {}).get("stage") == e.name for e in stage_dirs)
+    stage_dirs = [e for e in entries if e.name in STAGES]
+
+    def edgetl_stage(stage: Path) -> bool:
+        if not stage.is_dir():
+            return False
+        if (_read_marker(stage / "stage.json") or {}).get("stage") == stage.name:
+            return True
+        names = {c.name for c in stage.iterdir()}
+        return bool(names & _KEEP_ON_RERUN) and all(n in _KEEP_ON_RERUN or n.endswith(".tmp") for n in names)
+
+    if stage_dirs:
+        return all(edgetl_stage(e) for e in stage_dirs)
+    search = folder / "search"
+    return search.is_dir() and (folder / "search.json").is_file() and all(
+        sub.name == "untrained" or _is_old_run(sub) for sub in search.iterdir() if sub.is_dir())
 
 
 def claim_run_dir(root: Path) -> None:
@@ -1102,6 +1154,7 @@ def build(recipe: str | Path | Recipe, out: str | Path | None = None, reporter: 
     claim_run_dir(root)
     reporter.info(f"edgetl {__version__}: building '{recipe.name}' into {root}")
     run = RunDir(root.resolve(), reporter, stage_names(recipe) if recipe.search is None else [])
+    _mark_building(run.root / "summary.json")
     try:
         if recipe.search is not None:
             from edgetl.search_build import build_search
@@ -1115,35 +1168,47 @@ def build(recipe: str | Path | Recipe, out: str | Path | None = None, reporter: 
         # A build that failed before any stage completed leaves no empty run directory behind.
         if first_created is not None and not any(first_created.glob("**/stage.json")):
             shutil.rmtree(first_created, ignore_errors=True)
-        elif isinstance(exc, Exception) and not isinstance(exc, AccuracyBudgetError):
+        elif not isinstance(exc, AccuracyBudgetError):
             _record_failure(recipe, run, exc)
         raise
 
 
-def _record_failure(recipe: Recipe, run: RunDir, exc: Exception) -> None:
+def _mark_building(summary_path: Path) -> None:
+    """Say in the last build's summary that a build is under way: a stage it swaps in may replace files that summary
+    lists, and a build killed outright (SIGKILL) cannot say so afterwards. Bundles refuse a run in this state."""
+    try:
+        summary = read_json(summary_path)
+    except (OSError, ValueError, RecursionError):
+        return
+    if isinstance(summary, dict) and summary.get("status") == "ok":
+        with contextlib.suppress(StorageError):  # a read-only run: the stage that must write says so, by name
+            write_json(summary_path, {**summary, "status": "building"})
+
+
+def _record_failure(recipe: Recipe, run: RunDir, exc: BaseException) -> None:
     """Rewrite summary.json with the build's real status: the last summary's fields, `status: failed: …` and the
     error, and only the artifacts whose files are still there as recorded. Bundles refuse such a run."""
+    from edgetl.summary import check_summary
+
     summary_path = run.root / "summary.json"
-    if not summary_path.is_file() and not any(run.root.glob("*/stage.json")):
-        return
     try:
-        previous = read_json(summary_path) if summary_path.is_file() else {}
-    except (OSError, ValueError):
-        previous = {}
-    previous = previous if isinstance(previous, dict) else {}
-    kept = []
-    for artifact in previous.get("artifacts") or []:
-        hashes = artifact.get("files_sha256") if isinstance(artifact, dict) else None
-        if isinstance(hashes, dict) and hashes and all(
-                (run.root / rel).is_file() and sha256_file(run.root / rel) == digest for rel, digest in hashes.items()):
-            kept.append(artifact)
-    kind = getattr(exc, "kind", "internal error")
-    summary = {**previous, "edgetl_version": __version__, "status": f"failed: {kind}",
-               "error": str(exc)[:4000], "failed_stage": run.current, "recipe": recipe.source or "<recipe>",
-               "recipe_name": recipe.name, "artifacts": kept,
-               "stages": {**(previous.get("stages") or {}), **run.timings}}
-    with contextlib.suppress(Exception):  # the original error is the one to report
+        if not summary_path.is_file() and not any(run.root.glob("*/stage.json")):
+            return
+        try:
+            previous = check_summary(read_json(summary_path), summary_path) if summary_path.is_file() else {}
+        except (OSError, ValueError, RecursionError, EdgetlError):
+            previous = {}  # a damaged summary is replaced, not a reason to hide the build's own error
+        kept = [a for a in previous.get("artifacts", []) if a.get("files_sha256")
+                and not changed_files(run.root, a["files_sha256"])]
+        kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else getattr(exc, "kind", "internal error")
+        summary = {**previous, "edgetl_version": __version__, "status": f"failed: {kind}",
+                   "error": str(exc)[:4000] or type(exc).__name__, "failed_stage": run.current,
+                   "recipe": recipe.source or "<recipe>", "recipe_name": recipe.name,
+                   "recipe_sha256": sha256_json(recipe.model_dump(mode="json")), "artifacts": kept,
+                   "stages": {**(previous.get("stages") or {}), **run.timings}}
         _write_outputs(run, summary, plots=False)
+    except Exception:
+        pass  # the build's own error is the one to report
 
 
 def _run(recipe: Recipe, run: RunDir) -> dict:

@@ -11,10 +11,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgetl.errors import RecipeError
+from edgetl.limits import MAX_THREADS
 
-# No CPU a model is deployed on has more cores than this; a larger count is a typo that a runtime would only
-# reject (or overflow on) minutes into a build.
-MAX_THREADS = 1024
 # A real recipe has a few hundred values; YAML aliases can make a few hundred bytes expand to billions (an alias
 # bomb), so the expanded document is bounded before anything is built from it.
 MAX_RECIPE_VALUES = 10_000
@@ -330,8 +328,15 @@ class SearchBudget(Section):
     def _something_to_meet(self) -> SearchBudget:
         if self.latency_ms_p90 is None and self.size_mb is None and self.accuracy_min is None:
             raise ValueError("give at least one of latency_ms_p90, size_mb, accuracy_min")
-        if self.device != "local" and not self.device.startswith("ssh://"):
-            raise ValueError(f"device must be `local` or ssh://[user@]host[:port], not {self.device!r}")
+        if self.device != "local":
+            from edgetl.bench.remote import Device
+            from edgetl.errors import DeviceAddressError
+
+            try:
+                Device.parse(self.device)  # a malformed address is found now, not after the untrained builds
+            except DeviceAddressError:
+                raise ValueError(f"device must be `local` or ssh://[user@]host[:port], not {_ECHO.repr(self.device)}"
+                                 ) from None
         return self
 
 
@@ -407,7 +412,7 @@ class Recipe(Section):
         try:
             return TrainSection.model_validate({**self.train.model_dump(), **overrides})
         except ValidationError as exc:
-            problems = "; ".join(f"distill.teacher.train.{_format_error(e, TrainSection)}" for e in exc.errors())
+            problems = _problems(exc.errors(), TrainSection, "distill.teacher.train.")
             raise ValueError(problems) from None
 
     def resolve_path(self, value: str) -> Path:
@@ -465,6 +470,16 @@ def _format_error(err: dict[str, Any], schema: type[BaseModel] | None = None) ->
     return f"{where}: {message} (got {_ECHO.repr(err['input'])})" if err["type"] != "missing" else f"{where}: {message}"
 
 
+def _problems(errors: list[dict[str, Any]], schema: type[BaseModel] | None = None, prefix: str = "") -> str:
+    """The first ten validation problems, each cut to 300 characters (a validator's message may echo its value)."""
+    shown = [_short(prefix + _format_error(e, schema), 300) for e in errors[:10]]
+    return "; ".join(shown) + (f"; and {len(errors) - 10} more" if len(errors) > 10 else "")
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def parse_recipe(obj: Any, source: str = "<recipe>") -> Recipe:
     """Validate a recipe mapping; errors name the file and every bad field path."""
     if obj is None:
@@ -475,7 +490,7 @@ def parse_recipe(obj: Any, source: str = "<recipe>") -> Recipe:
     try:
         return Recipe.model_validate({**obj, "source": source})
     except ValidationError as exc:
-        problems = "; ".join(_format_error(e) for e in exc.errors())
+        problems = _problems(exc.errors())
         raise RecipeError(f"{source} is not a valid recipe: {problems}. See the recipe reference in the README.") from None
 
 
@@ -502,6 +517,7 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int], depth: int = 0) -> int
     if depth > MAX_RECIPE_DEPTH:
         raise RecursionError
     if id(node) in memo:
+        memo[0] = 1  # a node met twice: the document uses aliases (no node has id 0)
         return memo[id(node)]
     children = (node.value if isinstance(node, yaml.SequenceNode) else
                 [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
@@ -521,10 +537,11 @@ def _load_yaml(text: str, path: Path) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
-        if _expanded_size(node, {}) > MAX_RECIPE_VALUES:
-            raise RecipeError(f"{path}: expands to more than {MAX_RECIPE_VALUES:,} values (YAML anchors and aliases "
-                              "repeated within each other: an alias bomb?); a recipe has a few hundred. Write the "
-                              "values out instead of nesting aliases.")
+        memo: dict[int, int] = {}
+        if _expanded_size(node, memo) > MAX_RECIPE_VALUES:
+            why = (" once its YAML aliases are expanded (aliases repeated within each other: an alias bomb?); write "
+                   "the values out instead of nesting aliases" if memo.get(0) else "")
+            raise RecipeError(f"{path}: holds more than {MAX_RECIPE_VALUES:,} values{why}. A recipe has a few hundred.")
         return loader.construct_document(node)
     finally:
         loader.dispose()

@@ -214,7 +214,7 @@ def write_report(run_dir: Path, summary: dict | None = None, plots: bool = True)
     markdown, page = _markdown(summary, sections, written, run_dir), _html(summary, sections, images)
     for name, path in written.items():
         write_bytes(path, images[name])
-    for stale in set(PLOTS) - set(written):  # plots of an earlier report that this one does not have
+    for stale in set(PLOTS) - set(written) if plots else ():  # an earlier report's plots this one does not have
         (run_dir / "report" / f"{stale}.png").unlink(missing_ok=True)
     write_text(run_dir / "report.md", markdown)
     write_text(run_dir / "report.html", page)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import make_image_folder, tiny_recipe
+from conftest import make_image_folder, tiny_recipe, unavailable
 from conftest import run_cli as edgetl
 
 
@@ -334,7 +334,7 @@ def test_a_stage_that_must_rerun_in_a_read_only_run_dir_is_a_storage_error(tmp_p
         mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(tmp_path / "run"), str(tmp_path / "run")],
                                  capture_output=True, text=True)
         if mounted.returncode != 0:
-            pytest.skip(f"cannot make a read-only mount here: {mounted.stderr.strip()}")
+            unavailable(f"cannot make a read-only mount here: {mounted.stderr.strip()}")
         subprocess.run(["mount", "-o", "remount,ro,bind", str(tmp_path / "run")], check=True)
     else:
         for folder in [tmp_path / "run", *(p for p in (tmp_path / "run").rglob("*") if p.is_dir())]:
@@ -362,7 +362,7 @@ def _edit_json(path: Path, edit) -> None:
 
 
 @pytest.mark.parametrize(("file", "edit", "says"), [
-    ("model.json", lambda m: "not json {", "model.json"),
+    ("model.json", lambda m: "not json {", "model.json: cannot read it as JSON"),
     ("model.json", lambda m: [], "a JSON object is expected"),
     ("model.json", lambda m: m | {"labels": [1, 2, 3]}, "`labels` must be a non-empty list of strings"),
     ("summary.json", lambda s: [], "a JSON object is expected"),

@@ -84,9 +84,55 @@ def test_bundle_replaces_its_own_bundle_and_takes_an_empty_folder(run, tmp_path)
 
 def test_bundle_refuses_to_overwrite_a_zip_it_did_not_write(run, tmp_path):
     (tmp_path / "b.zip").write_bytes(b"my own archive")
+    (tmp_path / "b").mkdir()  # an empty folder refused for the zip's sake: left unmarked, as it was
     code, out = edgetl("bundle", run, "--format", "onnx", "--precision", "int8", "-o", tmp_path / "b", "--zip")
     assert code == 2 and "b.zip" in out, out
-    assert (tmp_path / "b.zip").read_bytes() == b"my own archive" and not (tmp_path / "b").exists()
+    assert (tmp_path / "b.zip").read_bytes() == b"my own archive" and not list((tmp_path / "b").iterdir())
+
+
+def test_bundle_refuses_to_replace_an_earlier_bundle_holding_the_users_files(run, tmp_path):
+    args = ("bundle", run, "--format", "onnx", "--precision", "int8", "-o", tmp_path / "b")
+    assert edgetl(*args)[0] == 0
+    (tmp_path / "b" / "notes.txt").write_text("mine")
+    code, out = edgetl(*args)
+    assert code == 2 and "notes.txt" in out and "did not write" in out, out
+    assert (tmp_path / "b" / "notes.txt").read_text() == "mine" and (tmp_path / "b" / "model.onnx").is_file()
+
+
+def test_bundle_into_the_current_folder_or_its_parent_is_refused_cleanly(run, tmp_path, monkeypatch):
+    inner = tmp_path / "work" / "here"
+    inner.mkdir(parents=True)
+    (inner / "keep.txt").write_text("mine")
+    monkeypatch.chdir(inner)
+    for target in (".", ".."):
+        code, out = edgetl("bundle", run, "--format", "onnx", "--precision", "int8", "-o", target)
+        assert code == 2 and "not a deploy bundle made by edgetl" in out, out
+    assert (inner / "keep.txt").read_text() == "mine" and sorted(p.name for p in inner.iterdir()) == ["keep.txt"]
+
+
+def test_swap_in_puts_the_old_folder_back_when_the_new_one_cannot_move_in(tmp_path, monkeypatch):
+    import os
+
+    from edgetl import fsutil
+    from edgetl.errors import StorageError
+
+    old, new = tmp_path / "out", tmp_path / "new"
+    old.mkdir()
+    (old / "a").write_text("old")
+    new.mkdir()
+    (new / "a").write_text("new")
+    real = os.replace
+
+    def second_rename_fails(src, dst):
+        if Path(src) == new:
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(fsutil.os, "replace", second_rename_fails)
+    with pytest.raises(StorageError, match="the disk is full"):
+        fsutil.swap_in(new, old)
+    assert (old / "a").read_text() == "old" and (new / "a").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "out"]
 
 
 def test_bundle_refuses_a_model_file_changed_after_the_build(run, tmp_path):
@@ -135,9 +181,31 @@ def test_build_takes_an_empty_folder_and_an_old_run_without_a_marker(built, run,
     (tmp_path / "empty").mkdir()
     code, out = edgetl("build", built[0], "--out", tmp_path / "empty")
     assert code == 0 and (tmp_path / "empty" / ".edgetl-run").is_file(), out
-    (run / ".edgetl-run").unlink()  # as an edgetl before markers left it: recognised by its stage folders
+    # As an edgetl before markers left it: no marker, stage records without their hash. Recognised by its stage
+    # folders, and every stage reused.
+    (run / ".edgetl-run").unlink()
+    for marker in run.glob("*/stage.json"):
+        saved = json.loads(marker.read_text())
+        del saved["record_sha256"]
+        marker.write_text(json.dumps(saved))
     code, out = edgetl("build", built[0], "--out", run)
     assert code == 0 and out.count("unchanged, reused") == 6, out
+    assert (run / ".edgetl-run").is_file()
+
+
+def test_an_old_run_killed_in_training_is_recognised_and_resumes(built, tmp_path):
+    """An older edgetl kept a killed stage's checkpoint in the stage folder itself (train/checkpoint.pt, no
+    stage.json): that run directory is still edgetl's, and the checkpoint is moved to where training resumes."""
+    from edgetl.train import save_torch
+
+    run = tmp_path / "old"
+    for stage in ("data", "inputs"):
+        shutil.copytree(built[1] / stage, run / stage)
+    (run / "train").mkdir()
+    save_torch(run / "train" / "checkpoint.pt", {"key": "from another recipe"})  # resumable state, wrong key
+    code, out = edgetl("build", built[0], "--out", run)
+    assert code == 0 and "[1/6] data: unchanged, reused" in out and "[3/6] train\n" in out, out
+    assert not (run / "train" / "checkpoint.pt").exists() and not list(run.glob(".*.partial"))
 
 
 def test_a_failed_rebuild_keeps_the_good_run_and_says_it_failed(built, run, tmp_path):
@@ -152,6 +220,8 @@ def test_a_failed_rebuild_keeps_the_good_run_and_says_it_failed(built, run, tmp_
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed: weights error" and "weights.pth" in summary["error"], summary["status"]
     assert summary["failed_stage"] == "train"
+    before = json.loads((built[1] / "summary.json").read_text())
+    assert [a["name"] for a in summary["artifacts"]] == [a["name"] for a in before["artifacts"]]  # all still intact
     assert all((run / a["path"]).is_file() for a in summary["artifacts"])
     code, out = edgetl("bundle", run, "--format", "onnx", "--precision", "int8", "-o", tmp_path / "b")
     assert code == 2 and "did not finish" in out, out
@@ -172,6 +242,26 @@ def test_an_edited_stage_record_is_not_trusted(built, run):
     assert next(a for a in summary["artifacts"] if a["name"] == "onnx_int8")["val_accuracy"] != 99.9
 
 
+def test_an_interrupted_rebuild_says_so_in_the_summary(built, run, monkeypatch):
+    """Ctrl-C after a stage was swapped in: the summary is not left saying `ok` about files that changed."""
+    from edgetl import pipeline
+
+    seen = {}
+
+    def interrupted(*args, **kwargs):
+        seen["status"] = json.loads((run / "summary.json").read_text())["status"]  # while the build runs
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_verify_stage", interrupted)
+    code, out = edgetl("build", built[0], "--out", run)
+    assert code == 130 and "interrupted" in out, out
+    assert seen["status"] == "building"  # what a SIGKILL at that moment would leave: bundles refuse it
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed: interrupted" and summary["failed_stage"] is None
+    code, out = edgetl("bundle", run, "--format", "onnx", "--precision", "int8", "-o", run.parent / "b")
+    assert code == 2 and "did not finish" in out, out
+
+
 @pytest.mark.parametrize("content", ["null", "[]", "\"text\""])
 def test_a_stage_json_that_is_not_an_object_reruns_the_stage(built, run, content):
     (run / "bench" / "stage.json").write_text(content)
@@ -182,11 +272,12 @@ def test_a_stage_json_that_is_not_an_object_reruns_the_stage(built, run, content
 # --- edgetl report ---------------------------------------------------------------------------------------------------
 
 def test_report_keeps_the_old_report_when_the_summary_is_malformed(run):
-    plots = _tree(run / "report")
-    assert plots, "the build drew no plots"
+    plots = {**_tree(run / "report"), "md": (run / "report.md").read_bytes(), "html": (run / "report.html").read_bytes()}
+    assert len(plots) == 5, "the build drew no plots"
     summary = json.loads((run / "summary.json").read_text())
     summary["artifacts"][0]["val_accuracy"] = "high"
     (run / "summary.json").write_text(json.dumps(summary))
     code, out = edgetl("report", run)
     assert code == 2 and "artifacts[0].val_accuracy" in out, out
-    assert _tree(run / "report") == plots
+    assert {**_tree(run / "report"), "md": (run / "report.md").read_bytes(),
+            "html": (run / "report.html").read_bytes()} == plots

@@ -19,6 +19,7 @@ from edgetl.errors import BenchUsageError, ModelFileError
 from edgetl.formats import FORMATS, format_for_file
 from edgetl.fsutil import sha256_json
 from edgetl.progress import SILENT, Reporter
+from edgetl.summary import read_summary
 
 ROW_FIELDS = ("model", "name", "role", "format", "precision", "threads", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
               "std_ms", "min_ms", "max_ms", "throughput_ips", "cold_start_ms", "load_ms", "first_inference_ms",
@@ -108,15 +109,11 @@ def find_models(targets: list[str | Path]) -> list[ModelRef]:
     models: list[ModelRef] = []
     for target in map(Path, targets):
         if target.is_dir():
-            summary_file = target / "summary.json"
-            if not summary_file.is_file():
+            if not (target / "summary.json").is_file():
                 raise BenchUsageError(f"{target} is a folder without summary.json: give model files (.onnx, .xml, "
                                       ".tflite) or an edgetl run directory.")
-            try:
-                artifacts = json.loads(summary_file.read_text(encoding="utf-8"))["artifacts"]
-                models += [_model_ref(target / a["path"], a["name"], a.get("precision")) for a in artifacts]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise BenchUsageError(f"{summary_file}: not an edgetl summary (field 'artifacts': {exc}).") from None
+            artifacts = read_summary(target, BenchUsageError)["artifacts"]
+            models += [_model_ref(target / a["path"], a["name"], a.get("precision")) for a in artifacts]
         elif target.exists() or target.suffix:
             models.append(_model_ref(target))
         else:

@@ -127,6 +127,54 @@ def _check_runtime(device: Device, remote_dir: str, fmt: str, install: bool) -> 
     return info
 
 
+# Run on the device with its Python: `check DEST` refuses a DEST that is not new, empty or an earlier bundle with
+# only its own files (the rule `edgetl bundle -o` follows here); `swap NEW DEST` puts the uploaded NEW in its place.
+_PLACE = """
+import json, os, shutil, sys
+action, paths = sys.argv[1], sys.argv[2:]
+if action == "check":
+    dest = paths[0]
+    if os.path.lexists(dest) and not os.path.isdir(dest):
+        sys.exit("is a file, not a folder")
+    names = os.listdir(dest) if os.path.isdir(dest) else []
+    if names:
+        marker = os.path.join(dest, ".edgetl-bundle")
+        if not os.path.isfile(marker):
+            sys.exit("exists and is not an edgetl bundle (no .edgetl-bundle marker)")
+        with open(marker) as f:
+            written = set(json.load(f).get("files") or ()) | {".edgetl-bundle"}
+        extra = sorted(n for n in names if n not in written)
+        if extra:
+            sys.exit("holds files edgetl did not write: " + ", ".join(extra[:5]))
+else:
+    new, dest = paths
+    aside = dest.rstrip("/") + ".old-edgetl"
+    shutil.rmtree(aside, ignore_errors=True)
+    if os.path.isdir(dest):
+        os.rename(dest, aside)
+    os.rename(new, dest)
+    shutil.rmtree(aside, ignore_errors=True)
+"""
+
+
+def _place(device: Device, bundle: Path, dest: str) -> None:
+    """Upload `bundle` into the device folder `dest` (deploy --dest) beside it first, then swap it in; a `dest` that
+    holds other files is refused untouched."""
+    checked = device.run([device.python, "-c", _PLACE, "check", dest], timeout=60, check=False)
+    if checked.returncode != 0:
+        raise DeviceError(f"{device.name}: --dest {dest} {_last_line(checked.stderr) or 'cannot be checked'}; edgetl "
+                          "will not write into it. Give a new folder, or remove that one first.")
+    parent = dest.rstrip("/").rsplit("/", 1)[0] if "/" in dest.rstrip("/") else "."
+    device.run(["mkdir", "-p", parent or "/"], timeout=60)
+    staging = device.run(["mktemp", "-d", f"{dest.rstrip('/')}.partial-XXXXXX"], timeout=60).stdout.decode().strip()
+    try:
+        upload(device, bundle, staging)
+        device.run([device.python, "-c", _PLACE, "swap", staging, dest], timeout=60)
+    finally:
+        with contextlib.suppress(DeviceError):
+            device.run(["rm", "-rf", staging], timeout=60, check=False)
+
+
 def run_bundle(device: Device, bundle: Path, fmt: str, commands: list[list[str]], remote_dir: str | None = None,
                install: bool = False, extra_files: dict[str, Path] | None = None) -> list:
     """Upload `bundle` (and `extra_files`, remote name → local path) to the device, check its runtime, run each
@@ -136,7 +184,10 @@ def run_bundle(device: Device, bundle: Path, fmt: str, commands: list[list[str]]
     if temporary:
         remote_dir = device.run(["mktemp", "-d", "/tmp/edgetl.XXXXXXXX"], timeout=60).stdout.decode().strip()
     try:
-        upload(device, bundle, remote_dir)
+        if temporary:
+            upload(device, bundle, remote_dir)
+        else:
+            _place(device, bundle, remote_dir)
         for name, local in (extra_files or {}).items():
             device.run(["sh", "-c", 'cat > "$1"', "sh", f"{remote_dir}/{name}"], stdin=Path(local).read_bytes())
         _check_runtime(device, remote_dir, fmt, install)
