@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import tempfile
 import warnings
@@ -59,6 +60,9 @@ def set_metadata(path: Path, metadata: dict[str, str]) -> None:
     onnx.save(model, str(path))
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def export_fp32(model: torch.nn.Module, request: ExportRequest, exporter: str = "auto", opset: int = 18) -> ExportResult:
     """Export `model` to ONNX fp32 with a dynamic batch dimension, checked by onnx.checker."""
     import onnx
@@ -76,8 +80,8 @@ def export_fp32(model: torch.nn.Module, request: ExportRequest, exporter: str = 
         except StorageError:
             raise
         except Exception as exc:  # exporter failures come as many types; try the next exporter
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            errors.append(f"{name} exporter: {message}")
+            text = _ANSI.sub("", str(exc)).strip()  # torch.onnx colours its messages for a terminal
+            errors.append(f"{name} exporter: {text.splitlines()[0] if text else repr(exc)}")
             continue
         used = name
         break

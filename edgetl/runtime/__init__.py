@@ -38,6 +38,13 @@ def check_image_input(path: Path, runtime: str, inputs: list[tuple[str, str, int
                              "classifiers whose one input is a 4-d batch of images (float32, float16, uint8 or int8).")
 
 
+def run_failed(path: Path, runtime: str, exc: Exception) -> ModelFileError:
+    """The error for a model that loads but fails when it runs (the runtime's own first line kept)."""
+    text = str(exc).strip()
+    return ModelFileError(f"{path} loads but fails to run in {runtime}: "
+                          f"{text.splitlines()[0][:300] if text else type(exc).__name__}.")
+
+
 def require_runtime(fmt: Format):
     """Import a format's runtime package (or its fallback), or say clearly how to install it."""
     problems = []

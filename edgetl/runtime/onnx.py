@@ -8,7 +8,7 @@ import numpy as np
 
 from edgetl.errors import ModelFileError
 from edgetl.formats import FORMATS
-from edgetl.runtime import check_image_input, require_runtime
+from edgetl.runtime import check_image_input, require_runtime, run_failed
 
 _ONNX_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
 
@@ -46,7 +46,10 @@ class OnnxRunner:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits for a float32 batch."""
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
+        try:
+            return self.session.run([self.output_name], {self.input_name: batch})[0]
+        except Exception as exc:  # onnxruntime's own exception types
+            raise run_failed(self.path, "onnxruntime", exc) from None
 
     def prepare(self, batch: np.ndarray):
         """The bare synchronous call with `batch` as input, for timing."""

@@ -8,7 +8,7 @@ import numpy as np
 
 from edgetl.errors import ModelFileError
 from edgetl.formats import FORMATS
-from edgetl.runtime import check_image_input, require_runtime
+from edgetl.runtime import check_image_input, require_runtime, run_failed
 
 _OV_TYPES = {"f32": "float32", "f16": "float16", "u8": "uint8", "i8": "int8"}
 
@@ -61,9 +61,12 @@ class OpenVinoRunner:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits for a float32 batch (a synchronous infer request)."""
-        request = self._request(len(batch))
-        request.infer({0: batch})
-        return request.get_output_tensor(0).data.copy()
+        try:
+            request = self._request(len(batch))
+            request.infer({0: batch})
+            return request.get_output_tensor(0).data.copy()
+        except Exception as exc:  # OpenVINO's RuntimeError subclasses
+            raise run_failed(self.path, "OpenVINO", exc) from None
 
     def prepare(self, batch: np.ndarray):
         """The bare synchronous call (`infer()`) with `batch` bound as the input tensor, for timing."""

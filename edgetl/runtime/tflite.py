@@ -8,7 +8,7 @@ import numpy as np
 
 from edgetl.errors import ModelFileError
 from edgetl.formats import FORMATS
-from edgetl.runtime import check_image_input, require_runtime
+from edgetl.runtime import check_image_input, require_runtime, run_failed
 
 
 class TfliteRunner:
@@ -64,8 +64,11 @@ class TfliteRunner:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits for a float32 NCHW batch."""
-        self._set_input(batch)
-        self.interpreter.invoke()
+        try:
+            self._set_input(batch)
+            self.interpreter.invoke()
+        except Exception as exc:  # the interpreter's RuntimeError/ValueError
+            raise run_failed(self.path, "the TFLite interpreter", exc) from None
         output = self.interpreter.get_output_details()[0]
         logits = self.interpreter.get_tensor(output["index"])
         if output["dtype"] != np.float32:
