@@ -8,6 +8,8 @@ The rootfs is built once (about 1–2 minutes, nothing emulated during setup) an
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import socket
@@ -77,10 +79,40 @@ def check_host() -> None:
             raise Unavailable(f"cannot register qemu-aarch64 with binfmt_misc: {enabled.stderr.strip()}")
 
 
+# What the rootfs is made of: a cached one made from anything else is rebuilt.
+_RECIPE = {"suite": SUITE, "wheels": WHEELS, "wheels_numpy1": WHEELS_NUMPY1, "platforms": PLATFORMS, "cpuinfo": CPUINFO}
+# What the tests rely on inside it: its Debian packages, the wheels of both sites (their RECORD lists every file with
+# its hash) and the programs that run them.
+_INVENTORY = ("var/cache/apt/archives/*.deb", "opt/site/*.dist-info/RECORD", "opt/site-numpy1/*.dist-info/RECORD",
+              "usr/bin/python3*", "usr/lib/openssh/sftp-server", "usr/local/bin/python3-numpy1", "proc/cpuinfo")
+
+
+def inventory(root: Path) -> str:
+    """sha256 of the rootfs's package list: every _INVENTORY file's name and size, and the content of RECORD files."""
+    digest = hashlib.sha256()
+    for pattern in _INVENTORY:
+        for path in sorted(root.glob(pattern)):
+            info = path.lstat()
+            digest.update(f"{path.relative_to(root)} {info.st_size}\n".encode())
+            if path.name == "RECORD":
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _valid(root: Path) -> bool:
+    """Whether a cached rootfs is the one this file builds and still holds what it recorded when it was built."""
+    try:
+        ready = json.loads((root / ".edgetl-ready").read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(ready, dict) and ready.get("recipe") == json.loads(json.dumps(_RECIPE))
+            and ready.get("inventory") == inventory(root))
+
+
 def build_rootfs(root: Path = ROOTFS_CACHE) -> Path:
-    """The arm64 rootfs with python3, numpy, Pillow, onnxruntime and ai-edge-litert (built once, then reused)."""
-    marker = root / ".edgetl-ready"
-    if marker.is_file():
+    """The arm64 rootfs with python3, numpy, Pillow, onnxruntime and ai-edge-litert (built once; reused while its
+    recorded package list still matches)."""
+    if _valid(root):
         return root
     staging = root.with_name(root.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -113,7 +145,8 @@ def build_rootfs(root: Path = ROOTFS_CACHE) -> Path:
     wrapper.write_text('#!/bin/sh\nPYTHONPATH=/opt/site-numpy1 exec python3 "$@"\n')
     wrapper.chmod(0o755)
     marker_tmp = staging / ".edgetl-ready"
-    marker_tmp.write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    marker_tmp.write_text(json.dumps({"built": time.strftime("%Y-%m-%dT%H:%M:%S"), "recipe": _RECIPE,
+                                      "inventory": inventory(staging)}))
     shutil.rmtree(root, ignore_errors=True)
     staging.rename(root)
     return root

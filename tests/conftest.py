@@ -10,8 +10,18 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+# .ci/run installs every tool and data set a test needs (the arm64 device's qemu/debootstrap/sshd, chromium, root
+# for mounts) and runs beside ../shared: there a missing one is a failure, not a skip.
+IN_CI = os.environ.get("CI") == "true"
 SHARED_CACHE = Path(os.environ.get("EDGETL_SHARED_CACHE", REPO.parent / "shared" / "cache"))
 HYMENOPTERA = SHARED_CACHE / "datasets" / "hymenoptera_data"
+
+
+def unavailable(reason: str):
+    """Skip a test whose tool or data is missing here, with the reason; under CI=true, fail with it instead."""
+    if IN_CI:
+        pytest.fail(f"CI=true, and {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ model.json a build writes), for the bundle, deploy and remote-bench tests."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,6 @@ def tiny_run(root: Path) -> Path:
 def find_python(version: str) -> Path | None:
     """An interpreter for `version` ("3.9") on this machine: pythonX.Y on PATH, else a pyenv install; None if absent."""
     import glob
-    import os
     import pwd
     import shutil
     import subprocess
@@ -82,16 +82,36 @@ def find_python(version: str) -> Path | None:
     return None
 
 
-def runner_env(python: Path, folder: Path, packages: list[str]) -> Path:
-    """A fresh virtual environment of `python` with only `packages` (what a bundle's requirements.txt asks for, with
-    a numpy pin); returns its interpreter. Raises RuntimeError with pip's last line when they do not install."""
+VENV_CACHE = Path(os.environ.get("EDGETL_RUNNER_VENVS", "/var/tmp/edgetl-runner-venvs"))
+
+
+def runner_env(python: Path, packages: list[str]) -> Path:
+    """A virtual environment of `python` holding only `packages` (what a bundle's requirements.txt asks for, with a
+    numpy pin); returns its interpreter. Made once in VENV_CACHE, and reused while `pip freeze` there still lists
+    what it listed when it was made. Raises RuntimeError with pip's last line when they do not install."""
+    import hashlib
+    import json
+    import shutil
     import subprocess
 
+    version = subprocess.run([str(python), "-c", "import sys; print(sys.version)"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    folder = VENV_CACHE / hashlib.sha256(json.dumps([version, sorted(packages)]).encode()).hexdigest()[:16]
+    interpreter, marker = folder / "bin" / "python", folder / ".edgetl-ready"
+
+    def freeze() -> str:
+        return subprocess.run([str(interpreter), "-m", "pip", "freeze", "--all"], capture_output=True, text=True,
+                              timeout=120).stdout
+
+    if marker.is_file() and interpreter.exists() and marker.read_text() == freeze():
+        return interpreter
+    shutil.rmtree(folder, ignore_errors=True)
     subprocess.run([str(python), "-m", "venv", str(folder)], check=True, capture_output=True)
-    interpreter = folder / "bin" / "python"
     pip = subprocess.run([str(interpreter), "-m", "pip", "install", "--quiet", "--only-binary=:all:", *packages],
                          capture_output=True, text=True, timeout=900)
     if pip.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
         raise RuntimeError(f"pip could not install {packages} for {python}: "
                            f"{(pip.stderr.strip().splitlines() or ['?'])[-1]}")
+    marker.write_text(freeze())
     return interpreter

@@ -8,7 +8,9 @@ debootstrap or sshd is missing.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from arm64_device import Unavailable, emulated_device
 from click.testing import CliRunner
 from device_fixtures import LABELS, PREP
 
+from conftest import unavailable
 from edgetl.cli import main
 from edgetl.errors import DeviceError
 
@@ -28,7 +31,7 @@ def device(tmp_path_factory):
         with emulated_device(tmp_path_factory.mktemp("sshd")) as (ssh_config, alias, port):
             yield {"config": ssh_config, "url": f"ssh://{alias}", "port": port}
     except Unavailable as exc:
-        pytest.skip(f"no emulated arm64 device: {exc}")
+        unavailable(f"no emulated arm64 device: {exc}")
 
 
 def test_the_device_is_arm64(device):
@@ -130,6 +133,26 @@ def test_the_runner_works_with_numpy_1_on_the_device(device, run_dir, images, tm
     assert version.stdout.decode().strip().startswith("1.")
 
 
+def _remote_benches(sshd: int) -> list[int]:
+    """Process ids of `edgetl_runner bench` processes below this test's sshd (not any other on the host)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+    below, frontier = set(), {sshd}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - below
+        below |= frontier
+    found = []
+    for pid in sorted(below):
+        with contextlib.suppress(OSError):
+            command = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if "edgetl_runner" in command and " bench" in command:
+                found.append(pid)
+    return found
+
+
 def test_a_connection_dropped_mid_run_is_a_clear_error(device, run_dir, tmp_path):
     """The sshd session serving a long remote benchmark is killed mid-run (what a device rebooting or leaving the
     network does): the error says the connection was lost, in one line, and nothing hangs."""
@@ -151,17 +174,60 @@ def test_a_connection_dropped_mid_run_is_a_clear_error(device, run_dir, tmp_path
     worker = threading.Thread(target=deploy)
     worker.start()
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not subprocess.run(["pgrep", "-f", "edgetl_runner bench"],
-                                                             capture_output=True).stdout:
+    while time.monotonic() < deadline and not _remote_benches(sshd):
         time.sleep(0.2)
     assert time.monotonic() < deadline, "the remote benchmark never started"
     time.sleep(1)
+    benches = _remote_benches(sshd)
     for child in subprocess.run(["pgrep", "-P", str(sshd)], capture_output=True, text=True).stdout.split():
         os.kill(int(child), signal.SIGKILL)  # the session's sshd: the client sees the connection go away
     worker.join(timeout=120)
-    subprocess.run(["pkill", "-f", "edgetl_runner bench"], check=False)
+    for pid in benches:  # the emulated benchmark this test started, orphaned by the dropped session; nothing else
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     assert not worker.is_alive(), "edgetl deploy hung after the connection dropped"
     result = outcome["result"]
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     answer = json.loads(out.read_text())[0]
     assert "the connection was lost while running" in answer["error"], answer["error"]
+
+
+def test_a_cached_rootfs_is_reused_only_while_its_package_list_matches(tmp_path):
+    import arm64_device
+
+    root = tmp_path / "rootfs"
+    record = root / "opt/site/numpy-2.0.dist-info/RECORD"
+    record.parent.mkdir(parents=True)
+    record.write_text("numpy/__init__.py,sha256=abc,100\n")
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/python3.11").write_bytes(b"\x7fELF")
+    (root / ".edgetl-ready").write_text(json.dumps({"recipe": arm64_device._RECIPE,
+                                                    "inventory": arm64_device.inventory(root)}))
+    assert arm64_device._valid(root)
+    record.write_text("numpy/__init__.py,sha256=abd,100\n")  # a wheel replaced since: rebuilt, not trusted
+    assert not arm64_device._valid(root)
+    (root / ".edgetl-ready").write_text(json.dumps({"recipe": arm64_device._RECIPE,
+                                                    "inventory": arm64_device.inventory(root)}))
+    (root / "usr/bin/python3.11").unlink()
+    assert not arm64_device._valid(root)
+    (root / ".edgetl-ready").write_text("2026-11-30T10:00:00")  # the marker of the fixture before this check
+    assert not arm64_device._valid(root)
+
+
+def test_deploy_dest_on_the_device_follows_the_output_folder_rule(device, run_dir, tmp_path):
+    """--dest holding the device user's own files is refused untouched; an earlier bundle there is replaced."""
+    from edgetl.bench.remote import Device
+
+    remote = Device.parse(device["url"], ssh_config=device["config"])
+    remote.run(["sh", "-c", "rm -rf /opt/precious && mkdir -p /opt/precious && echo mine > /opt/precious/keep.txt"])
+    args = ["deploy", str(run_dir), "--device", device["url"], "--ssh-config", str(device["config"]), "--format",
+            "onnx", "--precision", "int8", "--runs", "1", "--json", str(tmp_path / "out.json")]
+    result = CliRunner().invoke(main, [*args, "--dest", "/opt/precious"])
+    assert result.exit_code == 1 and "will not write into it" in result.output, result.output
+    assert remote.run(["cat", "/opt/precious/keep.txt"]).stdout.decode().strip() == "mine"
+    assert remote.run(["ls", "-A", "/opt/precious"]).stdout.decode().split() == ["keep.txt"]
+    for _ in range(2):  # a new folder, then the bundle it now holds: replaced
+        result = CliRunner().invoke(main, [*args, "--dest", "/opt/edgetl-again"])
+        assert result.exit_code == 0, result.output
+    listing = remote.run(["ls", "-A", "/opt"]).stdout.decode().split()
+    assert "edgetl-again" in listing and not [n for n in listing if n.startswith("edgetl-again.")]

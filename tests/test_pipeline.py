@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
+import platform
 import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
 
-from conftest import REPO, tiny_recipe
+from conftest import REPO, tiny_recipe, unavailable
 from edgetl.cli import main
 from edgetl.pipeline import build
 from edgetl.progress import Reporter
@@ -147,7 +146,7 @@ def test_edgetl_report_draws_the_plots_and_the_page_renders_in_chromium(built, t
     assert bad.exit_code == 2 and "not an edgetl run directory" in bad.output and "Traceback" not in bad.output
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        pytest.skip("no chromium here (apt-get install chromium; .ci/run does when it runs as root)")
+        unavailable("no chromium here (apt-get install chromium; .ci/run does when it runs as root)")
     shot = tmp_path / "page.png"
     out = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -283,35 +282,6 @@ def test_cli_check_and_version(tmp_path, tiny_dataset):
     assert CliRunner().invoke(main, ["--version"]).output.strip().startswith("edgetl, version")
 
 
-def test_a_killed_build_resumes_training_from_its_last_epoch(tmp_path, tiny_dataset):
-    recipe = tiny_recipe(tiny_dataset, train={"epochs": 4})
-    path = write_recipe(tmp_path / "r.yaml", recipe)
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "edgetl.cli", "build", str(path), "--out", str(run)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    for line in proc.stdout:  # kill it as soon as the first epoch's checkpoint is written
-        if "epoch 2:" in line or time.time() > deadline:
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
-    assert (run / ".train.partial" / "checkpoint.pt").is_file() and not (run / "train" / "stage.json").exists()
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "resuming training after epoch 2" in result.stderr
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["model"]["epochs_run"] == 4
-    history = json.loads((run / "train" / "history.json").read_text())
-    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
-    # the resumed run trains exactly like an uninterrupted one
-    uninterrupted = build(path, out=tmp_path / "straight", reporter=Reporter(enabled=False))
-    straight = json.loads((tmp_path / "straight" / "train" / "history.json").read_text())
-    assert [h["train_loss"] for h in history] == pytest.approx([h["train_loss"] for h in straight], rel=1e-4)
-    assert uninterrupted["model"]["val_accuracy"] == summary["model"]["val_accuracy"]
-    assert not (run / "train" / "checkpoint.pt").exists() and not (run / ".train.partial").exists()
-    assert np.isfinite(summary["artifacts"][0]["latency_ms"]["p50"])
-
-
 def test_the_environment_record_starts_no_subprocess():
     # platform.processor()/platform() fork `uname -p`; forking a build process that has OpenVINO, XLA and OpenMP
     # threads running crashed it with SIGSEGV right before summary.json was written.
@@ -323,4 +293,5 @@ def test_the_environment_record_starts_no_subprocess():
               "print(env['platform'], env['cpu'])\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.startswith("Linux-") or result.stdout.strip()
+    platform_name, cpu = result.stdout.rstrip("\n").split(" ", 1)
+    assert platform_name.startswith(f"{platform.system()}-") and cpu.strip(), result.stdout

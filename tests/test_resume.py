@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, tiny_recipe
+from conftest import REPO, tiny_recipe, unavailable
 from edgetl.pipeline import build
 from edgetl.progress import Reporter
 
@@ -70,8 +70,12 @@ def test_a_build_killed_at_every_point_resumes_and_ends_like_an_uninterrupted_on
     path = _recipe(tmp_path, tiny_dataset)
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "edgetl.cli", "build", str(path), "--out", str(run)]
+    trained_before = 0  # epochs done when the previous build was stopped during training
     for what, marker, sig, unfinished in KILL_POINTS:
         code, output = _interrupt(cmd, marker, sig)
+        if trained_before:  # it went on from the checkpoint, not from the start
+            assert f"resuming training after epoch {trained_before}" in output, f"{what}\n{output[-3000:]}"
+        trained_before = int(marker.split()[1].rstrip(":")) if marker.startswith("epoch ") else 0
         assert marker in output, f"{what}: the build ended before '{marker}'\n{output[-3000:]}"
         assert "Traceback" not in output, f"{what}\n{output[-3000:]}"
         if sig == signal.SIGINT:
@@ -116,7 +120,7 @@ def test_a_full_disk_is_one_clear_error_and_nothing_half_written(tmp_path, tiny_
         used = sum(p.stat().st_size for stage in kept for p in (done / stage).rglob("*") if p.is_file())
         megabytes = used // 2**20 + 6
     if not _mount_tmpfs(disk, megabytes):
-        pytest.skip("needs root and mount to make a small real filesystem (tmpfs)")
+        unavailable("needs root and mount to make a small real filesystem (tmpfs)")
     try:
         if while_writing == "export":
             for stage in kept:

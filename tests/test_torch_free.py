@@ -63,12 +63,17 @@ def test_runtime_side_runs_with_torch_unimportable(tmp_path):
         from edgetl.bench.baseline import compare, save_baseline
         from edgetl.testing import assert_latency
         rows = benchmark(find_models({[str(p) for p in paths]!r}),
-                         BenchOptions(threads=(1, 2), time_s=0.1, repeats=3, warmup="auto", reference=True))
+                         BenchOptions(threads=(1, 2), time_s=0.1, repeats=6, warmup="auto", reference=True))
         save_baseline({str(tmp_path / "base.json")!r}, rows)
-        gate = [c.status for c in compare(json.load(open({str(tmp_path / "base.json")!r})), rows, 10.0)]
+        gate = []
+        for factor in (1 / 3, 3):  # a baseline 3x faster than now (a regression), and one 3x slower (faster now)
+            base = json.load(open({str(tmp_path / "base.json")!r}))
+            for row in base["rows"]:
+                row["trial_p50_ms"] = [t * factor for t in row["trial_p50_ms"]]
+            gate.append(sorted({{c.status for c in compare(base, rows, 0.10)}}))
         assert_latency({str(paths[0])!r}, p50_ms=1000, time_s=0.1, repeats=3)
         results += [[r["format"], r["threads"], r["cold_start_ms"] > 0, len(r["reference_trial_p50_ms"])]
-                    for r in rows] + [gate]
+                    for r in rows] + gate
         print(json.dumps({{"results": results,
                           "torch_loaded": any(m.split(".")[0] == "torch" for m in sys.modules)}}))
     """)
@@ -76,5 +81,5 @@ def test_runtime_side_runs_with_torch_unimportable(tmp_path):
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
     formats = ("onnx", "openvino", "tflite")
-    assert out == {"results": [[fmt, [4, 2], 3] for fmt in formats] + [[f, t, True, 3] for t in (1, 2) for f in formats]
-                   + [["ok"] * 6], "torch_loaded": False}
+    assert out == {"results": [[fmt, [4, 2], 3] for fmt in formats] + [[f, t, True, 6] for t in (1, 2) for f in formats]
+                   + [["regression"], ["faster"]], "torch_loaded": False}
