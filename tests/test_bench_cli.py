@@ -337,3 +337,64 @@ def test_a_saved_baseline_from_another_machine_state_is_not_judged(models, onnx_
     assert result.exit_code == 0, result.output
     assert "holds no machine-state reference" in result.output
     assert len(load_baseline(fresh)["rows"][0]["reference_trial_p50_ms"]) == 5
+
+
+def _conv_onnx(path: Path, shape: list) -> Path:
+    """A one-conv ONNX model whose input has `shape` (ints, or names for dynamic sizes)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((2, 3, 1, 1), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_every_bench_usage_error_names_what_to_change(models, tmp_path):
+    _, paths = models
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "no_images").mkdir()
+    (tmp_path / "no_images" / "notes.txt").write_text("not an image")
+    fixed = _conv_onnx(tmp_path / "fixed.onnx", [1, 3, 8, 8])
+    dynamic = _conv_onnx(tmp_path / "dynamic.onnx", ["n", 3, "h", "w"])
+    (tmp_path / "small").mkdir()
+    small = _conv_onnx(tmp_path / "small" / "model.onnx", ["n", 3, 8, 8])
+    (tmp_path / "small" / "model.json").write_text(json.dumps({  # model.json says 32 px; the model takes 8
+        "labels": ["a", "b"], "preprocessing": {"resize": 36, "crop": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
+                                                "interpolation": "bilinear"}}))
+    image_dir = make_image_folder(tmp_path / "imgs", {"x": 2}, size=40)
+    for args, message in [
+        ([tmp_path / "empty"], "is a folder without summary.json"),
+        ([paths["onnx"], "--images", tmp_path / "no_images"], "no images found"),
+        ([fixed, "--batch", "4"], "the model's batch size is fixed at 1; use --batch 1"),
+        ([dynamic], "has dynamic sizes"),
+        ([small, "--images", image_dir], "images preprocess to [1, 3, 32, 32], the model takes [1, 3, 8, 8]"),
+    ]:
+        result = CliRunner().invoke(main, ["bench", *map(str, args), "-n", "2", "--no-cold-start", "-q"])
+        assert result.exit_code == 2 and "bench usage error" in result.output and message in result.output, \
+            (args, result.output)
+
+
+def test_confidence_sets_the_rounds_the_gate_needs(models):
+    _, paths = models
+    result = CliRunner().invoke(main, ["bench", str(paths["onnx"]), "--baseline", str(paths["onnx"]),
+                                       "--confidence", "0.99", "-r", "6", "-q"])
+    assert result.exit_code == 2 and "at least 7 repeats at 99% confidence" in result.output, result.output
+
+
+def test_a_model_missing_from_the_baseline_is_said_not_checked(models, onnx_baseline):
+    _, paths = models
+    result = CliRunner().invoke(main, ["bench", str(paths["onnx"]), str(paths["tflite"]), *QUICK, "--no-cold-start",
+                                       "--baseline", str(onnx_baseline), "--max-regression", "500%"])
+    assert result.exit_code == 0, result.output
+    assert "tflite_fp32 @ 1 thread(s), batch 1: no baseline row; not checked" in result.output
+    assert "onnx_fp32 @ 1 thread(s), batch 1: " in result.output
+
+
+def test_device_and_baseline_together_are_a_usage_error_before_any_connection(models, onnx_baseline):
+    _, paths = models
+    result = CliRunner().invoke(main, ["bench", str(paths["onnx"]), "--device", "ssh://nobody@127.0.0.1:1",
+                                       "--baseline", str(onnx_baseline)])
+    assert result.exit_code == 2 and "--baseline/--save-baseline are for local measurements" in result.output

@@ -219,3 +219,65 @@ def test_int8_without_calibration_images_is_an_export_error(tmp_path, fmt, says)
                             options={"layout": "nhwc", "int8": "full"}, fp32_file=fp32, onnx_file=onnx_fp32)
     with pytest.raises(ExportError, match=says):
         exporter.export(model, request)
+
+
+# --- the CLI's other failure paths ----------------------------------------------------------------------------------
+
+def test_the_default_run_directory_is_runs_slash_the_recipe_name(outlier_run, tmp_path, monkeypatch):
+    shutil.copytree(outlier_run["run"], tmp_path / "runs" / "tiny")
+    monkeypatch.chdir(tmp_path)
+    code, out = edgetl("build", _recipe(outlier_run["base"], "default"))
+    assert f"building 'tiny' into {Path('runs') / 'tiny'}" in out and "[3/6] train: unchanged, reused" in out, out
+    assert code == 1  # the same recipe as the fixture's: over the budget again, now in runs/tiny
+    assert json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())["status"] == "failed: accuracy budget"
+
+
+def test_a_run_directory_that_cannot_be_created_is_a_storage_error(outlier_run, tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    code, out = edgetl("build", _recipe(outlier_run["base"], "nowhere"), "--out", tmp_path / "a_file" / "run")
+    assert code == 1 and "storage error" in out and "Cannot create the run directory" in out, out
+    assert (tmp_path / "a_file").read_text() == "not a folder"
+
+
+def _teacher_recipe(outlier_run, checkpoint: Path, name: str) -> Path:
+    return _recipe(outlier_run["base"], name, distill={"teacher": {"checkpoint": str(checkpoint)},
+                                                       "teacher_logits": "precomputed"},
+                   verify={"max_accuracy_drop_pp": 100.0})
+
+
+@pytest.mark.parametrize("case", ["missing", "not_a_model", "other_classes"])
+def test_a_bad_teacher_checkpoint_is_a_recipe_error_naming_it(outlier_run, tmp_path, case):
+    from edgetl.train import save_torch
+
+    checkpoint = tmp_path / f"{case}.pt"
+    if case == "not_a_model":
+        checkpoint.write_text("hello")
+    elif case == "other_classes":
+        saved = torch.load(outlier_run["run"] / "train" / "model.pt", weights_only=True)
+        save_torch(checkpoint, {**saved, "classes": ["cat", "dog"]})
+    run = Path(shutil.copytree(outlier_run["run"], tmp_path / "run"))
+    code, out = edgetl("build", _teacher_recipe(outlier_run, checkpoint, case), "--out", run)
+    says = {"missing": "does not exist", "not_a_model": "is not an edgetl model.pt",
+            "other_classes": "was trained on classes ['cat', 'dog']"}[case]
+    assert code == 2 and "recipe error" in out and f"distill.teacher.checkpoint {checkpoint}" in out and says in out, out
+
+
+def test_an_openvino_bundle_predicts_like_edgetl(run_dir, images, tmp_path):
+    import subprocess
+    import sys
+
+    from device_fixtures import PREP
+
+    from edgetl.bundle import make_bundle
+    from edgetl.preprocess import Preprocessing, preprocess_files
+    from edgetl.runtime import load_runner
+
+    bundle = make_bundle(run_dir, "openvino", "fp32", tmp_path / "ov").folder
+    assert {"model.xml", "model.bin", "model.json"} <= {p.name for p in bundle.iterdir()}
+    assert "openvino" in (bundle / "requirements.txt").read_text()
+    out = subprocess.run([sys.executable, "-m", "edgetl_runner", "predict", "--json", *map(str, images)], cwd=bundle,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    expected = load_runner(run_dir / "export" / "openvino_fp32" / "model.xml").run(
+        preprocess_files([str(p) for p in images], Preprocessing.from_json(PREP)))
+    np.testing.assert_allclose([p["logits"] for p in json.loads(out.stdout)], expected, atol=1e-5)
