@@ -68,6 +68,10 @@ def test_deploy_predict_and_bench_on_arm64_match_x86(device, run_dir, images, tm
 
 
 def test_remote_bench_rows_come_back_with_the_device(device, run_dir, tmp_path):
+    from edgetl.bench.remote import Device
+
+    remote = Device.parse(device["url"], ssh_config=device["config"])
+    before = set(remote.run(["ls", "/tmp"]).stdout.decode().split())
     out = tmp_path / "rows.json"
     models = [run_dir / "export" / "onnx_int8" / "model.onnx", run_dir / "export" / "tflite_int8" / "model.tflite"]
     result = CliRunner().invoke(main, ["bench", *map(str, models), "--device", device["url"], "--ssh-config",
@@ -77,6 +81,8 @@ def test_remote_bench_rows_come_back_with_the_device(device, run_dir, tmp_path):
     assert [(r["name"], r["device"], r["runs"]) for r in rows] == [("onnx_int8", device["url"], 2),
                                                                    ("tflite_int8", device["url"], 2)]
     assert all(r["device_info"]["machine"] == "aarch64" for r in rows)
+    # the temporary folder the models were uploaded to is gone from the device
+    assert not [n for n in set(remote.run(["ls", "/tmp"]).stdout.decode().split()) - before if n.startswith("edgetl.")]
 
 
 def test_device_errors_are_clear_and_other_devices_answer(device, run_dir, tmp_path):

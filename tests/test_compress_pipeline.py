@@ -76,6 +76,10 @@ def test_pruning_halves_the_macs_and_the_artifacts_are_the_pruned_model(compress
     weights = sum(int(np.prod(t.dims)) for t in onnx.load(compressed["run"] / fp32["path"]).graph.initializer)
     assert weights < prune["params_before"] * 0.8  # the exported file holds the pruned network
     assert fp32["max_abs_logit_diff"] < 1e-3
+    # The budget is off (12 val images at 32 px swing int8 by tens of points): every fp32 file is checked as parity
+    # with the pruned torch model instead, the same class for every val image.
+    assert all(a["prediction_agreement"] == 100 and a["accuracy_drop_pp"] == 0
+               for a in summary["artifacts"] if a["precision"] == "fp32")
 
 
 def test_qat_and_ptq_int8_artifacts_run_with_onnxruntime(compressed):

@@ -96,10 +96,15 @@ def test_every_format_and_precision_is_exported_verified_and_benchmarked(built_a
         assert card["input_shape"] == ([None, 32, 32, 3] if card["layout"] == "NHWC" else [None, 3, 32, 32])
         assert card["recipe_sha256"] == summary["recipe_sha256"]
         assert artifact["latency_ms"]["p50"] > 0 and 0 <= artifact["val_accuracy"] <= 100
+        # The budget is off (12 val images), so accuracy is checked as parity with the torch model: fp32 and fp16
+        # within verify's tolerances and predicting the same class for every image; int8 for nearly every image.
         if artifact["precision"] == "fp32":
             assert artifact["max_abs_logit_diff"] < 1e-3 and artifact["accuracy_drop_pp"] == 0
+        if artifact["precision"] in ("fp32", "fp16"):
+            assert artifact["prediction_agreement"] == 100, artifact
         if artifact["precision"] == "int8":
             assert artifact["quantization"] == "ptq"
+            assert artifact["prediction_agreement"] >= 75 and artifact["max_abs_logit_diff"] < 1.0, artifact
     openvino = next(a for a in summary["artifacts"] if a["name"] == "openvino_int8")
     assert [f.split("/")[-1] for f in openvino["files"]] == ["model.xml", "model.bin", "model.json"]
     env = summary["environment"]
