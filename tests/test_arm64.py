@@ -237,3 +237,16 @@ def test_deploy_dest_on_the_device_follows_the_output_folder_rule(device, run_di
         assert result.exit_code == 0, result.output
     listing = remote.run(["ls", "-A", "/opt"]).stdout.decode().split()
     assert "edgetl-again" in listing and not [n for n in listing if n.startswith("edgetl-again.")]
+
+
+def test_bench_on_devices_keeps_the_rows_of_the_devices_that_answered(device, run_dir, tmp_path):
+    devices = tmp_path / "devices.yaml"
+    devices.write_text(f"devices:\n  - {{name: emulated-pi, url: '{device['url']}'}}\n"
+                       "  - {name: gone, url: 'ssh://root@127.0.0.1:9'}\n")
+    out = tmp_path / "rows.json"
+    result = CliRunner().invoke(main, ["bench", str(run_dir / "export" / "onnx_int8" / "model.onnx"), "--devices",
+                                       str(devices), "--ssh-config", str(device["config"]), "--runs", "2",
+                                       "--json", str(out)])
+    assert result.exit_code == 1 and "gone: device error" in result.output, result.output
+    rows = json.loads(out.read_text())
+    assert [(r["name"], r["device"]) for r in rows] == [("onnx_int8", device["url"])]

@@ -129,7 +129,9 @@ def test_search_build_end_to_end_on_a_tiny_dataset(tmp_path):
     make_image_folder(data / "val", {"red": 6, "green": 6}, seed=2)
     recipe = tiny_recipe(data, train={"epochs": 2}, verify={"max_accuracy_drop_pp": 100.0})
     recipe["name"] = "tiny-search"
-    recipe["search"] = {"budget": {"size_mb": 5.0, "threads": 1},
+    # latency_ms_p90 generous (every candidate meets it at 32x32), so the verdict stays deterministic while a real
+    # measured p90 is held against a latency budget
+    recipe["search"] = {"budget": {"size_mb": 5.0, "latency_ms_p90": 1000.0, "threads": 1},
                         "backbones": ["efficientnet_lite0", "mobilenet_v2"], "prune": [0.0, 0.5],
                         "formats": ["onnx"], "precisions": ["fp32", "int8"],
                         "models": {"mobilenet_v2": {"weights": "none"}}}
@@ -143,6 +145,7 @@ def test_search_build_end_to_end_on_a_tiny_dataset(tmp_path):
     statuses = {c["name"]: c for c in search["candidates"]}
     chosen = statuses[search["chosen"]]
     assert chosen["status"] == "chosen" and chosen["trained"] and chosen["size_bytes"] <= 5e6
+    assert 0 < chosen["latency_ms_p90"] <= 1000.0 and search["budget"]["latency_ms_p90"] == 1000.0
     feasible = [c for c in search["candidates"] if c["status"] in ("chosen", "pareto")]
     assert chosen["val_accuracy"] == max(c["val_accuracy"] for c in feasible)
     assert all(c["reason"] for c in search["candidates"])
@@ -196,3 +199,31 @@ def test_a_more_pruned_model_is_bounded_by_its_less_pruned_sibling():
     state.record(("a", 0.3), 88.0, fast)  # pruning 30 % cost a lot: 50 % cannot do better than 88 %
     worth, reason = state.worth_training(("a", 0.5))
     assert not worth and "the same backbone pruned 30% reached 88.00 %" in reason
+
+
+def test_a_search_no_candidate_meets_is_exit_1_with_every_reason(tmp_path):
+    """A real latency budget no model can meet (a microsecond at p90): rejected from the untrained measurements,
+    nothing trained, exit 1, every candidate's reason in the message's file and the first ones in the message."""
+    import json
+
+    import yaml
+
+    from conftest import make_image_folder, run_cli, tiny_recipe
+
+    data = tmp_path / "tiny"
+    make_image_folder(data / "train", {"red": 6, "green": 6}, seed=1)
+    make_image_folder(data / "val", {"red": 3, "green": 3}, seed=2)
+    recipe = tiny_recipe(data, train={"epochs": 1})
+    recipe["name"] = "tiny-nothing"
+    recipe["search"] = {"budget": {"latency_ms_p90": 0.001, "threads": 1}, "backbones": ["efficientnet_lite0"],
+                        "prune": [0.0], "formats": ["onnx"], "precisions": ["fp32", "int8"]}
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    code, out = run_cli("build", path, "--out", tmp_path / "run", "--quiet")
+    assert code == 1 and "search: no candidate of search" in out and "meets search.budget" in out, out
+    assert "efficientnet_lite0_p00_onnx_fp32: " in out and "efficientnet_lite0_p00_onnx_int8: " in out, out
+    search = json.loads((tmp_path / "run" / "search.json").read_text())
+    assert [c["status"] for c in search["candidates"]] == ["rejected", "rejected"]
+    assert all("ms > budget 0.001 ms on local" in c["reason"] and "untrained" in c["reason"]
+               for c in search["candidates"])
+    assert search["trained_count"] == 0

@@ -19,7 +19,6 @@ from edgetl.errors import BenchUsageError, ModelFileError
 from edgetl.formats import FORMATS, format_for_file
 from edgetl.fsutil import sha256_json
 from edgetl.progress import SILENT, Reporter
-from edgetl.summary import read_summary
 
 ROW_FIELDS = ("model", "name", "role", "format", "precision", "threads", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
               "std_ms", "min_ms", "max_ms", "throughput_ips", "cold_start_ms", "load_ms", "first_inference_ms",
@@ -104,6 +103,18 @@ def _model_ref(path: Path, name: str | None = None, precision: str | None = None
                     meta.get("preprocessing"))
 
 
+def _run_models(run_dir: Path) -> list[ModelRef]:
+    """Every artifact of a run directory's summary.json; only the fields bench uses (name, path) are required."""
+    summary_file = run_dir / "summary.json"
+    try:
+        artifacts = json.loads(summary_file.read_text(encoding="utf-8"))["artifacts"]
+        if not all(isinstance(a.get("name"), str) and isinstance(a.get("path"), str) for a in artifacts):
+            raise TypeError("every artifact needs a name and a path")
+        return [_model_ref(run_dir / a["path"], a["name"], a.get("precision")) for a in artifacts]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise BenchUsageError(f"{summary_file}: not an edgetl summary (field 'artifacts': {str(exc)[:200]}).") from None
+
+
 def find_models(targets: list[str | Path]) -> list[ModelRef]:
     """Model files, and every artifact of each run directory (read from its summary.json), in the order given."""
     models: list[ModelRef] = []
@@ -112,8 +123,7 @@ def find_models(targets: list[str | Path]) -> list[ModelRef]:
             if not (target / "summary.json").is_file():
                 raise BenchUsageError(f"{target} is a folder without summary.json: give model files (.onnx, .xml, "
                                       ".tflite) or an edgetl run directory.")
-            artifacts = read_summary(target, BenchUsageError)["artifacts"]
-            models += [_model_ref(target / a["path"], a["name"], a.get("precision")) for a in artifacts]
+            models += _run_models(target)
         elif target.exists() or target.suffix:
             models.append(_model_ref(target))
         else:
