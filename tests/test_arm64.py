@@ -250,3 +250,14 @@ def test_bench_on_devices_keeps_the_rows_of_the_devices_that_answered(device, ru
     assert result.exit_code == 1 and "gone: device error" in result.output, result.output
     rows = json.loads(out.read_text())
     assert [(r["name"], r["device"]) for r in rows] == [("onnx_int8", device["url"])]
+
+
+def test_install_on_a_device_whose_python_has_no_pip_says_so(device, run_dir, tmp_path):
+    """--install runs the device's `python3 -m pip install -r requirements.txt` when the runtime is missing (OpenVINO
+    is not on the emulated device); this device's Python has no pip, and the error says so in one line."""
+    result = CliRunner().invoke(main, ["deploy", str(run_dir), "--device", device["url"], "--ssh-config",
+                                       str(device["config"]), "--format", "openvino", "--precision", "fp32",
+                                       "--runs", "1", "--install", "--json", str(tmp_path / "out.json")])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    error = json.loads((tmp_path / "out.json").read_text())[0]["error"]
+    assert "-m pip install" in error and "No module named pip" in error, error
