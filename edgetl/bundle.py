@@ -52,7 +52,8 @@ def _artifact(run_dir: Path, fmt: str, precision: str) -> tuple[dict, Path]:
     for artifact in summary["artifacts"]:
         if artifact["name"] == wanted:
             budget = (summary.get("budget") or {}).get("max_accuracy_drop_pp")
-            if over_budget and (budget is None or (artifact.get("accuracy_drop_pp") or 0) > budget):
+            drop = artifact.get("accuracy_drop_pp")
+            if over_budget and (budget is None or not isinstance(drop, int | float) or drop > budget):
                 raise BundleError(f"{summary_file}: {wanted} lost {artifact.get('accuracy_drop_pp')} pp of val "
                                   f"accuracy, more than verify.max_accuracy_drop_pp ({budget}); the build failed on "
                                   "it. Bundle an artifact within the budget, or change the recipe and build again.")
@@ -179,8 +180,8 @@ def _check_own_bundle(out: Path) -> None:
     if not marker.is_file():
         return
     try:
-        written = set(json.loads(marker.read_text(encoding="utf-8")).get("files") or ())
-    except (OSError, ValueError, AttributeError):
+        written = {str(name) for name in json.loads(marker.read_text(encoding="utf-8")).get("files") or ()}
+    except (OSError, ValueError, AttributeError, TypeError):
         written = set()
     extra = sorted(e.name for e in out.iterdir() if e.name not in written | {BUNDLE_MARKER}
                    and not (not written and _is_bundle_file(e.name)))
@@ -188,6 +189,34 @@ def _check_own_bundle(out: Path) -> None:
         raise OutputError(f"{out} (--out) is an earlier bundle, but holds files edgetl did not write: "
                           f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}. Replacing the bundle would delete "
                           "them: move them out, or give another --out.")
+
+
+def _write_bundle(scratch: Path, sources: list[Path], expected: dict[Path, str], summary_file: Path, meta: dict,
+                  model_path: Path, fmt: str, zip_file: bool, out: Path) -> tuple[list[str], str | None]:
+    """Write the bundle in `scratch`/bundle (its zip beside it when asked) and swap it in for `out`; returns the files
+    written and the zip made."""
+    try:
+        staging = scratch / "bundle"
+        staging.mkdir()
+        files = []
+        for source in sources:
+            copy = staging / f"model{source.suffix}"
+            shutil.copyfile(source, copy)
+            _check_hash(source, sha256_file(copy), expected, summary_file)  # the copy is what ships: check it
+            files.append(copy.name)
+        meta |= {"file": f"model{model_path.suffix}", "files": files, "edgetl_version": __version__}
+        (staging / "model.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        requirement = DEVICE_RUNTIME[fmt]
+        (staging / "requirements.txt").write_text(f"numpy>=1.21\nPillow>=9\n{requirement}\n", encoding="utf-8")
+        (staging / "README.md").write_text(_readme(meta, requirement), encoding="utf-8")
+        files += ["model.json", "requirements.txt", "README.md", *vendor_runner(staging)]
+        mark(staging, BUNDLE_MARKER, files=sorted({f.split("/")[0] for f in files}))
+        made = shutil.make_archive(str(scratch / out.name), "zip", root_dir=staging) if zip_file else None
+        swap_in(staging, out)
+    except OSError as exc:
+        raise StorageError(f"Cannot write the bundle {out}: {exc.strerror or exc}. Nothing was replaced; free space "
+                           "or choose another --out.") from None
+    return files, made
 
 
 def make_bundle(run_dir: Path, fmt: str, precision: str, out: Path, zip_file: bool = False) -> Bundle:
@@ -227,28 +256,14 @@ def make_bundle(run_dir: Path, fmt: str, precision: str, out: Path, zip_file: bo
     except OSError as exc:
         raise StorageError(f"Cannot write the bundle beside {out}: {exc.strerror or exc}. Choose another --out.") from None
     try:
-        staging = Path(scratch_dir) / "bundle"
-        staging.mkdir()
-        files = []
-        for source in sources:
-            copy = staging / f"model{source.suffix}"
-            shutil.copyfile(source, copy)
-            _check_hash(source, sha256_file(copy), expected, summary_file)  # the copy is what ships: check it
-            files.append(copy.name)
-        meta |= {"file": f"model{model_path.suffix}", "files": files, "edgetl_version": __version__}
-        (staging / "model.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        requirement = DEVICE_RUNTIME[fmt]
-        (staging / "requirements.txt").write_text(f"numpy>=1.21\nPillow>=9\n{requirement}\n", encoding="utf-8")
-        (staging / "README.md").write_text(_readme(meta, requirement), encoding="utf-8")
-        files += ["model.json", "requirements.txt", "README.md", *vendor_runner(staging)]
-        mark(staging, BUNDLE_MARKER, files=sorted({f.split("/")[0] for f in files}))
-        made = shutil.make_archive(str(Path(scratch_dir) / out.name), "zip", root_dir=staging) if archive else None
-        swap_in(staging, out)
+        files, made = _write_bundle(Path(scratch_dir), sources, expected, summary_file, meta, model_path, fmt,
+                                    archive is not None, out)
         if made:
-            Path(made).replace(archive)  # after the folder: a failure before leaves the old zip with the old folder
-    except OSError as exc:
-        raise StorageError(f"Cannot write the bundle {out}: {exc.strerror or exc}. Nothing was replaced; free space "
-                           "or choose another --out.") from None
+            try:
+                Path(made).replace(archive)  # after the folder: a failure before leaves the old zip and old folder
+            except OSError as exc:
+                raise StorageError(f"The bundle {out} was written, but not its zip {archive}: "
+                                   f"{exc.strerror or exc}.") from None
     finally:
         shutil.rmtree(scratch_dir, ignore_errors=True)
     return Bundle(out, archive, artifact["name"], tuple(files))

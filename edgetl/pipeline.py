@@ -164,7 +164,10 @@ def _finish_swap(root: Path, name: str) -> None:
     folders that a swap moved aside."""
     folder, partial = root / name, root / f".{name}.partial"
     if not folder.exists() and (_read_marker(partial / "stage.json") or {}).get("stage") == name:
-        os.replace(partial, folder)
+        try:
+            os.replace(partial, folder)
+        except OSError as exc:
+            raise _storage_error(exc, f"Cannot finish the {name} stage in {root}") from None
     for aside in root.glob(f".{name}.old-*"):
         shutil.rmtree(aside, ignore_errors=True)
 
@@ -1109,19 +1112,20 @@ def _is_old_run(folder: Path) -> bool:
         return False
     stage_dirs = [e for e in entries if e.name in STAGES]
 
-    def edgetl_stage(stage: Path) -> bool:
-        if not stage.is_dir():
-            return False
-        if (_read_marker(stage / "stage.json") or {}).get("stage") == stage.name:
-            return True
-        names = {c.name for c in stage.iterdir()}
+    def finished(stage: Path) -> bool:
+        return stage.is_dir() and (_read_marker(stage / "stage.json") or {}).get("stage") == stage.name
+
+    def killed(stage: Path) -> bool:  # only a checkpoint (and temp files) of a stage killed mid-way
+        names = {c.name for c in stage.iterdir()} if stage.is_dir() else set()
         return bool(names & _KEEP_ON_RERUN) and all(n in _KEEP_ON_RERUN or n.endswith(".tmp") for n in names)
 
-    if stage_dirs:
-        return all(edgetl_stage(e) for e in stage_dirs)
+    if stage_dirs:  # the data stage always completes first: a folder without it is nobody's old run
+        return finished(folder / "data") and all(finished(e) or killed(e) for e in stage_dirs)
     search = folder / "search"
-    return search.is_dir() and (folder / "search.json").is_file() and all(
-        sub.name == "untrained" or _is_old_run(sub) for sub in search.iterdir() if sub.is_dir())
+    subs = [sub for sub in search.iterdir() if sub.is_dir()] if search.is_dir() else []
+    runs = [run for sub in subs for run in ([*sub.iterdir()] if sub.name == "untrained" else [sub]) if run.is_dir()]
+    return (folder / "search.json").is_file() and bool(runs) and all(_is_old_run(run) for run in runs) and all(
+        sub.is_dir() for sub in subs)
 
 
 def claim_run_dir(root: Path) -> None:
@@ -1180,7 +1184,7 @@ def _mark_building(summary_path: Path) -> None:
         summary = read_json(summary_path)
     except (OSError, ValueError, RecursionError):
         return
-    if isinstance(summary, dict) and summary.get("status") == "ok":
+    if isinstance(summary, dict) and summary.get("status") != "building":
         with contextlib.suppress(StorageError):  # a read-only run: the stage that must write says so, by name
             write_json(summary_path, {**summary, "status": "building"})
 
@@ -1200,7 +1204,7 @@ def _record_failure(recipe: Recipe, run: RunDir, exc: BaseException) -> None:
             previous = {}  # a damaged summary is replaced, not a reason to hide the build's own error
         kept = [a for a in previous.get("artifacts", []) if a.get("files_sha256")
                 and not changed_files(run.root, a["files_sha256"])]
-        kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else getattr(exc, "kind", "internal error")
+        kind = "interrupted" if isinstance(exc, KeyboardInterrupt | SystemExit) else getattr(exc, "kind", "internal error")
         summary = {**previous, "edgetl_version": __version__, "status": f"failed: {kind}",
                    "error": str(exc)[:4000] or type(exc).__name__, "failed_stage": run.current,
                    "recipe": recipe.source or "<recipe>", "recipe_name": recipe.name,

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-# .ci/run installs every tool and data set a test needs (the arm64 device's qemu/debootstrap/sshd, chromium, root
-# for mounts) and runs beside ../shared: there a missing one is a failure, not a skip.
+# Under CI=true a missing tool or data set fails the test that needs it instead of skipping it: .ci/run installs the
+# Debian tools (the arm64 device's qemu/debootstrap/sshd, chromium) and runs as root beside ../shared; the machine
+# image provides the pyenv Pythons 3.9 and 3.12.
 IN_CI = os.environ.get("CI") == "true"
 SHARED_CACHE = Path(os.environ.get("EDGETL_SHARED_CACHE", REPO.parent / "shared" / "cache"))
 HYMENOPTERA = SHARED_CACHE / "datasets" / "hymenoptera_data"

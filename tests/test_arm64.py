@@ -43,8 +43,12 @@ def test_the_device_is_arm64(device):
 
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])
 def test_deploy_predict_and_bench_on_arm64_match_x86(device, run_dir, images, tmp_path, fmt):
+    from edgetl.bench.remote import Device
     from edgetl.preprocess import Preprocessing, preprocess_files
     from edgetl.runtime import load_runner
+
+    # the rootfs is reused between runs: start from no folder (deploying over an earlier one has its own test)
+    Device.parse(device["url"], ssh_config=device["config"]).run(["rm", "-rf", f"/opt/edgetl-{fmt}"])
 
     out = tmp_path / "result.json"
     result = CliRunner().invoke(main, ["deploy", str(run_dir), "--device", device["url"], "--ssh-config",
@@ -220,7 +224,7 @@ def test_a_cached_rootfs_is_reused_only_while_its_package_list_matches(tmp_path)
     assert not arm64_device._valid(root)
 
 
-def test_deploy_dest_on_the_device_follows_the_output_folder_rule(device, run_dir, tmp_path):
+def test_deploy_dest_on_the_device_follows_the_output_folder_rule(device, run_dir, images, tmp_path):
     """--dest holding the device user's own files is refused untouched; an earlier bundle there is replaced."""
     from edgetl.bench.remote import Device
 
@@ -232,11 +236,14 @@ def test_deploy_dest_on_the_device_follows_the_output_folder_rule(device, run_di
     assert result.exit_code == 1 and "will not write into it" in result.output, result.output
     assert remote.run(["cat", "/opt/precious/keep.txt"]).stdout.decode().strip() == "mine"
     assert remote.run(["ls", "-A", "/opt/precious"]).stdout.decode().split() == ["keep.txt"]
-    for _ in range(2):  # a new folder, then the bundle it now holds: replaced
-        result = CliRunner().invoke(main, [*args, "--dest", "/opt/edgetl-again"])
+    remote.run(["rm", "-rf", "/opt/edgetl-again"])
+    for _ in range(2):  # a new folder, then the bundle (and images) it now holds: replaced
+        result = CliRunner().invoke(main, [*args, "--dest", "/opt/edgetl-again", "--images", str(images[0])])
         assert result.exit_code == 0, result.output
     listing = remote.run(["ls", "-A", "/opt"]).stdout.decode().split()
     assert "edgetl-again" in listing and not [n for n in listing if n.startswith("edgetl-again.")]
+    assert remote.run(["stat", "-c", "%a", "/opt/edgetl-again"]).stdout.decode().strip() == "755"
+    assert "image0.jpg" in remote.run(["ls", "/opt/edgetl-again"]).stdout.decode().split()
 
 
 def test_bench_on_devices_keeps_the_rows_of_the_devices_that_answered(device, run_dir, tmp_path):

@@ -430,3 +430,18 @@ def test_an_output_file_in_a_missing_folder_is_refused_not_created(tmp_path, run
 def test_a_malformed_device_url_is_bad_input(url, run_dir):
     code, out = edgetl("bench", next(run_dir.rglob("*.onnx")), "-n", 2, "--device", url)
     assert code == 2 and "device address error" in out, out
+
+
+def test_bench_of_a_model_that_loads_but_fails_to_run_is_one_message(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    # a batch of one has 3*8*8 values, which do not split into 7 rows: found only when it runs (the batch is dynamic)
+    shape = numpy_helper.from_array(np.array([7, -1], np.int64), "shape")
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [shape])
+    model = tmp_path / "bad_reshape.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    code, out = edgetl("bench", model, "-n", 2, "--no-cold-start")
+    assert code == 2 and "bad_reshape.onnx loads but fails to run in onnxruntime" in out, out

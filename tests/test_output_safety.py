@@ -195,16 +195,41 @@ def test_build_takes_an_empty_folder_and_an_old_run_without_a_marker(built, run,
 
 def test_an_old_run_killed_in_training_is_recognised_and_resumes(built, tmp_path):
     """An older edgetl kept a killed stage's checkpoint in the stage folder itself (train/checkpoint.pt, no
-    stage.json): that run directory is still edgetl's, and the checkpoint is moved to where training resumes."""
-    from edgetl.train import save_torch
+    stage.json, no marker, records without their hash): that run directory is still edgetl's, and training resumes
+    from the checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
 
+    import torch
+
+    from conftest import REPO
+
+    dataset = Path(yaml.safe_load(built[0].read_text())["data"]["path"])
+    recipe = tmp_path / "three.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(dataset, train={"epochs": 3})))
     run = tmp_path / "old"
-    for stage in ("data", "inputs"):
-        shutil.copytree(built[1] / stage, run / stage)
-    (run / "train").mkdir()
-    save_torch(run / "train" / "checkpoint.pt", {"key": "from another recipe"})  # resumable state, wrong key
-    code, out = edgetl("build", built[0], "--out", run)
-    assert code == 0 and "[1/6] data: unchanged, reused" in out and "[3/6] train\n" in out, out
+    cmd = [sys.executable, "-m", "edgetl.cli", "build", str(recipe), "--out", str(run)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    for line in proc.stdout:
+        if "epoch 1:" in line:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=120)
+    (run / "train").mkdir()  # the layout an older edgetl left
+    os.replace(run / ".train.partial" / "checkpoint.pt", run / "train" / "checkpoint.pt")
+    for leftover in [run / ".edgetl-run", *run.glob(".*.partial")]:
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    for marker in run.glob("*/stage.json"):
+        saved = json.loads(marker.read_text())
+        del saved["record_sha256"]
+        marker.write_text(json.dumps(saved))
+    epoch = int(torch.load(run / "train" / "checkpoint.pt", weights_only=True)["state"]["epoch"])
+    code, out = edgetl("build", recipe, "--out", run)
+    assert code == 0 and "[1/6] data: unchanged, reused" in out, out
+    assert f"resuming training after epoch {epoch}" in out, out
     assert not (run / "train" / "checkpoint.pt").exists() and not list(run.glob(".*.partial"))
 
 
@@ -242,8 +267,9 @@ def test_an_edited_stage_record_is_not_trusted(built, run):
     assert next(a for a in summary["artifacts"] if a["name"] == "onnx_int8")["val_accuracy"] != 99.9
 
 
-def test_an_interrupted_rebuild_says_so_in_the_summary(built, run, monkeypatch):
-    """Ctrl-C after a stage was swapped in: the summary is not left saying `ok` about files that changed."""
+def test_an_interrupted_rebuild_says_so_in_the_summary(built, run, tmp_path, monkeypatch):
+    """Ctrl-C after a stage was swapped in (export, made again with other calibration images): the summary is not
+    left saying `ok` about files that changed."""
     from edgetl import pipeline
 
     seen = {}
@@ -253,11 +279,18 @@ def test_an_interrupted_rebuild_says_so_in_the_summary(built, run, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline, "_verify_stage", interrupted)
-    code, out = edgetl("build", built[0], "--out", run)
-    assert code == 130 and "interrupted" in out, out
+    dataset = Path(yaml.safe_load(built[0].read_text())["data"]["path"])
+    recipe = _write_recipe(tmp_path / "other.yaml", dataset, export={"calibration_images": 6})
+    code, out = edgetl("build", recipe, "--out", run)
+    assert code == 130 and "interrupted" in out and "[4/6] export\n" in out, out
     assert seen["status"] == "building"  # what a SIGKILL at that moment would leave: bundles refuse it
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed: interrupted" and summary["failed_stage"] is None
+    # the int8 file was made again from other calibration images: no longer the one the summary recorded
+    assert "onnx_int8" not in [a["name"] for a in summary["artifacts"]]
+    from edgetl.fsutil import changed_files
+
+    assert all(not changed_files(run, a["files_sha256"]) for a in summary["artifacts"])  # what is listed is intact
     code, out = edgetl("bundle", run, "--format", "onnx", "--precision", "int8", "-o", run.parent / "b")
     assert code == 2 and "did not finish" in out, out
 

@@ -215,6 +215,8 @@ def benchmark(models: list[ModelRef], options: BenchOptions, reporter: Reporter 
     for threads in options.threads:
         runners = [load_runner(m.path, threads=threads) for m in models]
         batches = [make_inputs(m, r.input_shape, options) for m, r in zip(models, runners, strict=True)]
+        for runner, batch in zip(runners, batches, strict=True):
+            runner.run(batch)  # once through the checked call: a model that fails to run is a ModelFileError here
         warmups = [warm_up(r, b, options.warmup) for r, b in zip(runners, batches, strict=True)]
         states = _reference_runners({m.format for m in models}, threads) if options.reference else {}
         trials: list[list[np.ndarray]] = [[] for _ in models]

@@ -127,13 +127,17 @@ def _check_runtime(device: Device, remote_dir: str, fmt: str, install: bool) -> 
     return info
 
 
-# Run on the device with its Python: `check DEST` refuses a DEST that is not new, empty or an earlier bundle with
-# only its own files (the rule `edgetl bundle -o` follows here); `swap NEW DEST` puts the uploaded NEW in its place.
+# Run on the device with its Python. `check DEST` prints DEST resolved (~ expanded, links followed) and refuses one
+# that is not new, empty or an earlier bundle holding only what edgetl wrote there (the rule `edgetl bundle -o`
+# follows). `swap NEW DEST NAME...` adds the extra files NAME... to NEW's marker and puts NEW in DEST's place.
 _PLACE = """
 import json, os, shutil, sys
+BUNDLE_NAMES = ("model.json", "requirements.txt", "README.md", "edgetl_runner")
 action, paths = sys.argv[1], sys.argv[2:]
 if action == "check":
-    dest = paths[0]
+    if not paths[0].strip():
+        sys.exit("is empty: give a folder")
+    dest = os.path.realpath(os.path.expanduser(paths[0]))
     if os.path.lexists(dest) and not os.path.isdir(dest):
         sys.exit("is a file, not a folder")
     names = os.listdir(dest) if os.path.isdir(dest) else []
@@ -141,38 +145,61 @@ if action == "check":
         marker = os.path.join(dest, ".edgetl-bundle")
         if not os.path.isfile(marker):
             sys.exit("exists and is not an edgetl bundle (no .edgetl-bundle marker)")
-        with open(marker) as f:
-            written = set(json.load(f).get("files") or ()) | {".edgetl-bundle"}
-        extra = sorted(n for n in names if n not in written)
+        try:
+            with open(marker) as f:
+                written = set(json.load(f).get("files") or ())
+        except (OSError, ValueError, AttributeError, TypeError):
+            written = set()
+        extra = sorted(n for n in names if n != ".edgetl-bundle" and n not in written
+                       and not (not written and (n in BUNDLE_NAMES or n.startswith("model."))))
         if extra:
             sys.exit("holds files edgetl did not write: " + ", ".join(extra[:5]))
+    print(dest)
 else:
-    new, dest = paths
-    aside = dest.rstrip("/") + ".old-edgetl"
-    shutil.rmtree(aside, ignore_errors=True)
+    new, dest, extra = paths[0], paths[1], paths[2:]
+    marker = os.path.join(new, ".edgetl-bundle")
+    with open(marker) as f:
+        data = json.load(f)
+    data["files"] = sorted(set(data.get("files") or ()) | set(extra))
+    with open(marker, "w") as f:
+        json.dump(data, f)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(new, 0o777 & ~umask)  # mktemp made it 0700; a deployed folder gets the usual mode
+    aside = None
     if os.path.isdir(dest):
+        aside = "%s.old-edgetl-%d" % (dest, os.getpid())
         os.rename(dest, aside)
     os.rename(new, dest)
-    shutil.rmtree(aside, ignore_errors=True)
+    if aside:
+        shutil.rmtree(aside, ignore_errors=True)
 """
 
 
-def _place(device: Device, bundle: Path, dest: str) -> None:
-    """Upload `bundle` into the device folder `dest` (deploy --dest) beside it first, then swap it in; a `dest` that
-    holds other files is refused untouched."""
+def _place(device: Device, bundle: Path, dest: str, extra_files: dict[str, Path]) -> str:
+    """Upload `bundle` and `extra_files` (device name -> local path) into the device folder `dest` (deploy --dest):
+    beside it first, then swapped in; a `dest` holding other files is refused untouched. Returns `dest` resolved."""
     checked = device.run([device.python, "-c", _PLACE, "check", dest], timeout=60, check=False)
-    if checked.returncode != 0:
-        raise DeviceError(f"{device.name}: --dest {dest} {_last_line(checked.stderr) or 'cannot be checked'}; edgetl "
+    resolved = checked.stdout.decode().strip().splitlines()[-1:] if checked.returncode == 0 else []
+    if not resolved:
+        raise DeviceError(f"{device.name}: --dest {dest!r} {_last_line(checked.stderr) or 'cannot be checked'}; edgetl "
                           "will not write into it. Give a new folder, or remove that one first.")
-    parent = dest.rstrip("/").rsplit("/", 1)[0] if "/" in dest.rstrip("/") else "."
-    device.run(["mkdir", "-p", parent or "/"], timeout=60)
-    staging = device.run(["mktemp", "-d", f"{dest.rstrip('/')}.partial-XXXXXX"], timeout=60).stdout.decode().strip()
+    dest = resolved[0]
+    device.run(["mkdir", "-p", dest.rsplit("/", 1)[0] or "/"], timeout=60)
+    staging = device.run(["mktemp", "-d", f"{dest}.partial-XXXXXX"], timeout=60).stdout.decode().strip()
     try:
         upload(device, bundle, staging)
-        device.run([device.python, "-c", _PLACE, "swap", staging, dest], timeout=60)
+        _write_extra(device, staging, extra_files)
+        device.run([device.python, "-c", _PLACE, "swap", staging, dest, *extra_files], timeout=60)
     finally:
         with contextlib.suppress(DeviceError):
             device.run(["rm", "-rf", staging], timeout=60, check=False)
+    return dest
+
+
+def _write_extra(device: Device, remote_dir: str, extra_files: dict[str, Path]) -> None:
+    for name, local in extra_files.items():
+        device.run(["sh", "-c", 'cat > "$1"', "sh", f"{remote_dir}/{name}"], stdin=Path(local).read_bytes())
 
 
 def run_bundle(device: Device, bundle: Path, fmt: str, commands: list[list[str]], remote_dir: str | None = None,
@@ -186,10 +213,9 @@ def run_bundle(device: Device, bundle: Path, fmt: str, commands: list[list[str]]
     try:
         if temporary:
             upload(device, bundle, remote_dir)
+            _write_extra(device, remote_dir, extra_files or {})
         else:
-            _place(device, bundle, remote_dir)
-        for name, local in (extra_files or {}).items():
-            device.run(["sh", "-c", 'cat > "$1"', "sh", f"{remote_dir}/{name}"], stdin=Path(local).read_bytes())
+            remote_dir = _place(device, bundle, remote_dir, extra_files or {})
         _check_runtime(device, remote_dir, fmt, install)
         outputs = []
         for command in commands:
