@@ -150,8 +150,12 @@ Run these from this folder (or pass `--bundle PATH`). Made by edgetl {__version_
 """
 
 
+# What a bundle holds besides its model.* files (a bundle made before markers is recognised by these names).
+BUNDLE_FILES = ("model.json", "requirements.txt", "README.md", PACKAGE)
+
+
 def _is_bundle_file(name: str) -> bool:
-    return name in ("model.json", "requirements.txt", "README.md", PACKAGE) or name.startswith("model.")
+    return name in BUNDLE_FILES or name.startswith("model.")
 
 
 def _is_old_bundle(folder: Path) -> bool:

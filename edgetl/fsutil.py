@@ -26,14 +26,17 @@ def _default_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def _storage_error(path: Path, exc: OSError) -> StorageError:
+def storage_reason(exc: OSError) -> str:
+    """What an OSError from writing means, in words (a full disk, a read-only or forbidden location, ...)."""
     if exc.errno == errno.ENOSPC:
-        reason = "the disk is full"
-    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        reason = "permission denied (read-only location?)"
-    else:
-        reason = exc.strerror or str(exc)
-    return StorageError(f"Cannot write {path}: {reason}. Nothing was left half-written; free space or "
+        return "the disk is full"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "permission denied (read-only location?)"
+    return exc.strerror or str(exc)
+
+
+def _storage_error(path: Path, exc: OSError) -> StorageError:
+    return StorageError(f"Cannot write {path}: {storage_reason(exc)}. Nothing was left half-written; free space or "
                         "choose another output folder (--out) and run again.")
 
 

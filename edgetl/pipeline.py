@@ -37,6 +37,7 @@ from edgetl.fsutil import (
     refuse_unmarked,
     sha256_file,
     sha256_json,
+    storage_reason,
     swap_in,
     write_json,
 )
@@ -132,8 +133,8 @@ class RunDir:
     def _intact(self, saved: dict) -> bool:
         """The record is the one written (its hash matches; an older edgetl's record has none) and every file it
         lists has the content recorded."""
-        record = saved.get("record")
-        if not isinstance(record, dict) or saved.get("record_sha256", sha256_json(record)) != sha256_json(record):
+        record, recorded = saved.get("record"), saved.get("record_sha256")
+        if not isinstance(record, dict) or (recorded is not None and recorded != sha256_json(record)):
             return False
         files = record.get("files", {})
         return isinstance(files, dict) and not changed_files(self.root, files)
@@ -153,10 +154,8 @@ def _read_marker(marker: Path) -> dict | None:
 
 
 def _storage_error(exc: OSError, what: str) -> StorageError:
-    hint = {errno.ENOSPC: "the disk is full; free space", errno.EROFS: "the location is read-only",
-            errno.EACCES: "permission denied", errno.EPERM: "permission denied"}.get(exc.errno, exc.strerror or str(exc))
-    return StorageError(f"{what}: {hint}. Completed stages are kept; fix that or choose another output folder "
-                        "(--out) and run again.")
+    return StorageError(f"{what}: {storage_reason(exc)}. Completed stages are kept; fix that or choose another output "
+                        "folder (--out) and run again.")
 
 
 def _finish_swap(root: Path, name: str) -> None:
@@ -1124,8 +1123,7 @@ def _is_old_run(folder: Path) -> bool:
     search = folder / "search"
     subs = [sub for sub in search.iterdir() if sub.is_dir()] if search.is_dir() else []
     runs = [run for sub in subs for run in ([*sub.iterdir()] if sub.name == "untrained" else [sub]) if run.is_dir()]
-    return (folder / "search.json").is_file() and bool(runs) and all(_is_old_run(run) for run in runs) and all(
-        sub.is_dir() for sub in subs)
+    return (folder / "search.json").is_file() and bool(runs) and all(_is_old_run(run) for run in runs)
 
 
 def claim_run_dir(root: Path) -> None:

@@ -132,7 +132,7 @@ def _check_runtime(device: Device, remote_dir: str, fmt: str, install: bool) -> 
 # follows). `swap NEW DEST NAME...` adds the extra files NAME... to NEW's marker and puts NEW in DEST's place.
 _PLACE = """
 import json, os, shutil, sys
-BUNDLE_NAMES = ("model.json", "requirements.txt", "README.md", "edgetl_runner")
+BUNDLE_NAMES = %(bundle_files)r
 action, paths = sys.argv[1], sys.argv[2:]
 if action == "check":
     if not paths[0].strip():
@@ -168,7 +168,7 @@ else:
     os.chmod(new, 0o777 & ~umask)  # mktemp made it 0700; a deployed folder gets the usual mode
     aside = None
     if os.path.isdir(dest):
-        aside = "%s.old-edgetl-%d" % (dest, os.getpid())
+        aside = "%%s.old-edgetl-%%d" %% (dest, os.getpid())
         os.rename(dest, aside)
     os.rename(new, dest)
     if aside:
@@ -176,10 +176,16 @@ else:
 """
 
 
+def _place_script() -> str:
+    from edgetl.bundle import BUNDLE_FILES
+
+    return _PLACE % {"bundle_files": BUNDLE_FILES}
+
+
 def _place(device: Device, bundle: Path, dest: str, extra_files: dict[str, Path]) -> str:
     """Upload `bundle` and `extra_files` (device name -> local path) into the device folder `dest` (deploy --dest):
     beside it first, then swapped in; a `dest` holding other files is refused untouched. Returns `dest` resolved."""
-    checked = device.run([device.python, "-c", _PLACE, "check", dest], timeout=60, check=False)
+    checked = device.run([device.python, "-c", _place_script(), "check", dest], timeout=60, check=False)
     resolved = checked.stdout.decode().strip().splitlines()[-1:] if checked.returncode == 0 else []
     if not resolved:
         raise DeviceError(f"{device.name}: --dest {dest!r} {_last_line(checked.stderr) or 'cannot be checked'}; edgetl "
@@ -190,7 +196,7 @@ def _place(device: Device, bundle: Path, dest: str, extra_files: dict[str, Path]
     try:
         upload(device, bundle, staging)
         _write_extra(device, staging, extra_files)
-        device.run([device.python, "-c", _PLACE, "swap", staging, dest, *extra_files], timeout=60)
+        device.run([device.python, "-c", _place_script(), "swap", staging, dest, *extra_files], timeout=60)
     finally:
         with contextlib.suppress(DeviceError):
             device.run(["rm", "-rf", staging], timeout=60, check=False)
