@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import statistics
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -105,6 +106,9 @@ def _distributed_rank(recipe: Path, out: Path | None, quiet: bool) -> None:
         code = 0
     except SystemExit as exc:  # _handle_errors printed the message; the launcher exits with the code
         code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # a bug: its traceback, as without --nproc (finish exits at once, which would hide it)
+        traceback.print_exc()
+        code = 1
     finally:
         distributed.finish(code)
 

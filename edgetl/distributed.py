@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -107,6 +108,35 @@ def _failure(code: int, agent_stderr: str) -> str:
             "every node.")
 
 
+def is_collective_failure(exc: BaseException) -> bool:
+    """Whether `exc` is the process group failing (a peer gone, a broken connection), not the training itself."""
+    import torch.distributed as dist
+
+    return isinstance(exc, getattr(dist, "DistError", ())) or "gloo" in str(exc)
+
+
+def peer_lost(exc: BaseException) -> DistributedError:
+    """The error rank 0 raises when another process of the fine-tune is gone mid-collective."""
+    _ignore_launcher()
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return DistributedError(f"another process of the distributed fine-tune stopped ({text[:300]}); this process cannot "
+                            "go on without it. Its own error, if it printed one, is above. Completed stages are kept: "
+                            "run the same command again to resume.")
+
+
+def _ignore_launcher() -> None:
+    """Rank 0 is failing already: torchrun's SIGTERM must not cut short the writing of the failed summary."""
+    if rank() == 0 and is_child():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _stopped_by_launcher(signum, frame) -> None:
+    _ignore_launcher()
+    raise DistributedError("torch.distributed.run stopped this build (SIGTERM): another process of it failed. Its "
+                           "own error, if it printed one, is above. Completed stages are kept: run the same command "
+                           "again to resume.")
+
+
 def start() -> None:
     """In a rank started by `launch`: point stderr at the user's terminal and join the process group."""
     import torch.distributed as dist
@@ -119,6 +149,8 @@ def start() -> None:
             os.close(fd)
         except OSError:
             pass  # no /proc, or the launcher is gone: keep torchrun's stderr
+    if rank() == 0:  # torchrun ends the others with SIGTERM when one process fails: rank 0 records why and exits
+        signal.signal(signal.SIGTERM, _stopped_by_launcher)
     # gloo: edgetl fine-tunes on the CPU (nccl would need the model and batches on CUDA devices, which it never uses).
     dist.init_process_group(backend="gloo", timeout=_TIMEOUT)
 

@@ -323,6 +323,9 @@ class SearchBudget(Section):
     accuracy_min: float | None = Field(None, ge=0, le=100, description="Lowest acceptable val accuracy (%).")
     device: str = Field("local", description="`local`, or ssh://[user@]host[:port] (see `edgetl deploy`).")
     threads: int = Field(1, gt=0, le=MAX_THREADS)
+    ssh_config: str | None = Field(None, description="With an ssh:// device: an ssh_config file to use instead of "
+                                   "~/.ssh/config (relative to the recipe file), like `edgetl bench --ssh-config`.")
+    python: str = Field("python3", min_length=1, description="With an ssh:// device: the Python interpreter there.")
 
     @model_validator(mode="after")
     def _something_to_meet(self) -> SearchBudget:

@@ -11,10 +11,11 @@ its own folder under `RUN/search/` (so every stage is cached and resumable), dri
 
 from __future__ import annotations
 
+import platform
 import shutil
 from pathlib import Path
 
-from edgetl.errors import AccuracyBudgetError, BudgetError
+from edgetl.errors import AccuracyBudgetError, BudgetError, RecipeError
 from edgetl.fsutil import read_json, write_json
 from edgetl.progress import Reporter
 from edgetl.recipe import Recipe
@@ -55,8 +56,10 @@ class Measurer:
     """p90 latency (ms) and size of a sub-run's artifacts on the budget's device: the sub-run's own bench stage
     when the device is this machine, `edgetl bench --device` rows when it is an ssh:// device."""
 
-    def __init__(self, budget: Budget):
+    def __init__(self, budget: Budget, device=None):
         self.budget = budget
+        self.device = device  # an edgetl.bench.remote.Device when budget.device is not `local`
+        self.measured_on = {"device": "local", "machine": platform.machine()}  # the device's own answer once measured
 
     def measure(self, run_dir: Path, summary: dict) -> dict[tuple[str, str], dict]:
         artifacts = {(a["format"], a["precision"]): a for a in summary["artifacts"]}
@@ -67,14 +70,15 @@ class Measurer:
                 p90[key] = latency["p90"] if latency else None
         else:
             from edgetl.bench.measure import find_models
-            from edgetl.bench.remote import Device, bench_on_devices
+            from edgetl.bench.remote import bench_on_devices
 
             models = find_models([run_dir / a["path"] for a in artifacts.values()])
-            answer = bench_on_devices(models, [Device.parse(self.budget.device)], (self.budget.threads,), 1, 50, 5,
-                                      False)[0]
+            answer = bench_on_devices(models, [self.device], (self.budget.threads,), 1, 50, 5, False)[0]
             if answer["error"]:
                 raise BudgetError(f"search.budget.device: {answer['error']}")
             by_path = {Path(row["model"]).resolve(): row["p90_ms"] for row in answer["rows"]}
+            if answer["rows"]:
+                self.measured_on = {"device": self.device.url, **answer["rows"][0]["device_info"]}
             for key, artifact in artifacts.items():
                 p90[key] = by_path.get((run_dir / artifact["path"]).resolve())
         return {key: {"val_accuracy": artifact.get("val_accuracy"), "latency_ms_p90": p90[key],
@@ -91,6 +95,19 @@ def _reuse(source: Path, folder: Path, stages: tuple[str, ...]) -> None:
             shutil.copytree(source / stage, folder / stage)
 
 
+def _budget_device(recipe: Recipe):
+    """The ssh:// device of search.budget (None for `local`), with its ssh_config and Python."""
+    budget = recipe.search.budget
+    if budget.device == "local":
+        return None
+    from edgetl.bench.remote import Device
+
+    config = recipe.resolve_path(budget.ssh_config) if budget.ssh_config else None
+    if config is not None and not config.is_file():
+        raise RecipeError(f"{recipe.source}: search.budget.ssh_config: {config} is not a file.")
+    return Device.parse(budget.device, budget.python, config)
+
+
 def build_search(recipe: Recipe, root: Path, reporter: Reporter) -> dict:
     """Run the search of `recipe` into `root`; returns the summary (the chosen model's, plus `search`)."""
     from edgetl.pipeline import build
@@ -99,7 +116,7 @@ def build_search(recipe: Recipe, root: Path, reporter: Reporter) -> dict:
     budget = Budget(cfg.budget.latency_ms_p90, cfg.budget.size_mb, cfg.budget.accuracy_min, cfg.budget.device,
                     cfg.budget.threads)
     candidates = make_grid(cfg.backbones, cfg.prune, cfg.formats, cfg.precisions)
-    measurer = Measurer(budget)
+    measurer = Measurer(budget, _budget_device(recipe))
     untrained: dict[ModelKey, dict] = {}
     trained_runs: dict[ModelKey, Path] = {}
 
@@ -144,7 +161,7 @@ def build_search(recipe: Recipe, root: Path, reporter: Reporter) -> dict:
               "candidates": [c.as_dict() for c in candidates],
               "trained_count": sum(c.trained for c in candidates), "models_trained": len(state.trained),
               "grid_size": len(candidates), "models_in_grid": len({c.model_key for c in candidates}),
-              "prior": prior}
+              "prior": prior, "measured_on": measurer.measured_on}
     if chosen is None:
         write_json(root / "search.json", search)
         reasons = "; ".join(f"{c.name}: {c.reason}" for c in candidates[:6])

@@ -200,8 +200,13 @@ def fine_tune(created: CreatedModel, train_samples: list[Sample], val_inputs: np
             "cfg": cfg.model_copy(update={"probe_epochs": 0, "freeze_batchnorm": freeze_bn}),
             "samples": train_samples, "workers": workers, "distiller": distiller,
             "checkpoint": resumable})
-    return train_loop(model, optimizer, images, val_inputs, val_labels, cfg, workers, before_epoch,
-                      checkpointer, reporter, distiller, spread=spread)
+    try:
+        return train_loop(model, optimizer, images, val_inputs, val_labels, cfg, workers, before_epoch,
+                          checkpointer, reporter, distiller, spread=spread)
+    except RuntimeError as exc:
+        if spread and distributed.is_collective_failure(exc):
+            raise distributed.peer_lost(exc) from None
+        raise
 
 
 class _GivenCheckpoint:

@@ -268,3 +268,34 @@ def test_install_on_a_device_whose_python_has_no_pip_says_so(device, run_dir, tm
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     error = json.loads((tmp_path / "out.json").read_text())[0]["error"]
     assert "-m pip install" in error and "No module named pip" in error, error
+
+
+def test_a_search_measures_its_latency_budget_on_the_device(device, tiny_dataset, tmp_path):
+    """search.budget.device over real SSH: the untrained and the trained candidates are timed on the emulated arm64
+    device (search.json says where), and a budget the emulated device cannot meet rejects them with its address."""
+    import yaml
+
+    from conftest import run_cli, tiny_recipe
+
+    recipe = tiny_recipe(tiny_dataset, train={"epochs": 1})
+    recipe["name"] = "tiny-device-search"
+    config = tmp_path / "device_ssh_config"
+    config.write_text(Path(device["config"]).read_text())  # relative to the recipe file
+    budget = {"latency_ms_p90": 600000.0, "threads": 1, "device": device["url"], "ssh_config": config.name}
+    recipe["search"] = {"budget": budget, "backbones": ["efficientnet_lite0"], "prune": [0.0], "formats": ["onnx"],
+                        "precisions": ["int8"]}
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    code, out = run_cli("build", path, "--out", tmp_path / "run", "--quiet")
+    assert code == 0, out
+    search = json.loads((tmp_path / "run" / "summary.json").read_text())["search"]
+    assert search["measured_on"]["device"] == device["url"] and search["measured_on"]["machine"] == "aarch64", search
+    chosen = search["candidates"][0]
+    assert chosen["status"] == "chosen" and chosen["trained"] and chosen["latency_ms_p90"] > 0
+    # 1 µs cannot be met there: rejected from the untrained measurement, with the device in the reason
+    recipe["search"]["budget"]["latency_ms_p90"] = 0.001
+    path.write_text(yaml.safe_dump(recipe))
+    code, out = run_cli("build", path, "--out", tmp_path / "none", "--quiet")
+    assert code == 1 and "meets search.budget" in out, out
+    reason = json.loads((tmp_path / "none" / "search.json").read_text())["candidates"][0]["reason"]
+    assert f"ms > budget 0.001 ms on {device['url']}" in reason and "untrained" in reason, reason

@@ -75,3 +75,79 @@ def test_a_failing_distributed_build_is_one_message_and_its_exit_code(tmp_path, 
     assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
     result = _edgetl("build", path, "--nproc", 2, "--nnodes", 2, "--node-rank", 2)
     assert result.returncode == 2 and "2 must be below --nnodes 2" in result.stderr
+
+
+def _ranks_under(ancestor: int) -> dict[int, int]:
+    """{RANK: pid} of the edgetl ranks that descend from process `ancestor` (read from /proc)."""
+    from pathlib import Path
+
+    def parent(pid: int) -> int:
+        try:
+            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return 0
+
+    ranks = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = dict(item.split("=", 1) for item in (entry / "environ").read_bytes().decode(errors="replace")
+                       .split("\0") if "=" in item)
+        except OSError:
+            continue
+        if env.get("EDGETL_DDP_CHILD") != "1" or "RANK" not in env:
+            continue
+        pid = int(entry.name)
+        up = pid
+        while up > 1 and up != ancestor:
+            up = parent(up)
+        if up == ancestor and int(env["RANK"]) not in ranks:
+            ranks[int(env["RANK"])] = pid
+    return ranks
+
+
+def test_a_rank_that_dies_mid_training_ends_the_build_with_one_message(tmp_path, tiny_dataset):
+    """A follower killed (SIGKILL) during the fine-tune: the build ends within minutes, not at the process group's
+    one-day timeout, with one distributed-error message and a failed summary; nothing is left running."""
+    import os
+    import signal
+    import time
+
+    path = _recipe(tmp_path, tiny_dataset, train={"epochs": 200})
+    build_proc = subprocess.Popen([sys.executable, "-m", "edgetl.cli", "build", str(path), "--out",
+                                   str(tmp_path / "run"), "--nproc", "2"], cwd=REPO, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+    seen = []
+    try:
+        for line in build_proc.stderr:  # rank 0's progress: wait until the distributed fine-tune is under way
+            seen.append(line)
+            if "epoch 2/200" in line:
+                break
+        ranks = _ranks_under(build_proc.pid)
+        assert 1 in ranks, ("".join(seen)[-3000:], ranks)
+        os.kill(ranks[1], signal.SIGKILL)
+        start = time.monotonic()
+        _, rest = build_proc.communicate(timeout=300)
+    finally:
+        if build_proc.poll() is None:
+            build_proc.kill()
+    err = "".join(seen) + rest
+    assert time.monotonic() - start < 300
+    assert build_proc.returncode == 1 and "distributed error" in err and "Traceback" not in err, err[-3000:]
+    assert "epoch 200/200" not in err
+    assert "another process of the distributed fine-tune stopped" in err and "Connection" in err, err[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed: distributed error" and summary["failed_stage"] == "train", summary
+    assert not list((tmp_path / "run").glob(".*.tmp")) and (tmp_path / "run" / "report.md").is_file()
+    time.sleep(1)  # torchrun reaps its workers before it exits; give the kernel a moment to drop their entries
+    assert not [pid for pid in ranks.values() if _alive(pid)], ranks
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

@@ -84,6 +84,57 @@ def test_the_accuracy_aware_retry_inside_a_build_brings_int8_within_budget(outli
     assert int8["accuracy_drop_pp"] <= 1.0 and int8["export"]["per_channel"] is True
 
 
+def _tied_head_weights(data: Path, path: Path) -> Path:
+    """ImageNet EfficientNet-Lite0 with a hand-made 2-class head: both logits carry one large common term (50 × the
+    sum of the pooled features, several hundred) and differ by a small one (±2) that separates red from green.
+    Float keeps the difference; int8 output quantization over the logits' range (a step of several units) loses it.
+    Per-channel weights cannot help, so TFLite's one retry step (more calibration images) is the one that runs."""
+    from edgetl.backbones import create_model
+    from edgetl.preprocess import Preprocessing, preprocess_files
+
+    model = create_model("efficientnet_lite0", 2).model.eval()
+    pooled = []
+    hook = model.classifier.register_forward_hook(lambda module, args, out: pooled.append(args[0]))
+
+    def features(label: str) -> torch.Tensor:
+        files = [str(p) for p in sorted((data / "train" / label).glob("*.jpg"))]
+        with torch.no_grad():
+            model(torch.from_numpy(preprocess_files(files, Preprocessing(resize=36, crop=32))))
+        return pooled.pop()
+
+    red, green = features("red"), features("green")
+    hook.remove()
+    direction = red.mean(0) - green.mean(0)
+    threshold = float(direction @ (red.mean(0) + green.mean(0)) / 2)
+    scale = 4.0 / float(direction @ direction)  # the class means ±2 apart in logits
+    state = model.state_dict()
+    weight = torch.full((2, direction.numel()), 50.0)  # classes sorted: green 0, red 1
+    weight[1] += scale * direction
+    state["classifier.weight"], state["classifier.bias"] = weight, torch.tensor([0.0, -scale * threshold])
+    torch.save(state, path)
+    return path
+
+
+def test_tflite_int8_calibration_retry_inside_a_build(outlier_run, tmp_path):
+    base = outlier_run["base"]
+    recipe = tiny_recipe(base / "data", model={"weights": str(_tied_head_weights(base / "data", tmp_path / "h.pth"))},
+                         train={"mode": "none"}, export={"formats": ["tflite"]},
+                         verify={"accuracy_aware_retry": True, "parity_atol": 0.01})
+    path = tmp_path / "tflite.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    code, out = edgetl("build", path, "--out", tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    by_name = {a["name"]: a for a in summary["artifacts"]}
+    assert by_name["tflite_fp32"]["accuracy_drop_pp"] == 0 and by_name["tflite_fp32"]["val_accuracy"] > 50, out
+    retry = by_name["tflite_int8"]["export"]["accuracy_aware_retry"]
+    assert [a["step"] for a in retry["attempts"]] == ["plain", "more_calibration"], retry
+    assert retry["steps_available"] == ["more_calibration"] and not retry["within_budget"]
+    assert "int8 more_calibration: val acc" in out and "preprocessing 16 calibration images" in out, out
+    assert by_name["tflite_int8"]["export"]["calibration_images"] == 16  # all 16 train images, up from 8
+    # no step brings it within the budget: the build fails with its table, naming the file's measured accuracy
+    assert code == 1 and summary["status"] == "failed: accuracy budget" and "tflite_int8: " in out, out
+
+
 def test_openvino_accuracy_control_inside_a_build(outlier_run, tmp_path):
     code, out, summary, _ = _derived(outlier_run, tmp_path, "ov", export={"formats": ["openvino"],
                                                                           "openvino": {"accuracy_control": True}})

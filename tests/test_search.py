@@ -227,3 +227,34 @@ def test_a_search_no_candidate_meets_is_exit_1_with_every_reason(tmp_path):
     assert all("ms > budget 0.001 ms on local" in c["reason"] and "untrained" in c["reason"]
                for c in search["candidates"])
     assert search["trained_count"] == 0
+
+
+def test_an_unreachable_budget_device_is_a_clear_error(tmp_path):
+    """search.budget.device that does not answer: one message naming the field, after the untrained build only."""
+    import socket
+
+    import yaml
+
+    from conftest import make_image_folder, run_cli, tiny_recipe
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "ssh_config"
+    config.write_text("Host *\n  BatchMode yes\n  ConnectTimeout 5\n  StrictHostKeyChecking no\n"
+                      "  UserKnownHostsFile /dev/null\n")
+    data = tmp_path / "tiny"
+    make_image_folder(data / "train", {"red": 6, "green": 6}, seed=1)
+    make_image_folder(data / "val", {"red": 3, "green": 3}, seed=2)
+    recipe = tiny_recipe(data, train={"epochs": 1})
+    recipe["search"] = {"budget": {"latency_ms_p90": 10.0, "device": f"ssh://127.0.0.1:{port}",
+                                   "ssh_config": "ssh_config"},
+                        "backbones": ["efficientnet_lite0"], "prune": [0.0], "formats": ["onnx"], "precisions": ["fp32"]}
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    code, out = run_cli("build", path, "--out", tmp_path / "run", "--quiet")
+    assert code == 1 and "search.budget.device" in out and f"127.0.0.1:{port}" in out and "Traceback" not in out, out
+    recipe["search"]["budget"]["ssh_config"] = "missing_config"
+    path.write_text(yaml.safe_dump(recipe))
+    code, out = run_cli("build", path, "--out", tmp_path / "run2", "--quiet")
+    assert code == 2 and "search.budget.ssh_config" in out and "missing_config" in out, out
