@@ -15,6 +15,6 @@ if TYPE_CHECKING:
 
 def build(recipe: str | Path | Recipe, out: str | Path | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
     """Run a whole recipe (cached per stage) and return the summary written to <run dir>/summary.json."""
-    from edgetl.pipeline import build as _build
+    from edgetl.api import build as _build
 
     return _build(recipe, out=out, reporter=reporter)

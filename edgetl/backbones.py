@@ -256,6 +256,7 @@ class CreatedModel:
     preprocessing: Preprocessing
     weights_file: str | None
     weights_meta: dict
+    dropout: float = 0.2  # the head's dropout (model.dropout), also used by the linear probe on cached features
 
 
 def create_model(name: str, num_classes: int, weights: str = "imagenet", dropout: float = 0.2) -> CreatedModel:
@@ -277,7 +278,7 @@ def create_model(name: str, num_classes: int, weights: str = "imagenet", dropout
         replace_head(model, backbone.head, num_classes)
     assert isinstance(model.get_submodule(backbone.head), torch.nn.Linear)
     return CreatedModel(model, backbone, default.preprocessing, str(weights_file) if weights_file else None,
-                        default.meta)
+                        default.meta, dropout)
 
 
 def trunk_groups(model: torch.nn.Module, backbone: Backbone) -> list[list[torch.nn.Parameter]]:

@@ -82,7 +82,7 @@ def build(recipe: Path, out: Path | None, quiet: bool, nproc: int, nnodes: int, 
 
 
 def _build(recipe: Path, out: Path | None, quiet: bool) -> None:
-    from edgetl.pipeline import build as run_build
+    from edgetl.api import build as run_build
     from edgetl.progress import Reporter
 
     summary = run_build(recipe, out=out, reporter=Reporter(enabled=not quiet))
@@ -98,7 +98,9 @@ def _distributed_rank(recipe: Path, out: Path | None, quiet: bool) -> None:
 
     distributed.start()
     if distributed.rank() != 0:
-        distributed.follow()
+        from edgetl.train import follow_job
+
+        distributed.follow(follow_job)
         return
     code = 1
     try:

@@ -16,21 +16,17 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from edgetl.errors import EdgetlError
+from edgetl.errors import DistributedError, first_line
 
 STATUS_ENV = "EDGETL_DDP_STATUS"  # rank 0 writes {"exit_code": n} here; the launcher exits with it
 STDERR_ENV = "EDGETL_DDP_STDERR"  # path of the launcher's stderr, which the ranks reopen past torchrun's own
 CHILD_ENV = "EDGETL_DDP_CHILD"
 _TIMEOUT = datetime.timedelta(days=1)  # followers wait for rank 0 through export and bench, which can take hours
-
-
-class DistributedError(EdgetlError):
-    """Distributed training could not start or a process of it failed."""
-
-    kind = "distributed error"
 
 
 @dataclass(frozen=True)
@@ -118,7 +114,7 @@ def is_collective_failure(exc: BaseException) -> bool:
 def peer_lost(exc: BaseException) -> DistributedError:
     """The error rank 0 raises when another process of the fine-tune is gone mid-collective."""
     _ignore_launcher()
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc)
     return DistributedError(f"another process of the distributed fine-tune stopped ({text[:300]}); this process cannot "
                             "go on without it. Its own error, if it printed one, is above. Completed stages are kept: "
                             "run the same command again to resume.")
@@ -179,20 +175,19 @@ def train_threads() -> int:
     return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
-def follow() -> None:
-    """A follower rank: run every fine-tuning job rank 0 broadcasts until it sends None, then leave the group."""
+def follow(handle: Callable[[Any], None]) -> None:
+    """A follower rank: `handle(job)` for every job rank 0 broadcasts (edgetl.train.follow_job for a fine-tune)
+    until it sends None, then leave the group. The handler is given, so this module needs no training code."""
     import torch.distributed as dist
-
-    from edgetl.train import follow_job
 
     try:
         while (job := broadcast(None)) is not None:
-            follow_job(job)
+            handle(job)
     except Exception as exc:
         status = os.environ.get(STATUS_ENV)
         if not (status and Path(status).is_file()):  # else rank 0 stopped on purpose and has said why
             print(f"edgetl: distributed error: rank {rank()} stopped: {type(exc).__name__}: "
-                  f"{str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr, flush=True)
+                  f"{first_line(exc)}", file=sys.stderr, flush=True)
         os._exit(1)
     dist.destroy_process_group()
 

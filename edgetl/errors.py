@@ -121,3 +121,22 @@ class BudgetError(EdgetlError):
     """No candidate of a recipe's search meets its budget, or the budget's device cannot be measured."""
 
     kind = "search"
+
+
+class PruneError(EdgetlError):
+    """The model cannot be pruned as asked."""
+
+    kind = "prune error"
+
+
+class DistributedError(EdgetlError):
+    """Distributed training could not start or a process of it failed."""
+
+    kind = "distributed error"
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (at most `limit` characters), or its type when it has none: what
+    edgetl quotes of another library's error inside its own one-paragraph messages."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -25,6 +25,7 @@ from edgetl.errors import (
     ParityError,
     RecipeError,
     StorageError,
+    first_line,
 )
 from edgetl.fsutil import (
     RUN_MARKER,
@@ -122,7 +123,7 @@ class RunDir:
                 raise
             # Exporters and runtimes write files their own way and report a full disk in their own words.
             raise StorageError(f"Cannot write the {name} stage's outputs in {folder}: the disk is full "
-                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Completed "
+                               f"({type(exc).__name__}: {first_line(exc)}). Completed "
                                "stages are kept; free space or choose another output folder (--out) and run again.") from None
         finally:
             del self._working[partial]
@@ -529,7 +530,7 @@ def _teacher_stage(run: RunDir, recipe: Recipe, index, data_record: dict, inputs
             model, saved = _load_saved(checkpoint)
         except Exception as exc:
             raise RecipeError(f"{recipe.source or 'recipe'}: distill.teacher.checkpoint {checkpoint} is not an edgetl "
-                              f"model.pt ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).") from None
+                              f"model.pt ({type(exc).__name__}: {first_line(exc)}).") from None
         if list(saved.get("classes", [])) != list(index.classes):
             raise RecipeError(f"{recipe.source or 'recipe'}: distill.teacher.checkpoint {checkpoint} was trained on "
                               f"classes {saved.get('classes')}, this dataset has {index.classes}.")
@@ -1145,8 +1146,10 @@ def _dataset_folder(recipe: Recipe) -> Path:
     return recipe.resolve_path(data.path) if data.path else default_cache_dir() / "datasets" / str(data.dataset)
 
 
-def build(recipe: str | Path | Recipe, out: str | Path | None = None, reporter: Reporter | None = None) -> dict:
-    """Run every stage of `recipe` into its run directory; return the summary."""
+def build(recipe: str | Path | Recipe, out: str | Path | None = None, reporter: Reporter | None = None,
+          body: Callable[[Recipe, RunDir], dict] | None = None) -> dict:
+    """Run every stage of `recipe` into its run directory; return the summary. `body(recipe, run)` replaces the
+    stages with other work in the same run directory, under the same rules (a search: edgetl.api.build passes it)."""
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     reporter = reporter or Reporter()
@@ -1155,13 +1158,13 @@ def build(recipe: str | Path | Recipe, out: str | Path | None = None, reporter: 
     first_created = next((p for p in reversed([root, *root.parents]) if not p.exists()), None)
     claim_run_dir(root)
     reporter.info(f"edgetl {__version__}: building '{recipe.name}' into {root}")
-    run = RunDir(root.resolve(), reporter, stage_names(recipe) if recipe.search is None else [])
+    if body is None and recipe.search is not None:
+        raise ValueError("a recipe with `search:` is built by edgetl.build (edgetl.api.build), not the pipeline")
+    run = RunDir(root.resolve(), reporter, stage_names(recipe) if body is None else [])
     _mark_building(run.root / "summary.json")
     try:
-        if recipe.search is not None:
-            from edgetl.search_build import build_search
-
-            summary = build_search(recipe, root.resolve(), reporter)
+        if body is not None:
+            summary = body(recipe, run)
             _write_outputs(run, summary)
             reporter.info(f"done: {root / 'summary.json'}, {root / 'report.html'}")
             return summary

@@ -108,6 +108,11 @@ def _budget_device(recipe: Recipe):
     return Device.parse(budget.device, budget.python, config)
 
 
+def search_body(recipe: Recipe, run) -> dict:
+    """The work of a search recipe's run directory (edgetl.pipeline.build's `body`)."""
+    return build_search(recipe, run.root, run.reporter)
+
+
 def build_search(recipe: Recipe, root: Path, reporter: Reporter) -> dict:
     """Run the search of `recipe` into `root`; returns the summary (the chosen model's, plus `search`)."""
     from edgetl.pipeline import build

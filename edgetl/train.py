@@ -21,7 +21,7 @@ from edgetl import distributed
 from edgetl.backbones import CreatedModel, trunk_groups
 from edgetl.compress.distill import Distiller
 from edgetl.data import Sample, load_rgb
-from edgetl.errors import DataError
+from edgetl.errors import DataError, first_line
 from edgetl.evaluate import top1_accuracy as accuracy
 from edgetl.fsutil import write_bytes
 from edgetl.preprocess import Preprocessing
@@ -390,7 +390,7 @@ def _batches(loader: DataLoader):
     except RuntimeError as exc:
         if "DataLoader worker" not in str(exc):
             raise
-        raise DataError(f"A data loader worker process died while reading training images ({str(exc).splitlines()[0]}); "
+        raise DataError(f"A data loader worker process died while reading training images ({first_line(exc)}); "
                         "the system may have run out of memory. Run again (training resumes from its last epoch), "
                         "or set data.workers to 0 in the recipe to read images in the main process.") from None
 
@@ -470,7 +470,7 @@ def _linear_probe(created: CreatedModel, train_samples: list[Sample], val_inputs
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     generator = torch.Generator().manual_seed(cfg.seed)
     state = _new_state()
-    dropout = nn.Dropout(p=0.2)
+    dropout = nn.Dropout(p=created.dropout)  # the head's own dropout (model.dropout)
     for epoch in range(cfg.epochs):
         if _early_stop(state, cfg):
             break

@@ -11,12 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edgetl.errors import EdgetlError
+from edgetl.errors import PruneError
 from edgetl.progress import SILENT, Reporter
-
-
-class PruneError(EdgetlError):
-    """The model cannot be pruned as asked."""
 
 
 def count_macs_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:

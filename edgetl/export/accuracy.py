@@ -14,9 +14,6 @@ import torch
 from edgetl.export import ExportRequest, ExportResult
 from edgetl.progress import SILENT, Reporter
 
-# (step name, option updates); an exporter module lists the steps it supports in RETRY_STEPS.
-STEP_ORDER = ("per_channel", "more_calibration", "bias_correction", "exclude_sensitive")
-
 
 def quantize_within_budget(exporter, model: torch.nn.Module, request: ExportRequest,
                            accuracy: Callable[[Path], float], reference_accuracy: float, budget_pp: float,

@@ -220,9 +220,6 @@ def _sensitive_tensors(prepared: Path, calibration: np.ndarray, excluded: list[s
             for sqnr, name in ranked]
 
 
-RETRY_STEPS = ("per_channel", "more_calibration", "exclude_sensitive")
-
-
 def retry_steps(options: dict) -> list[tuple[str, dict]]:
     """The accuracy-aware retry steps ONNX int8 has (see edgetl.export.accuracy); none that change nothing."""
     steps = [] if options.get("per_channel", True) else [("per_channel", {"per_channel": True})]

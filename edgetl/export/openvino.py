@@ -12,15 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgetl.errors import ExportError
+from edgetl.errors import ExportError, first_line
 from edgetl.export import ExportRequest, ExportResult, silenced
 from edgetl.fsutil import _storage_error
 from edgetl.progress import SILENT, Reporter
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _save(ov_model, request: ExportRequest, compress_to_fp16: bool) -> Path:
@@ -103,7 +98,7 @@ def quantize(ov_model, request: ExportRequest, reporter: Reporter = SILENT):
                         silenced("nncf", "openvino"):
                     quantized = nncf.quantize(ov_model, calibration, **common)
         except Exception as exc:  # NNCF raises many types; the build reports one line
-            raise ExportError(f"NNCF int8 quantization failed: {_first_line(exc)}") from None
+            raise ExportError(f"NNCF int8 quantization failed: {first_line(exc)}") from None
     return quantized, details
 
 
@@ -132,7 +127,7 @@ def convert_onnx(onnx_file: Path):
     try:
         return ov.convert_model(str(onnx_file))
     except Exception as exc:
-        raise ExportError(f"OpenVINO could not convert {onnx_file}: {_first_line(exc)}") from None
+        raise ExportError(f"OpenVINO could not convert {onnx_file}: {first_line(exc)}") from None
 
 
 def export(model: torch.nn.Module, request: ExportRequest, reporter: Reporter = SILENT) -> ExportResult:

@@ -9,17 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgetl.errors import ExportError, StorageError
+from edgetl.errors import ExportError, StorageError, first_line
 from edgetl.export import ExportRequest, ExportResult, silenced
 from edgetl.fsutil import atomic_path
 from edgetl.progress import SILENT, Reporter
 
 METADATA_NAME = "edgetl"  # the TFLite metadata entry holding the artifact's metadata as JSON
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def with_metadata(content: bytes, metadata: dict[str, str]) -> bytes:
@@ -69,7 +64,7 @@ def convert_fp32(model: torch.nn.Module, request: ExportRequest) -> ExportResult
     except StorageError:
         raise
     except Exception as exc:  # the converter raises many types
-        raise ExportError(f"TFLite conversion (litert-torch) failed: {_first_line(exc)}") from None
+        raise ExportError(f"TFLite conversion (litert-torch) failed: {first_line(exc)}") from None
     path = request.out_dir / "model.tflite"
     _write(path, bytes(content), request.metadata | {"layout": layout.upper(),
                                                       "input_shape": json.dumps(list(example.shape))})
@@ -146,7 +141,7 @@ def quantize(request: ExportRequest, reporter: Reporter = SILENT) -> ExportResul
     except (ExportError, StorageError):
         raise
     except Exception as exc:
-        raise ExportError(f"ai-edge-quantizer could not quantize {source}: {_first_line(exc)}") from None
+        raise ExportError(f"ai-edge-quantizer could not quantize {source}: {first_line(exc)}") from None
     path = request.out_dir / "model.tflite"
     _write(path, bytes(content), {**metadata, **request.metadata, "layout": layout})
     details = {"tool": "ai-edge-quantizer", "layout": layout}

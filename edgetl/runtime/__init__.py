@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from edgetl.errors import ModelFileError, RuntimeMissingError
+from edgetl.errors import ModelFileError, RuntimeMissingError, first_line
 from edgetl.formats import FORMATS, Format, format_for_file
 
 
@@ -40,9 +40,7 @@ def check_image_input(path: Path, runtime: str, inputs: list[tuple[str, str, int
 
 def run_failed(path: Path, runtime: str, exc: Exception) -> ModelFileError:
     """The error for a model that loads but fails when it runs (the runtime's own first line kept)."""
-    text = str(exc).strip()
-    return ModelFileError(f"{path} loads but fails to run in {runtime}: "
-                          f"{text.splitlines()[0][:300] if text else type(exc).__name__}.")
+    return ModelFileError(f"{path} loads but fails to run in {runtime}: {first_line(exc)}.")
 
 
 def require_runtime(fmt: Format):

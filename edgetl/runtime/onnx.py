@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.errors import ModelFileError
+from edgetl.errors import ModelFileError, first_line
 from edgetl.formats import FORMATS
 from edgetl.runtime import check_image_input, require_runtime, run_failed
 
@@ -34,8 +34,8 @@ class OnnxRunner:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise ModelFileError(f"{path} could not be loaded by onnxruntime: {first_line}.") from None
+            reason = first_line(exc)
+            raise ModelFileError(f"{path} could not be loaded by onnxruntime: {reason}.") from None
         self.path, self.threads = path, threads
         check_image_input(path, "onnxruntime", [(i.name, _onnx_dtype(i.type), len(i.shape or ()))
                                                 for i in self.session.get_inputs()])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.errors import ModelFileError
+from edgetl.errors import ModelFileError, first_line
 from edgetl.formats import FORMATS
 from edgetl.runtime import check_image_input, require_runtime, run_failed
 
@@ -24,8 +24,8 @@ class TfliteRunner:
             self.interpreter = module.Interpreter(model_path=str(path), num_threads=threads)
             self.interpreter.allocate_tensors()
         except Exception as exc:  # the interpreter raises ValueError/RuntimeError with the runtime's message
-            first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise ModelFileError(f"{path} could not be loaded by the TFLite interpreter: {first_line}.") from None
+            reason = first_line(exc)
+            raise ModelFileError(f"{path} could not be loaded by the TFLite interpreter: {reason}.") from None
         self.path, self.threads = path, threads
         check_image_input(path, "the TFLite interpreter", [(d["name"], np.dtype(d["dtype"]).name, len(d["shape"]))
                                                            for d in self.interpreter.get_input_details()])
