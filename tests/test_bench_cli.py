@@ -99,6 +99,15 @@ def test_runs_count_batch_and_real_images(models, tmp_path):
     assert rows[0]["runs"] == 12 and rows[0]["batch"] == 4 and rows[0]["input"] == "images"
     assert rows[0]["warmup_runs"] == 2 and rows[0]["cold_start_ms"] is None
     assert rows[0]["throughput_ips"] == pytest.approx(4000 / rows[0]["mean_ms"], rel=0.01)
+    # the batch timed is the images, preprocessed as the model's model.json says (3 files repeated to fill 4)
+    from edgetl.bench.measure import make_inputs
+    from edgetl.preprocess import Preprocessing, preprocess_files
+
+    model = find_models([paths["onnx"]])[0]
+    batch = make_inputs(model, (None, 3, 32, 32), BenchOptions(batch=4, images=(images,)))
+    files = sorted(str(p) for p in images.rglob("*.jpg"))
+    expected = preprocess_files([*files, files[0]], Preprocessing.from_json(model.preprocessing))
+    assert np.array_equal(batch, expected)
 
 
 def test_a_run_directory_means_all_its_artifacts(models, tmp_path):

@@ -104,7 +104,8 @@ def test_every_format_and_precision_is_exported_verified_and_benchmarked(built_a
             assert artifact["prediction_agreement"] == 100, artifact
         if artifact["precision"] == "int8":
             assert artifact["quantization"] == "ptq"
-            assert artifact["prediction_agreement"] >= 75 and artifact["max_abs_logit_diff"] < 1.0, artifact
+            # measured 0.07-0.10 for the three formats; int8 calibrated on blank images gave 0.79 (ONNX)
+            assert artifact["prediction_agreement"] >= 75 and artifact["max_abs_logit_diff"] < 0.3, artifact
     openvino = next(a for a in summary["artifacts"] if a["name"] == "openvino_int8")
     assert [f.split("/")[-1] for f in openvino["files"]] == ["model.xml", "model.bin", "model.json"]
     env = summary["environment"]
