@@ -114,8 +114,7 @@ def is_collective_failure(exc: BaseException) -> bool:
 def peer_lost(exc: BaseException) -> DistributedError:
     """The error rank 0 raises when another process of the fine-tune is gone mid-collective."""
     _ignore_launcher()
-    text = first_line(exc)
-    return DistributedError(f"another process of the distributed fine-tune stopped ({text[:300]}); this process cannot "
+    return DistributedError(f"another process of the distributed fine-tune stopped ({first_line(exc)}); this process cannot "
                             "go on without it. Its own error, if it printed one, is above. Completed stages are kept: "
                             "run the same command again to resume.")
 

@@ -34,8 +34,7 @@ class OnnxRunner:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            reason = first_line(exc)
-            raise ModelFileError(f"{path} could not be loaded by onnxruntime: {reason}.") from None
+            raise ModelFileError(f"{path} could not be loaded by onnxruntime: {first_line(exc)}.") from None
         self.path, self.threads = path, threads
         check_image_input(path, "onnxruntime", [(i.name, _onnx_dtype(i.type), len(i.shape or ()))
                                                 for i in self.session.get_inputs()])

@@ -36,8 +36,7 @@ class OpenVinoRunner:
                        i.get_element_type().get_type_name()), i.get_partial_shape().rank.get_length()
                        if i.get_partial_shape().rank.is_static else -1) for i in self.model.inputs]
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own for bad files
-            reason = first_line(exc)
-            raise ModelFileError(f"{path} could not be loaded by OpenVINO: {reason}.") from None
+            raise ModelFileError(f"{path} could not be loaded by OpenVINO: {first_line(exc)}.") from None
         check_image_input(path, "OpenVINO", inputs)
         try:
             shape = self.model.inputs[0].get_partial_shape()
@@ -46,8 +45,7 @@ class OpenVinoRunner:
             self._batch = self.input_shape[0] if isinstance(self.input_shape[0], int) else 1
             self.request = self._request(self._batch)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own for bad files
-            reason = first_line(exc)
-            raise ModelFileError(f"{path} could not be loaded by OpenVINO: {reason}.") from None
+            raise ModelFileError(f"{path} could not be loaded by OpenVINO: {first_line(exc)}.") from None
 
     def _request(self, batch: int):
         """The infer request of the model compiled for `batch` (compiled on first use)."""

@@ -24,8 +24,7 @@ class TfliteRunner:
             self.interpreter = module.Interpreter(model_path=str(path), num_threads=threads)
             self.interpreter.allocate_tensors()
         except Exception as exc:  # the interpreter raises ValueError/RuntimeError with the runtime's message
-            reason = first_line(exc)
-            raise ModelFileError(f"{path} could not be loaded by the TFLite interpreter: {reason}.") from None
+            raise ModelFileError(f"{path} could not be loaded by the TFLite interpreter: {first_line(exc)}.") from None
         self.path, self.threads = path, threads
         check_image_input(path, "the TFLite interpreter", [(d["name"], np.dtype(d["dtype"]).name, len(d["shape"]))
                                                            for d in self.interpreter.get_input_details()])
