@@ -382,6 +382,15 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "edgetl"
 
 
+def resolve_recipe_data(recipe, say=None) -> Path:
+    """The folder of `recipe`'s dataset (data.path, the cache, or data.url downloaded); `say(text)` reports how it was
+    found when that is worth a line of output."""
+    data = recipe.data
+    path = str(recipe.resolve_path(data.path)) if data.path else None
+    return resolve_dataset(data.dataset, path, data.url, data.sha256, default_cache_dir(),
+                           recipe_file=recipe.source or "recipe")
+
+
 def resolve_dataset(name: str | None, path: str | None, url: str | None, sha256: str | None,
                     cache_dir: Path, recipe_file: str = "recipe") -> Path:
     """Find a dataset folder: `path`, else cache_dir/datasets/name, else download `url` and extract it there."""

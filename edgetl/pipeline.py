@@ -204,19 +204,16 @@ def _out_of_space(exc: BaseException) -> bool:
     return False
 
 
-def resolve_data_root(recipe: Recipe) -> Path:
-    from edgetl.data import default_cache_dir, resolve_dataset
+def resolve_data_root(recipe: Recipe, say=None) -> Path:
+    from edgetl.data import resolve_recipe_data
 
-    data = recipe.data
-    path = str(recipe.resolve_path(data.path)) if data.path else None
-    return resolve_dataset(data.dataset, path, data.url, data.sha256, default_cache_dir(),
-                           recipe_file=recipe.source or "recipe")
+    return resolve_recipe_data(recipe, say)
 
 
 def _data_stage(run: RunDir, recipe: Recipe):
     from edgetl.data import DatasetIndex, fingerprint_tree
 
-    root = resolve_data_root(recipe)
+    root = resolve_data_root(recipe, run.reporter.info)
     inputs = {"data": section_dict(recipe.data) | {"workers": None}, "root": str(root),
               "fingerprint": fingerprint_tree(root)}
 
@@ -784,24 +781,6 @@ def _format_options(recipe: Recipe, fmt: str) -> dict:
             "keep_fp32": e.int8_keep_fp32}
 
 
-def _write_model_json(result, name: str, fmt: str, precision: str, metadata: dict[str, str]) -> Path:
-    """model.json beside the model file: everything a device needs to feed it and read its output."""
-    from edgetl.formats import FORMATS
-
-    layout = result.details.get("layout", metadata["layout"])
-    crop = json.loads(metadata["preprocessing"])["crop"]
-    files = [p.name for p in FORMATS[fmt].files(result.path)]
-    path = result.path.parent / "model.json"
-    write_json(path, {"name": name, "format": fmt, "precision": precision, "file": files[0], "files": files,
-                      "labels": json.loads(metadata["labels"]), "layout": layout,
-                      "input_shape": [None, crop, crop, 3] if layout == "NHWC" else [None, 3, crop, crop],
-                      "input_dtype": "float32", "preprocessing": json.loads(metadata["preprocessing"]),
-                      "backbone": metadata["backbone"], "edgetl_version": metadata["edgetl_version"],
-                      "recipe_sha256": metadata["recipe_sha256"],
-                      **({"quantization": result.details["quantization"]} if precision == "int8" else {})})
-    return path
-
-
 def _more_calibration(run: RunDir, recipe: Recipe, index, prep: Preprocessing, current: int) -> np.ndarray:
     """Four times as many calibration images as the inputs stage chose (up to every train image), same seed."""
     from edgetl.preprocess import preprocess_files
@@ -833,6 +812,7 @@ def _export_stage(run: RunDir, recipe: Recipe, index, inputs_record: dict, model
 
         import onnx
 
+        from edgetl.artifact import write_model_json
         from edgetl.export import ExportRequest, ExportResult
         from edgetl.export.onnx import set_metadata
         from edgetl.export.openvino import from_qdq_onnx
@@ -911,7 +891,7 @@ def _export_stage(run: RunDir, recipe: Recipe, index, inputs_record: dict, model
                 shutil.rmtree(folder / f"{fmt}_fp32")
         records = []
         for name, fmt, precision, result in produced:
-            files = [*FORMATS[fmt].files(result.path), _write_model_json(result, name, fmt, precision, metadata)]
+            files = [*FORMATS[fmt].files(result.path), write_model_json(result, name, fmt, precision, metadata)]
             records.append({"name": name, "format": fmt, "precision": precision, "path": run.rel(result.path),
                             "size_bytes": sum(f.stat().st_size for f in files[:-1]),
                             "sha256": sha256_file(result.path),

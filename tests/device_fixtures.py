@@ -17,13 +17,13 @@ PREP = {"resize": 36, "crop": 32, "mean": [0.485, 0.456, 0.406], "std": [0.229, 
 
 def tiny_run(root: Path) -> Path:
     """`root` as an edgetl run directory holding onnx_int8 and tflite_int8 (plus onnx_fp32)."""
+    from edgetl.artifact import write_model_json
     from edgetl.export import ExportRequest
     from edgetl.export.onnx import export_fp32, quantize_int8
     from edgetl.export.openvino import export as export_openvino
     from edgetl.export.tflite import export as export_tflite
     from edgetl.formats import FORMATS
     from edgetl.fsutil import sha256_file
-    from edgetl.pipeline import _write_model_json
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(
@@ -52,7 +52,7 @@ def tiny_run(root: Path) -> Path:
     artifacts = []
     for name, result in results.items():
         fmt, precision = name.split("_")
-        files = [*FORMATS[fmt].files(result.path), _write_model_json(result, name, fmt, precision, metadata)]
+        files = [*FORMATS[fmt].files(result.path), write_model_json(result, name, fmt, precision, metadata)]
         hashes = {str(f.relative_to(root)): sha256_file(f) for f in files}
         artifacts.append({"name": name, "format": fmt, "precision": precision,
                           "path": str(result.path.relative_to(root)), "sha256": sha256_file(result.path),
