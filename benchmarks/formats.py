@@ -42,10 +42,10 @@ class TorchRunner:
     def __init__(self, model_path: Path, threads: int) -> None:
         import torch
 
-        from edgetl.pipeline import _load_trained
+        from edgetl.pipeline import load_trained
 
         torch.set_num_threads(threads)
-        self.torch, self.model = torch, _load_trained(model_path)
+        self.torch, self.model = torch, load_trained(model_path)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():

@@ -23,3 +23,12 @@ def write_model_json(result, name: str, fmt: str, precision: str, metadata: dict
                       "recipe_sha256": metadata["recipe_sha256"],
                       **({"quantization": result.details["quantization"]} if precision == "int8" else {})})
     return path
+
+
+def embedded_metadata(classes: list[str], prep_json: dict, backbone: str, recipe_sha256: str) -> dict[str, str]:
+    """What every exported file carries (in the file where the format allows, and in model.json beside it)."""
+    from edgetl import __version__
+
+    return {"edgetl_version": __version__, "labels": json.dumps(classes), "preprocessing": json.dumps(prep_json),
+            "layout": "NCHW", "input_shape": json.dumps([None, 3, prep_json["crop"], prep_json["crop"]]),
+            "backbone": backbone, "recipe_sha256": recipe_sha256}

@@ -22,11 +22,23 @@ PACKAGE = "edgetl_runner"
 EDGETL_ROOT = Path(__file__).resolve().parent
 # The torch-free modules the device runs, copied from edgetl itself (imports renamed), so the device preprocesses,
 # runs and times a model with the very code that verified it.
-VENDORED = ("errors.py", "formats.py", "images.py", "preprocess.py", "runtime/__init__.py", "runtime/onnx.py",
-            "runtime/openvino.py", "runtime/tflite.py", "bench/__init__.py", "bench/stats.py", "bench/harness.py",
-            "bench/probe.py", "bench/environment.py")
-# What a device pip-installs for each format's runtime (tflite-runtime also works; see the bundle's README).
-DEVICE_RUNTIME = {"onnx": "onnxruntime>=1.17", "openvino": "openvino>=2024.0", "tflite": "ai-edge-litert>=1.0"}
+_VENDORED_CORE = ("errors.py", "formats.py", "images.py", "preprocess.py", "runtime/__init__.py", "bench/__init__.py",
+                  "bench/stats.py", "bench/harness.py", "bench/probe.py", "bench/environment.py")
+
+
+def vendored_files() -> list[tuple[Path, str]]:
+    """(source file, path inside the runner package): the torch-free core and every format's runtime module (named
+    in the format table; a module outside edgetl goes to runtime/<its last name>.py)."""
+    import importlib.util
+
+    files = [(EDGETL_ROOT / relative, relative) for relative in _VENDORED_CORE]
+    for fmt in FORMATS.values():
+        if fmt.runtime.startswith("edgetl."):
+            relative = fmt.runtime.removeprefix("edgetl.").replace(".", "/") + ".py"
+            files.append((EDGETL_ROOT / relative, relative))
+        else:
+            files.append((Path(importlib.util.find_spec(fmt.runtime).origin), f"runtime/{fmt.runtime.rsplit('.', 1)[-1]}.py"))
+    return files
 
 
 @dataclass(frozen=True)
@@ -117,8 +129,8 @@ def vendor_runner(target: Path) -> list[str]:
     """Write the edgetl_runner package into `target` (a bundle folder); returns the files written."""
     written = []
     package = target / PACKAGE
-    for relative in VENDORED:
-        text = (EDGETL_ROOT / relative).read_text(encoding="utf-8")
+    for source, relative in vendored_files():
+        text = source.read_text(encoding="utf-8")
         text = re.sub(r"\bedgetl\.", f"{PACKAGE}.", text)
         text = re.sub(r"\bfrom edgetl import\b", f"from {PACKAGE} import", text)
         destination = package / relative
@@ -210,7 +222,7 @@ def _write_bundle(scratch: Path, sources: list[Path], expected: dict[Path, str],
             files.append(copy.name)
         meta |= {"file": f"model{model_path.suffix}", "files": files, "edgetl_version": __version__}
         (staging / "model.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        requirement = DEVICE_RUNTIME[fmt]
+        requirement = FORMATS[fmt].device_requirement
         (staging / "requirements.txt").write_text(f"numpy>=1.21\nPillow>=9\n{requirement}\n", encoding="utf-8")
         (staging / "README.md").write_text(_readme(meta, requirement), encoding="utf-8")
         files += ["model.json", "requirements.txt", "README.md", *vendor_runner(staging)]

@@ -351,8 +351,8 @@ class SearchSection(Section):
     budget: SearchBudget
     backbones: list[str] = Field(..., min_length=1)
     prune: list[float] = Field([0.0], min_length=1, description="Shares of the MACs removed (0.5: half of them).")
-    formats: list[Literal["onnx", "openvino", "tflite"]] = Field(["onnx"], min_length=1)
-    precisions: list[Literal["fp32", "fp16", "int8"]] = Field(["fp32", "int8"], min_length=1)
+    formats: list[str] = Field(["onnx"], min_length=1, description="Formats to try (any of edgetl.formats' table).")
+    precisions: list[str] = Field(["fp32", "int8"], min_length=1)
     models: dict[str, dict[str, Any]] = Field({}, description="Per-backbone overrides of the `model` section "
                                               "(e.g. its weights file and preprocessing).")
     slack_pp: float = Field(0.0, ge=0, description="A pruned model is still trained when its unpruned parent is "
@@ -360,6 +360,20 @@ class SearchSection(Section):
     min_gain_pp: float = Field(0.0, ge=0, description="A pruned model is trained only when it could beat the best "
                                "candidate found so far by more than this many points; the choice is then at most this "
                                "far below the best model of the grid (as far as pruning never adds accuracy).")
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, value: list[str]) -> list[str]:
+        from edgetl.formats import FORMATS
+
+        return [_known(v, list(FORMATS), "format") for v in value]
+
+    @field_validator("precisions")
+    @classmethod
+    def _known_precisions(cls, value: list[str]) -> list[str]:
+        from edgetl.formats import PRECISIONS
+
+        return [_known(v, list(PRECISIONS), "precision") for v in value]
 
     @field_validator("prune")
     @classmethod

@@ -294,8 +294,8 @@ def test_the_environment_record_starts_no_subprocess():
     script = ("import subprocess\n"
               "def refuse(*a, **k): raise RuntimeError('a subprocess was started')\n"
               "subprocess.Popen.__init__ = refuse\n"
-              "from edgetl.pipeline import _environment\n"
-              "env = _environment()\n"
+              "from edgetl.pipeline.summary import environment\n"
+              "env = environment()\n"
               "print(env['platform'], env['cpu'])\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -6,8 +6,6 @@ import importlib.metadata as md
 import os
 import platform
 
-RUNTIME_PACKAGES = ("onnxruntime", "openvino", "ai-edge-litert", "tflite-runtime")
-
 
 def package_version(name: str) -> str | None:
     """The installed version of distribution `name`, or None."""
@@ -53,4 +51,6 @@ def machine_info() -> dict:
 
 def runtime_versions() -> dict[str, str | None]:
     """Versions of the inference runtimes (None when not installed) and numpy."""
-    return {name: package_version(name) for name in ("numpy", *RUNTIME_PACKAGES)}
+    from edgetl.formats import runtime_packages
+
+    return {name: package_version(name) for name in ("numpy", *runtime_packages())}

@@ -275,3 +275,24 @@ def export(model: torch.nn.Module, request: ExportRequest, reporter: Reporter = 
     return quantize_int8(request.fp32_file, request, options.get("int8_format", "qdq"),
                          options.get("per_channel", True), options.get("keep_fp32", ("first_conv", "classifier")),
                          reporter)
+
+
+def options(recipe) -> dict:
+    """The recipe's settings this exporter reads (ExportRequest.options)."""
+    e = recipe.export
+    return {"exporter": e.exporter, "opset": e.opset, "int8_format": e.int8_format, "per_channel": e.per_channel,
+            "keep_fp32": e.int8_keep_fp32}
+
+
+def from_qdq(qdq_file: Path, request: ExportRequest) -> ExportResult:
+    """The int8 artifact from a quantized (QDQ) ONNX model such as the QAT model's: that file with this artifact's
+    metadata, checked."""
+    import onnx
+
+    path = request.out_dir / "model.onnx"
+    request.out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        shutil.copyfile(qdq_file, tmp)
+        set_metadata(tmp, {**request.metadata, "quantization": "qat"})
+        onnx.checker.check_model(str(tmp), full_check=True)
+    return ExportResult(path, {"quantization": "qat"})

@@ -158,3 +158,14 @@ def retry_steps(options: dict) -> list[tuple[str, dict]]:
     per-channel; the last step is NNCF's accuracy control, which reverts the most sensitive layers to float."""
     return [("more_calibration", {"more_calibration": True}), ("bias_correction", {"bias_correction": True}),
             ("exclude_sensitive (nncf accuracy control)", {"accuracy_aware": True})]
+
+
+def options(recipe) -> dict:
+    """The recipe's settings this exporter reads (ExportRequest.options)."""
+    return {"accuracy_aware": recipe.export.openvino.accuracy_control,
+            "max_drop_pp": recipe.verify.max_accuracy_drop_pp, "keep_fp32": recipe.export.int8_keep_fp32}
+
+
+def from_qdq(qdq_file: Path, request: ExportRequest) -> ExportResult:
+    """The int8 artifact from a quantized (QDQ) ONNX model such as the QAT model's (see from_qdq_onnx)."""
+    return from_qdq_onnx(qdq_file, request)

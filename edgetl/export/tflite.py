@@ -167,3 +167,9 @@ def retry_steps(options: dict) -> list[tuple[str, dict]]:
     always per-channel and it has no bias correction or layer exclusion by sensitivity here, so only more
     calibration images."""
     return [("more_calibration", {"more_calibration": True})] if options.get("int8", "full") == "full" else []
+
+
+def options(recipe) -> dict:
+    """The recipe's settings this exporter reads (ExportRequest.options)."""
+    return {"layout": recipe.export.tflite.layout, "int8": recipe.export.tflite.int8,
+            "keep_fp32": recipe.export.int8_keep_fp32}

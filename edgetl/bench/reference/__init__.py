@@ -21,24 +21,28 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).parent
-FILES = {"onnx": "reference.onnx", "openvino": "reference.onnx", "tflite": "reference.tflite"}
 
 
 def reference_file(fmt: str) -> Path:
-    """The reference model file that `fmt`'s runtime runs (OpenVINO reads the ONNX file itself)."""
-    return HERE / FILES[fmt]
+    """The reference model file that `fmt`'s runtime runs (its row's reference_file; OpenVINO reads the ONNX one)."""
+    from edgetl.errors import BenchUsageError
+    from edgetl.formats import FORMATS
+
+    name = FORMATS[fmt].reference_file
+    if name is None:
+        raise BenchUsageError(f"the {fmt} format has no machine-state reference (its row in edgetl.formats names "
+                              "none), so a baseline cannot be saved or judged for it.")
+    return HERE / name
 
 
 def load_reference(fmt: str, threads: int):
-    """A runner of the reference model on `fmt`'s runtime with `threads` threads."""
-    from edgetl.runtime import load_runner
+    """A runner of the reference model on `fmt`'s runtime with `threads` threads (the file may be another
+    format's, which this runtime reads: the format's own runtime module loads it)."""
+    import importlib
 
-    path = reference_file(fmt)
-    if fmt == "openvino":
-        from edgetl.runtime.openvino import OpenVinoRunner
+    from edgetl.formats import FORMATS
 
-        return OpenVinoRunner(path, threads=threads)
-    return load_runner(path, threads=threads)
+    return importlib.import_module(FORMATS[fmt].runtime).load(reference_file(fmt), threads=threads)
 
 
 def reference_input(runner) -> np.ndarray:
