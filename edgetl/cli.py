@@ -12,6 +12,7 @@ import click
 
 from edgetl import __version__
 from edgetl.errors import EdgetlError
+from edgetl.formats import FORMATS, PRECISIONS
 from edgetl.limits import MAX_THREADS
 
 
@@ -344,8 +345,8 @@ def _stdout_console():
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--format", "fmt", default="tflite", show_default=True, help="Artifact format (onnx, openvino, tflite).")
-@click.option("--precision", default="int8", show_default=True, help="Artifact precision (fp32, fp16, int8).")
+@click.option("--format", "fmt", default="tflite", show_default=True, help=f"Artifact format ({', '.join(FORMATS)}).")
+@click.option("--precision", default="int8", show_default=True, help=f"Artifact precision ({', '.join(PRECISIONS)}).")
 @click.option("--out", "-o", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Bundle folder to write: new, empty, or an earlier bundle (replaced once the new one is complete).")
 @click.option("--zip", "zip_file", is_flag=True, help="Also write OUT.zip.")
@@ -374,8 +375,8 @@ def _devices(device: tuple[str, ...], devices_file: Path | None, python: str, ss
 @click.option("--device", "-d", multiple=True, help="ssh://[user@]host[:port] (repeatable).")
 @click.option("--devices", "devices_file", type=click.Path(path_type=Path, dir_okay=False),
               help="A devices.yaml listing several devices (run concurrently).")
-@click.option("--format", "fmt", default="tflite", show_default=True)
-@click.option("--precision", default="int8", show_default=True)
+@click.option("--format", "fmt", default="tflite", show_default=True, help=f"Artifact format ({', '.join(FORMATS)}).")
+@click.option("--precision", default="int8", show_default=True, help=f"Artifact precision ({', '.join(PRECISIONS)}).")
 @click.option("--dest", help="Folder on the device to deploy into and keep (default: a temp folder, removed).")
 @click.option("--images", multiple=True, type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Images to classify on the device.")

@@ -367,13 +367,17 @@ def _epochs(model, optimizer, images, val_inputs, val_labels, cfg: TrainSection,
 
 # Native libraries that run thread pools of their own once loaded: forking a process that has them can deadlock the
 # child (JAX, loaded by the TFLite exporter, warns so itself).
-_THREADED_LIBRARIES = ("jax", "openvino", "onnxruntime", "tensorflow", "ai_edge_litert")
+# Every format's runtime is one (the format table names their imports), and so are the converters' JAX and TensorFlow.
+def _threaded_libraries() -> set[str]:
+    from edgetl.formats import FORMATS
+
+    return {"jax", "tensorflow", *(name.split(".")[0] for f in FORMATS.values() for name in f.runtime_imports)}
 
 
 def _worker_context(workers: int) -> str | None:
     """How loader workers start: forked (fast) in a process that has not loaded a threaded native library yet, as in
     a build, which trains before it exports; from a forkserver otherwise (a search's later candidates, a notebook)."""
-    if workers and any(name in sys.modules for name in _THREADED_LIBRARIES):
+    if workers and any(name in sys.modules for name in _threaded_libraries()):
         return "forkserver"
     return None
 

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import REPO, run_cli, tiny_dataset, tiny_recipe
+from conftest import REPO, run_cli, tiny_recipe
 from edgetl import formats
 from edgetl.formats import Format
 
@@ -23,7 +23,7 @@ def npz_format():
     del formats.FORMATS["npz"]  # the registration ends with the test
 
 
-def test_a_format_registered_in_the_table_is_exported_verified_benchmarked_and_bundled(npz_format, tiny_dataset, tmp_path):
+def test_a_format_in_the_table_is_exported_verified_benchmarked_and_bundled(npz_format, tiny_dataset, tmp_path):
     recipe = tmp_path / "npz.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_dataset, export={
         "formats": ["npz"], "precisions": ["fp32"]}, bench={"threads": [1], "min_runs": 5})))

@@ -54,8 +54,8 @@ def export(tiny, fmt: str, precision: str, **options):
     return tiny["files"][key]
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
-@pytest.mark.parametrize("fmt", ["onnx", "openvino", "tflite"])
+@pytest.mark.parametrize("precision", formats.PRECISIONS)
+@pytest.mark.parametrize("fmt", list(formats.FORMATS))
 def test_export_load_and_match_torch(tiny, fmt, precision):
     result = export(tiny, fmt, precision)
     assert result.path.suffix == formats.FORMATS[fmt].suffix
@@ -209,7 +209,7 @@ def test_accuracy_aware_retry_fixes_a_model_built_to_fail_plain_int8(outlier, fm
     assert final == retry["attempts"][-1]["val_accuracy"]
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "openvino", "tflite"])
+@pytest.mark.parametrize("fmt", [f for f, row in formats.FORMATS.items() if "int8" in row.precisions])
 def test_int8_keeps_the_stem_conv_and_classifier_in_float_when_asked(tiny, fmt):
     result = export(tiny, fmt, "int8", keep_fp32=("first_conv", "classifier"))
     assert len(result.details["kept_fp32_nodes"]) == 2

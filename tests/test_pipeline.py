@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from conftest import REPO, tiny_recipe, unavailable
 from edgetl.cli import main
+from edgetl.formats import FORMATS, PRECISIONS
 from edgetl.pipeline import build
 from edgetl.progress import Reporter
 
@@ -71,7 +72,7 @@ def built_all_formats(built, tmp_path_factory):
     run = tmp_path_factory.mktemp("formats") / "run"
     shutil.copytree(built["run"], run)
     # 12 val images: one image is 8 points, so this build checks the wiring, not the int8 accuracy.
-    recipe = tiny_recipe(built["data"], export={"formats": ["onnx", "openvino", "tflite"],
+    recipe = tiny_recipe(built["data"], export={"formats": list(FORMATS),
                                                 "precisions": ["fp32", "fp16", "int8"]},
                          verify={"max_accuracy_drop_pp": 100.0})
     summary = build(write_recipe(run.parent / "all.yaml", recipe), out=run, reporter=Reporter(enabled=False))
@@ -82,7 +83,7 @@ def test_every_format_and_precision_is_exported_verified_and_benchmarked(built_a
     run, summary = built_all_formats["run"], built_all_formats["summary"]
     assert summary["stages"]["train"]["cached"]
     pairs = [(a["format"], a["precision"]) for a in summary["artifacts"]]
-    assert pairs == [(f, p) for f in ("onnx", "openvino", "tflite") for p in ("fp32", "fp16", "int8")]
+    assert pairs == [(f, p) for f, row in FORMATS.items() for p in PRECISIONS if p in row.precisions]
     for artifact in summary["artifacts"]:
         assert artifact["name"] == f"{artifact['format']}_{artifact['precision']}"
         assert artifact["path"] == f"export/{artifact['name']}/{artifact['files'][0].split('/')[-1]}"
