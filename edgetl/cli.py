@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import statistics
 import sys
 import traceback
 from pathlib import Path
@@ -217,11 +216,12 @@ def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup
     \b
     Exit codes: 0 ok (or no significant regression), 1 regression against --baseline, 2 bad usage or baseline.
     """
-    from edgetl.bench.baseline import bench_against, environment_warnings, is_baseline_file, load_baseline
+    from edgetl.bench.baseline import bench_against, is_baseline_file, load_baseline
     from edgetl.bench.baseline import save_baseline as save
-    from edgetl.bench.gate import STATE_BAND, fewest_rounds
+    from edgetl.bench.gate import fewest_rounds
     from edgetl.bench.measure import BenchOptions, benchmark, find_models
     from edgetl.bench.output import print_table, write_outputs
+    from edgetl.bench.verdict import gate_verdict
     from edgetl.progress import Reporter
 
     if warmup != "auto" and not warmup.isdigit():
@@ -263,60 +263,13 @@ def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup
         click.echo(f"baseline saved: {save_baseline}")
     if reference is None:
         return
-    for warning in environment_warnings(reference):
-        click.echo(f"warning: {warning} (the comparison may not be like for like)", err=True)
-    if any(c.mode == "saved" and c.baseline_row and not c.baseline_row.get("reference_trial_p50_ms")
-           for c in comparisons):
-        click.echo("note: compared against the baseline's saved trials (its model file is not where it was, or has "
-                   "changed), and the baseline holds no machine-state reference (saved by an older edgetl): a change "
-                   "of machine speed since then counts as a change of the model. Save the baseline again, keep the "
-                   "baseline's model file, or pass it as --baseline, so it is re-measured in the same rounds.",
-                   err=True)
-    if tolerance < STATE_BAND and any(c.state is not None for c in comparisons):
-        click.echo(f"warning: rounds count as the same machine state within ±{STATE_BAND:.0%}; a tolerance of "
-                   f"{tolerance:.0%} is below that, so against saved trials a change of state within that band can "
-                   "pass for a change of the model.", err=True)
-    regressions = 0
-    for comparison in comparisons:
-        label = f"{comparison.row['name']} @ {comparison.row['threads']} thread(s), batch {comparison.row['batch']}"
-        for note in comparison.warnings:
-            click.echo(f"warning: {label}: {note}", err=True)
-        decision = comparison.decision
-        if decision is None:
-            click.echo(f"{label}: no baseline row; not checked")
-            continue
-        regressions += decision.status == "regression"
-        before, after = (statistics.median(trials) for trials in comparison.compared_trials())
-        click.echo(f"{label}: {decision.status.upper()} median of repeats {before:.3f} → {after:.3f} ms, "
-                   f"×{decision.ratio:.3f} (×{decision.low:.3f}–×{decision.high:.3f} "
-                   f"at {confidence:.0%}, p={decision.p_value:.3f}); tolerance +{tolerance:.0%}; "
-                   + ("baseline model re-measured in the same rounds" if comparison.mode == "interleaved"
-                      else "against the baseline's saved trials" + _state_note(comparison))
-                   + (f"; measured again after a first {comparison.first.status.upper()} ×{comparison.first.ratio:.3f}"
-                      if comparison.first else ""))
+    verdict = gate_verdict(reference, comparisons, tolerance, confidence)
+    for line, to_stderr in verdict.lines:
+        click.echo(line, err=to_stderr)
+    regressions = verdict.regressions
     if regressions:
         click.echo(f"edgetl: {regressions} latency regression(s) beyond +{tolerance:.0%} against {baseline}", err=True)
         sys.exit(1)
-
-
-def _state_note(comparison) -> str:
-    """Which rounds a saved-mode verdict used, by the machine-state reference."""
-    from edgetl.bench.gate import STATE_BAND
-
-    state = comparison.state
-    if state is None:
-        return ""
-    if state.enough:
-        return (f" ({len(state.rounds)} of {state.total} rounds and {len(state.baseline_rounds)} of "
-                f"{state.baseline_total} baseline rounds in the same machine state; reference ×{state.ratio:.2f})")
-    if comparison.unsettled:
-        return (f"; NOT JUDGED: only {len(state.rounds)} of {state.total} rounds (and {len(state.baseline_rounds)} of "
-                f"{state.baseline_total} baseline rounds) ran in a machine state both share (reference ×{state.ratio:.2f} "
-                "of that state's), too few to tell the model's own change from the machine's; run again, or keep "
-                "the baseline's model file so it is re-measured in the same rounds")
-    return (f" (all rounds, too few in a shared machine state: the machine ran {'faster' if state.ratio < 1 else 'slower'}"
-            f" by more than {STATE_BAND:.0%} in every round than in any baseline round, so it cannot have caused this "
-            "verdict)")
 
 
 def _bench_on_devices(models, devices, options, runs: int, install: bool, json_path, csv_path, markdown_path) -> None:

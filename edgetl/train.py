@@ -9,6 +9,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -263,17 +264,39 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, images: Augme
     hooks = distiller.watch(model) if distiller else []
     try:
         with _own_sigchld():
-            return _epochs(model, optimizer, images, val_inputs, val_labels, cfg, workers, before_epoch, checkpointer,
-                           reporter, distiller, evaluate, world, rank)
+            return _epochs(_Loop(model, optimizer, images, val_inputs, val_labels, cfg, workers, before_epoch,
+                                 checkpointer, reporter, distiller, evaluate or (lambda m: predict(m, val_inputs)),
+                                 world, rank))
     finally:
         torch.set_num_threads(threads)
         for hook in hooks:
             hook.remove()
 
 
-def _epochs(model, optimizer, images, val_inputs, val_labels, cfg: TrainSection, workers: int, before_epoch,
-            checkpointer, reporter: Reporter, distiller: Distiller | None, evaluate, world: int, rank: int) -> TrainResult:
-    evaluate = evaluate or (lambda m: predict(m, val_inputs))
+@dataclass(frozen=True)
+class _Loop:
+    """Everything one training loop uses (see train_loop)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    images: AugmentedImages
+    val_inputs: np.ndarray | None
+    val_labels: np.ndarray | None
+    cfg: TrainSection
+    workers: int
+    before_epoch: Callable[[int], None]
+    checkpointer: Checkpointer | None
+    reporter: Reporter
+    distiller: Distiller | None
+    evaluate: Callable[[nn.Module], np.ndarray]
+    world: int  # processes training together (1: alone)
+    rank: int
+
+
+def _epochs(loop: _Loop) -> TrainResult:
+    model, optimizer, images, val_labels, cfg = loop.model, loop.optimizer, loop.images, loop.val_labels, loop.cfg
+    workers, before_epoch, checkpointer, reporter = loop.workers, loop.before_epoch, loop.checkpointer, loop.reporter
+    distiller, evaluate, world, rank = loop.distiller, loop.evaluate, loop.world, loop.rank
     count = len(images)
     # The global batch stays cfg.batch_size, so the learning rate means the same at any world size.
     batch_size = max(1, cfg.batch_size // world)
