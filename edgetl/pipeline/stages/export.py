@@ -121,10 +121,12 @@ class _Exports:
         if "int8" in wanted:
             self.int8(fmt, exporter)
 
-    def record(self, name: str, fmt: str, precision: str, result: ExportResult) -> dict:
+    def record(self, produced: tuple[str, str, str, ExportResult]) -> dict:
+        """The stage record's entry of one produced artifact, its model.json written beside it."""
         from edgetl.artifact import write_model_json
         from edgetl.formats import FORMATS
 
+        name, fmt, precision, result = produced
         run = self.ctx.run
         files = [*FORMATS[fmt].files(result.path), write_model_json(result, name, fmt, precision, self.metadata)]
         return {"name": name, "format": fmt, "precision": precision, "path": run.rel(result.path),
@@ -159,7 +161,7 @@ def work(ctx: BuildContext, folder: Path) -> dict:
     for fmt in formats:  # fp32 files made only as the source of other files
         if "fp32" not in ctx.recipe.export.precisions or fmt not in ctx.recipe.export.formats:
             shutil.rmtree(folder / f"{fmt}_fp32")
-    records = [exports.record(*produced) for produced in exports.produced]
+    records = [exports.record(produced) for produced in exports.produced]
     return {"artifacts": records, "files": {k: v for r in records for k, v in r["files"].items()}}
 
 
