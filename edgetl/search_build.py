@@ -22,8 +22,6 @@ from edgetl.recipe import Recipe
 from edgetl.search import Budget, Candidate, ModelKey, make_grid
 from edgetl.search import run as run_search
 
-SHARED_STAGES = ("data", "inputs", "teacher", "baseline", "train")  # what a pruned model reuses of its parent
-
 
 def folder_name(key: ModelKey) -> str:
     return f"{key[0]}_p{round(key[1] * 100):02d}"
@@ -115,7 +113,7 @@ def search_body(recipe: Recipe, run) -> dict:
 
 def build_search(recipe: Recipe, root: Path, reporter: Reporter) -> dict:
     """Run the search of `recipe` into `root`; returns the summary (the chosen model's, plus `search`)."""
-    from edgetl.pipeline import build
+    from edgetl.pipeline import build, stages_before
 
     cfg = recipe.search
     budget = Budget(cfg.budget.latency_ms_p90, cfg.budget.size_mb, cfg.budget.accuracy_min, cfg.budget.device,
@@ -139,7 +137,7 @@ def build_search(recipe: Recipe, root: Path, reporter: Reporter) -> dict:
         folder = root / "search" / folder_name(key)
         parent = trained_runs.get((key[0], 0.0))
         if key[1] > 0 and parent is not None:
-            _reuse(parent, folder, SHARED_STAGES)  # the pruned model starts from its parent's fine-tune
+            _reuse(parent, folder, stages_before("prune"))  # the pruned model starts from its parent's fine-tune
         if trained_runs:
             _reuse(next(iter(trained_runs.values())), folder, ("teacher",))  # one teacher for the whole grid
         reporter.info(f"search: training {key[0]} pruned {key[1]:.0%} into {folder}")

@@ -26,7 +26,7 @@ from edgetl.progress import Reporter
 from edgetl.recipe import Recipe, load_recipe
 
 __all__ = ["STAGES", "BuildContext", "RunDir", "Stage", "build", "claim_run_dir", "create_recipe_model",
-           "load_trained", "resolve_data_root", "scan_recipe_dataset", "stage_names"]
+           "load_trained", "resolve_data_root", "scan_recipe_dataset", "stage_names", "stages_before"]
 
 LAYOUT = Layout(STAGES[0].name, frozenset(s.name for s in STAGES), frozenset(f for s in STAGES for f in s.keep))
 
@@ -34,6 +34,12 @@ LAYOUT = Layout(STAGES[0].name, frozenset(s.name for s in STAGES), frozenset(f f
 def stages_of(recipe: Recipe) -> list[Stage]:
     """The stages `recipe` runs, in order."""
     return [stage for stage in STAGES if stage.runs(recipe)]
+
+
+def stages_before(name: str) -> tuple[str, ...]:
+    """The names of the stages that run before stage `name` (what a build that differs from `name` on can share)."""
+    names = [stage.name for stage in STAGES]
+    return tuple(names[:names.index(name)])
 
 
 def stage_names(recipe: Recipe) -> list[str]:
