@@ -140,3 +140,8 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     edgetl quotes of another library's error inside its own one-paragraph messages."""
     text = str(exc).strip()
     return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
+def described(exc: BaseException, limit: int = 300) -> str:
+    """`Type: first line of the message`, or only the type when the message is empty (never the type twice)."""
+    return f"{type(exc).__name__}: {first_line(exc, limit)}" if str(exc).strip() else type(exc).__name__

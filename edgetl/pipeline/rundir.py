@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetl import __version__
-from edgetl.errors import StorageError, first_line
+from edgetl.errors import StorageError, described
 from edgetl.fsutil import (
     RUN_MARKER,
     changed_files,
@@ -95,7 +95,7 @@ class RunDir:
                 raise
             # Exporters and runtimes write files their own way and report a full disk in their own words.
             raise StorageError(f"Cannot write the {name} stage's outputs in {folder}: the disk is full "
-                               f"({type(exc).__name__}: {first_line(exc)}). Completed "
+                               f"({described(exc)}). Completed "
                                "stages are kept; free space or choose another output folder (--out) and run again.") from None
         finally:
             del self._working[partial]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgetl.errors import RecipeError, first_line
+from edgetl.errors import RecipeError, described
 from edgetl.fsutil import sha256_file
 from edgetl.pipeline.context import BuildContext, Stage
 from edgetl.pipeline.finetune import FineTune
@@ -76,7 +76,7 @@ def _load_checkpoint(ctx: BuildContext, folder: Path) -> dict:
         model, saved = load_saved(checkpoint)
     except Exception as exc:
         raise RecipeError(f"{ctx.source}: distill.teacher.checkpoint {checkpoint} is not an edgetl "
-                          f"model.pt ({type(exc).__name__}: {first_line(exc)}).") from None
+                          f"model.pt ({described(exc)}).") from None
     if list(saved.get("classes", [])) != list(index.classes):
         raise RecipeError(f"{ctx.source}: distill.teacher.checkpoint {checkpoint} was trained on "
                           f"classes {saved.get('classes')}, this dataset has {index.classes}.")
