@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgetl.bench.harness import LatencyPlan, measure_interleaved, measure_latency, time_runs
+from edgetl.bench.harness import LatencyPlan, interleaved_trials, measure_latency, time_runs
 from edgetl.bench.stats import summarize
 
 
@@ -88,11 +88,14 @@ def test_interleaved_measurement_alternates_rounds_and_keeps_each_runner_apart(c
             return super().run(batch)
 
     fast, slow = Logged(1.0, "fast"), Logged(3.0, "slow")
-    stats = measure_interleaved([fast, slow], np.zeros((1, 3, 4, 4), np.float32),
-                                LatencyPlan(warmup=1, min_runs=10, min_time_s=0), rounds=5)
+    looked = []
+    batch = np.zeros((1, 3, 4, 4), np.float32)
+    trials = interleaved_trials([fast, slow], [batch, batch], LatencyPlan(warmup=0, min_runs=2, min_time_s=0,
+                                                                         max_runs=2), 5, look=looked.append)
     assert order == ["fast", "slow"] * 5  # five alternating rounds
-    assert [s["runs"] for s in stats] == [10, 10] and fast.calls == slow.calls == 15  # 2 timed + 1 warm-up a round
-    assert (stats[0]["p50"], stats[1]["p50"]) == (1.0, 3.0)
+    assert [len(t) for t in trials] == [5, 5] and fast.calls == slow.calls == 10  # 2 timed calls a round
+    assert {float(x) for t in trials[0] for x in t} == {1.0} and {float(x) for t in trials[1] for x in t} == {3.0}
+    assert looked == [0, 0, 1, 1] * 5  # the reference looked at just before and after each runner's every round
 
 
 def test_auto_warm_up_stops_once_two_windows_agree_and_never_runs_past_its_cap(clock):

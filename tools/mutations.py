@@ -485,8 +485,8 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "harness: interleaved rounds", "edgetl/bench/harness.py",
         "each runner's rounds run back to back (loops swapped)",
-        "    for _ in range(rounds):\n        for i, runner in enumerate(runners):\n            samples[i].append(",
-        "    for i, runner in enumerate(runners):\n        for _ in range(rounds):\n            samples[i].append(",
+        "    for _ in range(repeats):\n        for i, (runner, batch) in enumerate(zip(runners, batches, strict=True)):",
+        "    for i, (runner, batch) in enumerate(zip(runners, batches, strict=True)):\n        for _ in range(repeats):",
         HARN + "test_interleaved_measurement_alternates_rounds_and_keeps_each_runner_apart"),
 ]
 

@@ -52,18 +52,20 @@ def measure_latency(runner: Runner, batch: np.ndarray, plan: LatencyPlan, update
     return {**summarize(samples), "runs": int(samples.size)}
 
 
-def measure_interleaved(runners: list[Runner], batch: np.ndarray, plan: LatencyPlan, rounds: int = 5,
-                        update=None) -> list[dict]:
-    """Latency statistics of several runners measured in alternating rounds, so a change in machine load
-    during the measurement affects them alike (for ratios such as pruned / unpruned)."""
-    batch = np.ascontiguousarray(batch, dtype=np.float32)
-    per_round = LatencyPlan(warmup=plan.warmup, min_runs=max(1, plan.min_runs // rounds),
-                            min_time_s=plan.min_time_s / rounds, max_runs=max(1, plan.max_runs // rounds))
-    samples: list[list[np.ndarray]] = [[] for _ in runners]
-    for _ in range(rounds):
-        for i, runner in enumerate(runners):
-            samples[i].append(time_runs(runner, batch, per_round, update))
-    return [{**summarize(np.concatenate(s)), "runs": int(sum(x.size for x in s))} for s in samples]
+def interleaved_trials(runners: list[Runner], batches: list[np.ndarray], plan: LatencyPlan, repeats: int,
+                       update=None, look=None) -> list[list[np.ndarray]]:
+    """Each runner timed in `repeats` alternating rounds (runner 0, 1, …, then again), so a change of machine load
+    during the measurement hits them alike: per runner, one array of latencies (ms) per round. `look(i)`, when
+    given, is called just before and just after runner i's every round (the machine-state reference)."""
+    trials: list[list[np.ndarray]] = [[] for _ in runners]
+    for _ in range(repeats):
+        for i, (runner, batch) in enumerate(zip(runners, batches, strict=True)):
+            if look:
+                look(i)
+            trials[i].append(time_runs(runner, batch, plan, update))
+            if look:
+                look(i)
+    return trials
 
 
 def warm_up(runner: Runner, batch: np.ndarray, warmup: int | str, window: int = 10, tolerance: float = 0.03,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.bench.environment import package_version
-from edgetl.bench.harness import LatencyPlan, time_runs, warm_up
+from edgetl.bench.harness import LatencyPlan, interleaved_trials, time_runs, warm_up
 from edgetl.bench.stats import summarize
 from edgetl.errors import BenchUsageError, ModelFileError
 from edgetl.formats import FORMATS, format_for_file
@@ -219,17 +219,16 @@ def benchmark(models: list[ModelRef], options: BenchOptions, reporter: Reporter 
             runner.run(batch)  # once through the checked call: a model that fails to run is a ModelFileError here
         warmups = [warm_up(r, b, options.warmup) for r, b in zip(runners, batches, strict=True)]
         states = _reference_runners({m.format for m in models}, threads) if options.reference else {}
-        trials: list[list[np.ndarray]] = [[] for _ in models]
-        looks: list[list[list[float]]] = [[] for _ in models]  # the reference's p50 just before and after each trial
+        seen: list[list[float]] = [[] for _ in models]  # the reference's p50 just before and after each trial
+
+        def look(i: int, seen=seen, states=states) -> None:
+            seen[i].append(_look(states[models[i].format], reference_plan))
+
         with reporter.task(f"benchmarking {len(models)} model{'s' if len(models) > 1 else ''} ({threads} thread"
                            f"{'s' if threads > 1 else ''}, batch {options.batch}, {options.repeats} interleaved "
                            "repeats)", None) as update:
-            for _ in range(options.repeats):
-                for i, (model, runner, batch) in enumerate(zip(models, runners, batches, strict=True)):
-                    before = _look(states[model.format], reference_plan) if states else None
-                    trials[i].append(time_runs(runner, batch, plan, update))
-                    if states:
-                        looks[i].append([before, _look(states[model.format], reference_plan)])
+            trials = interleaved_trials(runners, batches, plan, options.repeats, update, look if states else None)
+        looks = [[p50s[j:j + 2] for j in range(0, len(p50s), 2)] for p50s in seen]  # [before, after] per trial
         del runners
         states.clear()
         for model, model_trials, model_looks, warmup_runs in zip(models, trials, looks, warmups, strict=True):
