@@ -9,11 +9,12 @@ import re
 import shutil
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgetl import __version__
-from edgetl.errors import BundleError, EdgetlError, OutputError, StorageError
+from edgetl.artifact import ArtifactInfo, read_model_json
+from edgetl.errors import BundleError, OutputError, StorageError
 from edgetl.formats import FORMATS
 from edgetl.fsutil import BUNDLE_MARKER, mark, refuse_unmarked, sha256_file, swap_in
 from edgetl.summary import read_summary
@@ -23,7 +24,7 @@ EDGETL_ROOT = Path(__file__).resolve().parent
 # The torch-free modules the device runs, copied from edgetl itself (imports renamed), so the device preprocesses,
 # runs and times a model with the very code that verified it.
 _VENDORED_CORE = ("errors.py", "formats.py", "images.py", "preprocess.py", "runtime/__init__.py", "bench/__init__.py",
-                  "bench/stats.py", "bench/harness.py", "bench/probe.py", "bench/environment.py")
+                  "bench/stats.py", "bench/harness.py", "bench/probe.py", "bench/environment.py", "artifact.py")
 
 
 def vendored_files() -> list[tuple[Path, str]]:
@@ -102,29 +103,6 @@ def _check_hash(source: Path, actual: str, expected: dict[Path, str], summary_fi
                           f"{summary_file} (changed or truncated since). Build the recipe again; nothing was bundled.")
 
 
-def _json_object(path: Path, error: type[EdgetlError], text: bytes | None = None) -> dict:
-    try:
-        meta = json.loads(text if text is not None else Path(path).read_bytes())
-    except (OSError, ValueError, RecursionError) as exc:
-        raise error(f"{path}: cannot read it as JSON ({str(exc)[:200]}).") from None
-    if not isinstance(meta, dict):
-        raise error(f"{path}: not an edgetl model.json (a JSON object is expected, not {type(meta).__name__}).")
-    return meta
-
-
-def read_model_json(path: Path, error: type[EdgetlError] = BundleError, text: bytes | None = None) -> dict:
-    """A model.json (its bytes `text` when already read), checked for what a device needs (labels, preprocessing),
-    or `error` naming the field."""
-    meta = _json_object(path, error, text)
-    labels = meta.get("labels")
-    if not (isinstance(labels, list) and labels and all(isinstance(label, str) for label in labels)):
-        raise error(f"{path}: `labels` must be a non-empty list of strings, got {str(labels)[:100]!r}.")
-    prep = meta.get("preprocessing")
-    if not isinstance(prep, dict) or any(key not in prep for key in ("resize", "crop", "mean", "std", "interpolation")):
-        raise error(f"{path}: `preprocessing` must be an object with resize, crop, mean, std and interpolation.")
-    return meta
-
-
 def vendor_runner(target: Path) -> list[str]:
     """Write the edgetl_runner package into `target` (a bundle folder); returns the files written."""
     written = []
@@ -143,11 +121,11 @@ def vendor_runner(target: Path) -> list[str]:
     return [*written, f"{PACKAGE}/__init__.py", f"{PACKAGE}/__main__.py"]
 
 
-def _readme(meta: dict, requirement: str) -> str:
-    return f"""# {meta.get('name', 'model')} — an edgetl deploy bundle
+def _readme(meta: ArtifactInfo, requirement: str) -> str:
+    return f"""# {meta.name or 'model'} — an edgetl deploy bundle
 
-Model: `{meta['file']}` ({meta.get('format')}, {meta.get('precision')}), backbone {meta.get('backbone')}, labels
-{', '.join(meta.get('labels', []))}. Preprocessing, labels and layout are in `model.json`.
+Model: `{meta.file}` ({meta.format}, {meta.precision}), backbone {meta.backbone}, labels
+{', '.join(meta.labels or ())}. Preprocessing, labels, layout and the input/output tensor types are in `model.json`.
 
 On the device (Python 3.9–3.12):
 
@@ -207,7 +185,7 @@ def _check_own_bundle(out: Path) -> None:
                           "them: move them out, or give another --out.")
 
 
-def _write_bundle(scratch: Path, sources: list[Path], expected: dict[Path, str], summary_file: Path, meta: dict,
+def _write_bundle(scratch: Path, sources: list[Path], expected: dict[Path, str], summary_file: Path, meta: ArtifactInfo,
                   model_path: Path, fmt: str, zip_file: bool, out: Path) -> tuple[list[str], str | None]:
     """Write the bundle in `scratch`/bundle (its zip beside it when asked) and swap it in for `out`; returns the files
     written and the zip made."""
@@ -220,8 +198,8 @@ def _write_bundle(scratch: Path, sources: list[Path], expected: dict[Path, str],
             shutil.copyfile(source, copy)
             _check_hash(source, sha256_file(copy), expected, summary_file)  # the copy is what ships: check it
             files.append(copy.name)
-        meta |= {"file": f"model{model_path.suffix}", "files": files, "edgetl_version": __version__}
-        (staging / "model.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        meta = replace(meta, file=f"model{model_path.suffix}", files=tuple(files), edgetl_version=__version__)
+        (staging / "model.json").write_text(json.dumps(meta.to_json(), indent=2) + "\n", encoding="utf-8")
         requirement = FORMATS[fmt].device_requirement
         (staging / "requirements.txt").write_text(f"numpy>=1.21\nPillow>=9\n{requirement}\n", encoding="utf-8")
         (staging / "README.md").write_text(_readme(meta, requirement), encoding="utf-8")
@@ -265,7 +243,7 @@ def make_bundle(run_dir: Path, fmt: str, precision: str, out: Path, zip_file: bo
                               "the recipe again.")
     meta_bytes = meta_path.read_bytes()
     _check_hash(meta_path, hashlib.sha256(meta_bytes).hexdigest(), expected, summary_file)
-    meta = read_model_json(meta_path, text=meta_bytes)  # the very bytes whose hash was checked
+    meta = read_model_json(meta_path, BundleError, text=meta_bytes)  # the very bytes whose hash was checked
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         scratch_dir = tempfile.mkdtemp(prefix=".edgetl-bundle-", dir=out.parent)
@@ -299,9 +277,9 @@ def bundle_model_file(model_path: Path, out: Path, name: str | None = None, prec
         shutil.copyfile(source, out / f"model{source.suffix}")
         files.append(f"model{source.suffix}")
     sidecar = model_path.parent / "model.json"
-    meta = _json_object(sidecar, BundleError) if sidecar.is_file() else {}
-    meta |= {"name": name or meta.get("name") or model_path.stem, "format": fmt.name,
-             "precision": precision or meta.get("precision"), "file": f"model{model_path.suffix}", "files": files}
-    (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    meta = read_model_json(sidecar, BundleError, required=()) if sidecar.is_file() else ArtifactInfo()
+    meta = replace(meta, name=name or meta.name or model_path.stem, format=fmt.name,
+                   precision=precision or meta.precision, file=f"model{model_path.suffix}", files=tuple(files))
+    (out / "model.json").write_text(json.dumps(meta.to_json(), indent=2) + "\n", encoding="utf-8")
     vendor_runner(out)
     return out

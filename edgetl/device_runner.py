@@ -18,12 +18,15 @@ from pathlib import Path
 BUNDLE = Path(__file__).resolve().parent.parent
 
 
-def _metadata(bundle: Path) -> dict:
-    return json.loads((bundle / "model.json").read_text(encoding="utf-8"))
+def _metadata(bundle: Path, required: tuple = ("file",)):
+    """The bundle's model.json (an ArtifactInfo), checked; `required`: the fields the command needs."""
+    from edgetl_runner.artifact import read_model_json
+
+    return read_model_json(bundle / "model.json", required=required)
 
 
-def _model_path(bundle: Path, meta: dict) -> Path:
-    return bundle / meta["file"]
+def _model_path(bundle: Path, meta) -> Path:
+    return bundle / meta.file
 
 
 def device_info() -> dict:
@@ -36,19 +39,20 @@ def device_info() -> dict:
 def predict(bundle: Path, images: list[str], top_k: int, threads: int) -> list[dict]:
     """Top-k labels and probabilities of each image."""
     import numpy as np
+    from edgetl_runner.artifact import PREDICT_FIELDS
     from edgetl_runner.preprocess import Preprocessing, preprocess_files
     from edgetl_runner.runtime import load_runner
 
-    meta = _metadata(bundle)
+    meta = _metadata(bundle, PREDICT_FIELDS)
     runner = load_runner(_model_path(bundle, meta), threads=threads)
-    inputs = preprocess_files(images, Preprocessing.from_json(meta["preprocessing"]))
+    inputs = preprocess_files(images, Preprocessing.from_json(meta.preprocessing))
     results = []
     for path, image in zip(images, inputs):
         logits = runner.run(np.ascontiguousarray(image[None]))[0].astype(np.float64)
         probabilities = np.exp(logits - logits.max())
         probabilities /= probabilities.sum()
         order = np.argsort(-probabilities, kind="stable")[:top_k]
-        results.append({"image": path, "top": [{"label": meta["labels"][i], "index": int(i),
+        results.append({"image": path, "top": [{"label": meta.labels[i], "index": int(i),
                                                 "probability": round(float(probabilities[i]), 6)} for i in order],
                         "logits": [round(float(v), 6) for v in logits]})
     return results
@@ -74,8 +78,8 @@ def bench(bundle: Path, threads: int, batch: int, runs: int, warmup: int) -> dic
     first = time.perf_counter_ns()
     samples = time_runs(runner, inputs, LatencyPlan(warmup=warmup, min_runs=runs, min_time_s=0.0, max_runs=runs))
     stats = summarize(samples)
-    return {"model": meta["file"], "name": meta.get("name"), "format": meta.get("format"),
-            "precision": meta.get("precision"), "threads": threads, "batch": batch,
+    return {"model": meta.file, "name": meta.name, "format": meta.format, "precision": meta.precision,
+            "threads": threads, "batch": batch,
             **{f"{k}_ms": v for k, v in stats.items()},
             "throughput_ips": round(batch * 1000.0 / stats["mean"], 2),
             "cold_start_ms": round((loaded - started + first - first_start) / 1e6, 3),
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "bench":
             print(json.dumps(bench(args.bundle, args.threads, args.batch, args.runs, args.warmup)))
         else:
-            print(json.dumps({"model": _metadata(args.bundle), "device": device_info()}))
+            print(json.dumps({"model": _metadata(args.bundle).to_json(), "device": device_info()}))
     except EdgetlError as exc:
         print(f"edgetl_runner: {exc.kind}: {exc}", file=sys.stderr)
         return exc.exit_code

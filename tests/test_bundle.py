@@ -54,6 +54,10 @@ def test_bundle_predicts_like_edgetl_without_torch_or_edgetl(run_dir, images, tm
     assert requirements[2].startswith("ai-edge-litert" if fmt == "tflite" else "onnxruntime")
     meta = json.loads((bundle / "model.json").read_text())
     assert meta["file"] == f"model{suffix}" and meta["labels"] == LABELS and meta["preprocessing"] == PREP
+    built = json.loads((run_dir / "export" / f"{fmt}_int8" / "model.json").read_text())
+    io = ("input_dtype", "input_quantization", "output_dtype", "output_quantization")
+    assert {k: meta[k] for k in io} == {k: built[k] for k in io}  # the bundle keeps the measured I/O tensors
+    assert meta["input_dtype"] == ("int8" if fmt == "tflite" else "float32")
     with zipfile.ZipFile(tmp_path / "bundle.zip") as archive:
         assert f"model{suffix}" in archive.namelist() and "edgetl_runner/__main__.py" in archive.namelist()
     # What edgetl itself predicts for these images with this very file...
@@ -74,6 +78,38 @@ def test_bundle_predicts_like_edgetl_without_torch_or_edgetl(run_dir, images, tm
     assert row["runs"] == 7 and row["format"] == fmt and row["precision"] == "int8"
     assert 0 < row["min_ms"] <= row["p50_ms"] <= row["max_ms"] and row["cold_start_ms"] > 0
     assert row["device"]["machine"] == "x86_64" and row["device"]["runtimes"]
+    info = device_run(bundle, "info")
+    assert info.returncode == 0 and json.loads(info.stdout)["model"] == meta, info.stderr
+
+
+def test_runner_refuses_a_damaged_model_json_in_one_line(run_dir, tmp_path):
+    bundle = make_bundle(run_dir, "onnx", "int8", tmp_path / "b").folder
+    meta = json.loads((bundle / "model.json").read_text())
+    (bundle / "model.json").write_text(json.dumps({**meta, "labels": "red green blue"}))
+    out = device_run(bundle, "predict", "missing.jpg")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "model.json: `labels` must be a non-empty list of strings" in out.stderr
+
+
+def test_minimal_bundle_of_a_model_file_for_a_remote_bench(run_dir, tmp_path):
+    """bundle_model_file: a model file edgetl did not export gets a stub model.json (only what is known) whose bench
+    runs on the device; one edgetl exported keeps its model.json, measured I/O tensors included."""
+    import shutil
+
+    from edgetl.bundle import bundle_model_file
+
+    (tmp_path / "foreign").mkdir()
+    shutil.copyfile(run_dir / "export" / "onnx_fp32" / "model.onnx", tmp_path / "foreign" / "net.onnx")
+    stub = bundle_model_file(tmp_path / "foreign" / "net.onnx", tmp_path / "stub")
+    meta = json.loads((stub / "model.json").read_text())
+    assert (meta["name"], meta["format"], meta["file"], meta["files"]) == ("net", "onnx", "model.onnx", ["model.onnx"])
+    assert meta["labels"] is None and meta["input_dtype"] is None and meta["precision"] is None
+    bench = device_run(stub, "bench", "--runs", "3", "--warmup", "1")
+    assert bench.returncode == 0 and json.loads(bench.stdout)["name"] == "net", bench.stderr
+    made = bundle_model_file(run_dir / "export" / "tflite_int8" / "model.tflite", tmp_path / "made", "x", "int8")
+    meta = json.loads((made / "model.json").read_text())
+    built = json.loads((run_dir / "export" / "tflite_int8" / "model.json").read_text())
+    assert meta == {**built, "name": "x"}
 
 
 def test_runner_errors_are_one_line(run_dir, tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetl.artifact import ArtifactInfo
 from edgetl.bench.environment import package_version
 from edgetl.bench.harness import LatencyPlan, interleaved_trials, time_runs, warm_up
 from edgetl.bench.stats import summarize
@@ -81,17 +82,19 @@ class BenchOptions:
         return LatencyPlan(warmup=0, min_runs=5, min_time_s=min(0.05, trial.min_time_s / 4), max_runs=1000)
 
 
-def _sidecar(path: Path) -> dict:
-    """The model.json edgetl writes beside every exported file (empty when there is none)."""
+def _sidecar(path: Path) -> ArtifactInfo:
+    """The model.json edgetl writes beside every exported file (an empty ArtifactInfo when there is none). A JSON
+    file there that is not a JSON object, or says it is about another `file`, is not this model's; one that is but
+    has an ill-typed field is a ModelFileError naming the file and the field."""
     for candidate in (path.with_suffix(".json"), path.parent / "model.json"):
         if candidate.is_file():
             try:
                 data = json.loads(candidate.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                return {}
+            except (OSError, ValueError, RecursionError):
+                return ArtifactInfo()
             if isinstance(data, dict) and data.get("file", path.name) == path.name:
-                return data
-    return {}
+                return ArtifactInfo.from_json(data, candidate, ModelFileError, required=())
+    return ArtifactInfo()
 
 
 def _model_ref(path: Path, name: str | None = None, precision: str | None = None) -> ModelRef:
@@ -99,8 +102,7 @@ def _model_ref(path: Path, name: str | None = None, precision: str | None = None
     if not path.is_file():
         raise ModelFileError(f"Model file {path} does not exist.")
     meta = _sidecar(path)
-    return ModelRef(path, name or meta.get("name") or path.stem, fmt.name, precision or meta.get("precision"),
-                    meta.get("preprocessing"))
+    return ModelRef(path, name or meta.name or path.stem, fmt.name, precision or meta.precision, meta.preprocessing)
 
 
 def _run_models(run_dir: Path) -> list[ModelRef]:

@@ -143,12 +143,18 @@ def quantize(request: ExportRequest, reporter: Reporter = SILENT) -> ExportResul
     except Exception as exc:
         raise ExportError(f"ai-edge-quantizer could not quantize {source}: {first_line(exc)}") from None
     path = request.out_dir / "model.tflite"
-    _write(path, bytes(content), {**metadata, **request.metadata, "layout": layout})
+    # The fp32 file's layout and input shape are this file's too (the request's metadata says the torch model's NCHW).
+    _write(path, bytes(content), {**metadata, **request.metadata, "layout": layout,
+                                  **({"input_shape": metadata["input_shape"]} if "input_shape" in metadata else {})})
     details = {"tool": "ai-edge-quantizer", "layout": layout}
     if request.precision == "int8":
+        from edgetl.runtime.tflite import io_details
+
+        io = io_details(path)  # what the quantizer made of the I/O tensors (with a float classifier: float32 logits)
         details |= {"quantization": "ptq", "int8": int8,
                     "activations": "int8" if int8 == "full" else "float32 (quantized at run time)",
                     "weights": "int8 per-channel", "kept_fp32": keep_fp32, "kept_fp32_nodes": keep_scopes,
+                    "input_tensor": io["input_dtype"], "output_tensor": io["output_dtype"],
                     **({"calibration_images": len(request.calibration)} if int8 == "full" else {})}
     else:
         details["weights"] = "fp16 (dequantized to fp32 at load)"

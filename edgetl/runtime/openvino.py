@@ -77,3 +77,17 @@ class OpenVinoRunner:
 def load(path: Path, threads: int = 1) -> OpenVinoRunner:
     """Load an OpenVINO .xml (with its .bin beside it)."""
     return OpenVinoRunner(path, threads)
+
+
+def io_details(path: Path) -> dict:
+    """The element types of the (first) input and output of the model compiled for the CPU, as numpy names
+    (`input_dtype`, `output_dtype`); `input_quantization`/`output_quantization` are None (OpenVINO IR tensors
+    carry no scale: an int8 IR quantizes inside the graph, its FakeQuantize nodes)."""
+    ov = require_runtime(FORMATS["openvino"])
+    try:
+        compiled = ov.Core().compile_model(str(path), "CPU")
+        types = [port.get_element_type().get_type_name() for port in (compiled.inputs[0], compiled.outputs[0])]
+    except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own for bad files
+        raise ModelFileError(f"{path} could not be loaded by OpenVINO: {first_line(exc)}.") from None
+    return {"input_dtype": _OV_TYPES.get(types[0], types[0]), "input_quantization": None,
+            "output_dtype": _OV_TYPES.get(types[1], types[1]), "output_quantization": None}

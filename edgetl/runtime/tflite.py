@@ -79,3 +79,27 @@ class TfliteRunner:
 def load(path: Path, threads: int = 1) -> TfliteRunner:
     """Load a .tflite file."""
     return TfliteRunner(path, threads)
+
+
+def _tensor_details(details: dict) -> tuple[str, dict | None]:
+    """A tensor's numpy dtype name, and its (scale, zero point) when it is quantized (else None)."""
+    dtype = np.dtype(details["dtype"])
+    scale, zero_point = details["quantization"]
+    quantized = dtype.kind in "iu" and scale != 0
+    return dtype.name, {"scale": float(scale), "zero_point": int(zero_point)} if quantized else None
+
+
+def io_details(path: Path) -> dict:
+    """The (first) input and output tensor of the file as the TFLite interpreter reports them: `input_dtype`,
+    `output_dtype` (numpy names) and `input_quantization`/`output_quantization` ({"scale", "zero_point"} of an
+    integer tensor, None for a float one)."""
+    module = require_runtime(FORMATS["tflite"])
+    try:
+        interpreter = module.Interpreter(model_path=str(path))
+        inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    except Exception as exc:  # the interpreter raises ValueError/RuntimeError with the runtime's message
+        raise ModelFileError(f"{path} could not be loaded by the TFLite interpreter: {first_line(exc)}.") from None
+    input_dtype, input_quantization = _tensor_details(inputs[0])
+    output_dtype, output_quantization = _tensor_details(outputs[0])
+    return {"input_dtype": input_dtype, "input_quantization": input_quantization,
+            "output_dtype": output_dtype, "output_quantization": output_quantization}
