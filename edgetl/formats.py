@@ -15,7 +15,8 @@ class Format:
     Its export module (`exporter`, needs torch) has `export(model, request, reporter)`, `options(recipe)` (the recipe
     settings it reads), `retry_steps(options)` (its accuracy-aware int8 steps) and, when it can make int8 from a QDQ
     ONNX model such as the QAT model, `from_qdq(qdq_file, request)`. Its runtime module (`runtime`, torch-free) has
-    `load(path, threads)` returning a Runner."""
+    `load(path, threads)` returning a Runner and, optionally, `io_details(path)` (its input/output dtypes and
+    quantization parameters, recorded in model.json; null where the module has none)."""
 
     name: str
     suffix: str
