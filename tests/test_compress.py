@@ -223,12 +223,20 @@ def test_qat_fake_quant_model_is_the_int8_model_it_exports(tmp_path):
 
     with torch.no_grad():
         Weights(converted).run(held_out[:2])
-    # Exactly the same weights (torch's fused observer/fake-quant op, used before, computed weight scales with
-    # another formula than convert: one int8 step apart per channel).
+    # The same weights (torch's fused observer/fake-quant op, used before, computed weight scales with another
+    # formula than convert: one int8 step apart in whole channels). Only a value that lands exactly on a rounding
+    # tie may come out one step apart (1 of 153,600 with this stack's wheels); a formula change moves thousands.
     n = len(exported_weights)
     assert n > 10 and len(trained_weights) == 3 * n
+    total = mismatched = 0
     for trained, exported in zip(trained_weights[:n], exported_weights, strict=True):
-        torch.testing.assert_close(exported, trained, rtol=0, atol=0)
+        assert exported.shape == trained.shape
+        differ = exported != trained
+        total, mismatched = total + trained.numel(), mismatched + int(differ.sum())
+        if differ.any():
+            step = trained.abs().amax(dim=tuple(range(1, trained.dim())), keepdim=True) / 63  # 7-bit weights
+            assert bool(((exported - trained).abs() <= 1.01 * step)[differ].all())  # one step at most
+    assert total > 100_000 and mismatched <= total // 10_000, (mismatched, total)
     spread = float(fake_quant.max() - fake_quant.min())
     assert spread > 0
     assert float((int8 - fake_quant).abs().max()) < 0.05 * spread
