@@ -5,27 +5,20 @@ Torch-free on purpose (stdlib, numpy, Pillow only) so the CLI can check a datase
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import lzma
 import math
 import os
-import shutil
-import stat
-import tarfile
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
-import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from edgetl.errors import DataError, StorageError
-from edgetl.fsutil import atomic_path, sha256_file, swap_in
+from edgetl.archives import install_archive
+from edgetl.errors import DataError
+from edgetl.fsutil import atomic_path, sha256_file
 from edgetl.images import check_image, load_rgb  # noqa: F401  (load_rgb: part of this module's API)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -33,10 +26,6 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", 
 _MAX_LISTED_BAD = 20
 _DOWNLOAD_TIMEOUT_S = 60
 _CHUNK = 1 << 20
-# Archive entries that are packaging noise, not dataset content (macOS Finder zips add __MACOSX/).
-_ARCHIVE_JUNK = frozenset({"__MACOSX"})
-# A single top-level folder with one of these names is a split, not a wrapper folder, so it must not be stripped.
-_SPLIT_NAMES = frozenset({"train", "val"})
 
 
 @dataclass(frozen=True)
@@ -383,17 +372,27 @@ def default_cache_dir() -> Path:
 
 
 def resolve_recipe_data(recipe, say=None) -> Path:
-    """The folder of `recipe`'s dataset (data.path, the cache, or data.url downloaded); `say(text)` reports how it was
-    found when that is worth a line of output."""
+    """The folder of `recipe`'s dataset (see resolve_dataset); `say(text)` reports how it was found when that is worth
+    a line of output (with say=None, a line saying that data.fallback replaces the dataset goes to stderr)."""
     data = recipe.data
     path = str(recipe.resolve_path(data.path)) if data.path else None
     return resolve_dataset(data.dataset, path, data.url, data.sha256, default_cache_dir(),
-                           recipe_file=recipe.source or "recipe")
+                           recipe_file=recipe.source or "recipe", fallback=data.fallback, say=say)
 
 
-def resolve_dataset(name: str | None, path: str | None, url: str | None, sha256: str | None,
-                    cache_dir: Path, recipe_file: str = "recipe") -> Path:
-    """Find a dataset folder: `path`, else cache_dir/datasets/name, else download `url` and extract it there."""
+class DatasetUnavailable(DataError):
+    """The named dataset is not cached and cannot be fetched; `why` says so in a few words."""
+
+    def __init__(self, message: str, why: str) -> None:
+        super().__init__(message)
+        self.why = why
+
+
+def resolve_dataset(name: str | None, path: str | None, url: str | None, sha256: str | None, cache_dir: Path,
+                    recipe_file: str = "recipe", *, fallback: str | None = None, say=None) -> Path:
+    """Find a dataset folder: `path`, else cache_dir/datasets/name, else download `url` and extract it there; when
+    that is impossible (no url, downloads off, the download failed) and `fallback` names an embedded sample, that
+    sample's folder, used in place (edgetl.samples.substitute: it says so)."""
     if path:
         folder = Path(path).expanduser()
         if not folder.is_dir():
@@ -407,20 +406,27 @@ def resolve_dataset(name: str | None, path: str | None, url: str | None, sha256:
     target = Path(cache_dir) / "datasets" / name
     if target.is_dir():
         return target
-    if not url:
-        raise DataError(f"Dataset '{name}' was not found in {target} and {recipe_file} gives no data.url to download "
-                        f"it from. Place the dataset there (so that {target}/train/<class>/<image> exists), set "
-                        "data.path to where it is, or set data.url. The cache folder can be moved with the "
-                        "EDGETL_CACHE environment variable.")
-    archive = _download(url, Path(cache_dir) / "downloads", name, target)
+    try:
+        archive = _download(url, Path(cache_dir) / "downloads", name, target, recipe_file)
+    except DatasetUnavailable as exc:
+        if not fallback:
+            raise
+        from edgetl.samples import substitute
+
+        return substitute(fallback, name, target.parent, exc.why, recipe_file, say)
     try:
         _verify_sha256(archive, sha256, url, recipe_file)
-        _install_archive(archive, target)
+        install_archive(archive, target)
     finally:
         # On success the extracted folder is the cache (keeping the archive would double disk use); on failure a
         # bad or unsafe archive must not linger where a later run could pick it up.
         archive.unlink(missing_ok=True)
     return target
+
+
+def downloads_off() -> bool:
+    """Whether $EDGETL_OFFLINE turns dataset downloads off (1, true, yes or on): data.url is then never fetched."""
+    return os.environ.get("EDGETL_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _check_dataset_name(name: str, recipe_file: str) -> None:
@@ -430,17 +436,31 @@ def _check_dataset_name(name: str, recipe_file: str) -> None:
                         "without slashes or a leading dot (e.g. hymenoptera).")
 
 
-def _download(url: str, downloads: Path, name: str, target: Path) -> Path:
-    """Fetch `url` into `downloads` via a temp file, so an interrupted download never looks complete."""
+def _download(url: str | None, downloads: Path, name: str, target: Path, recipe_file: str) -> Path:
+    """Fetch `url` into `downloads` via a temp file, so an interrupted download never looks complete; a
+    DatasetUnavailable when there is no url, downloads are off or the network fails."""
+    if not url:
+        raise DatasetUnavailable(
+            f"Dataset '{name}' was not found in {target} and {recipe_file} gives no data.url to download it from. "
+            f"Place the dataset there (so that {target}/train/<class>/<image> exists), set data.path to where it is, "
+            "or set data.url. The cache folder can be moved with the EDGETL_CACHE environment variable.",
+            f"{recipe_file} gives no data.url to download it from")
+    if downloads_off():
+        off = f"downloads are off: EDGETL_OFFLINE={os.environ['EDGETL_OFFLINE']}"
+        raise DatasetUnavailable(f"Dataset '{name}' was not found in {target} and was not downloaded from {url} "
+                                 f"({off}). Unset EDGETL_OFFLINE to download it, place the dataset there (so that "
+                                 f"{target}/train/<class>/<image> exists), or set data.path to where it is.",
+                                 f"could not be downloaded ({off})")
     filename = os.path.basename(urllib.parse.unquote(urllib.parse.urlparse(url).path)) or f"{name}.archive"
     if _is_hidden(filename):
         filename = f"{name}.archive"
     dest = downloads / filename
 
-    def fail(reason: str) -> DataError:
-        return DataError(f"Dataset '{name}' was not found in {target} and could not be downloaded from {url} "
-                         f"({reason}). Check the network connection and the URL, or work offline: download the "
-                         f"archive elsewhere and extract it so that {target}/train/<class>/<image> exists.")
+    def fail(reason: str) -> DatasetUnavailable:
+        return DatasetUnavailable(f"Dataset '{name}' was not found in {target} and could not be downloaded from {url} "
+                                  f"({reason}). Check the network connection and the URL, or work offline: download "
+                                  f"the archive elsewhere and extract it so that {target}/train/<class>/<image> "
+                                  "exists.", f"could not be downloaded ({reason})")
 
     try:
         response = urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S)
@@ -472,116 +492,3 @@ def _verify_sha256(archive: Path, expected: str | None, url: str, recipe_file: s
         raise DataError(f"The archive downloaded from {url} has sha256 {actual}, but data.sha256 in {recipe_file} "
                         f"expects {expected}. The download was deleted. The file is corrupt or has changed on the "
                         "server: try again, or update data.sha256 if you trust the new file.")
-
-
-def _install_archive(archive: Path, target: Path) -> None:
-    """Extract into a temp folder beside `target`, then rename it into place; nothing is left behind on failure."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".extracting", dir=target.parent))
-    try:
-        _extract(archive, tmp)
-        swap_in(_dataset_root(tmp), target)
-    except OSError as exc:
-        raise _extract_os_error(archive, target, exc) from exc
-    except StorageError as exc:  # swap_in's words name an output folder; this one is the dataset cache
-        raise StorageError(f"Cannot put the dataset extracted from {archive} in {target}: {exc}. Point EDGETL_CACHE "
-                           "at a writable folder with room and run again.") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # already gone unless the archive had a wrapper folder or failed
-
-
-def _extract_os_error(archive: Path, target: Path, exc: OSError) -> Exception:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):
-        return StorageError(f"Cannot extract {archive} into {target}: {exc.strerror or exc}. Nothing was left "
-                            "half-extracted; free disk space or point EDGETL_CACHE at a writable folder.")
-    # gzip/bz2 report corrupt streams as plain OSError
-    return DataError(f"Cannot extract {archive}: {exc}. The archive is corrupt or not a supported format (.zip, .tar, "
-                     ".tar.gz/.tgz, .tar.bz2, .tar.xz); the download was deleted. Check data.url and try again.")
-
-
-# A link chain that escapes only once resolved (a/b -> .. where a -> ..) passes a name-by-name check; the "data"
-# filter resolves it and raises one of these, which say "may be malicious", not "corrupt".
-_TAR_FILTER_ERRORS = (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
-
-
-def _extract(archive: Path, dest: Path) -> None:
-    try:
-        if zipfile.is_zipfile(archive):
-            _extract_zip(archive, dest)
-        elif tarfile.is_tarfile(archive):
-            _extract_tar(archive, dest)
-        else:
-            raise DataError(f"{archive} is not a supported archive (.zip, .tar, .tar.gz/.tgz, .tar.bz2, .tar.xz). "
-                            "Check data.url in the recipe points at the dataset archive itself, not a web page.")
-    except _TAR_FILTER_ERRORS as exc:  # the stdlib's "data" filter caught what our own checks let through
-        member = getattr(getattr(exc, "tarinfo", None), "name", "?")
-        raise _unsafe_member(archive, member, f"was refused by the tar safety filter ({exc})") from None
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
-        raise DataError(f"Cannot extract {archive}: {exc}. The archive is corrupt and the download was deleted; "
-                        "check data.url (and set data.sha256 to catch corrupt downloads) and try again.") from exc
-
-
-def _unsafe_member(archive: Path, member: str, why: str) -> DataError:
-    return DataError(f"Refusing to extract {archive}: member '{member}' {why}. The archive may be malicious; nothing "
-                     "was extracted. Use a trusted archive or extract it yourself and set data.path.")
-
-
-def _check_member_path(archive: Path, name: str) -> None:
-    """Reject absolute paths and `..` escapes (checked before anything is written)."""
-    posix = name.replace("\\", "/")
-    if posix.startswith("/") or (len(posix) > 1 and posix[1] == ":"):
-        raise _unsafe_member(archive, name, "has an absolute path")
-    if ".." in PurePosixPath(posix).parts:
-        raise _unsafe_member(archive, name, "escapes the target folder via '..'")
-
-
-def _check_link_target(archive: Path, name: str, link: str, relative_to_member: bool) -> None:
-    """Reject a link whose target is absolute or resolves outside the extraction folder."""
-    posix = link.replace("\\", "/")
-    if posix.startswith("/") or (len(posix) > 1 and posix[1] == ":"):
-        raise _unsafe_member(archive, name, f"links to the absolute path '{link}'")
-    base = PurePosixPath(name.replace("\\", "/")).parent if relative_to_member else PurePosixPath()
-    depth = 0
-    for part in (*base.parts, *PurePosixPath(posix).parts):  # PurePosixPath drops "." and empty parts
-        depth += -1 if part == ".." else 1
-        if depth < 0:
-            raise _unsafe_member(archive, name, f"links outside the target folder ('{link}')")
-
-
-def _extract_zip(archive: Path, dest: Path) -> None:
-    with zipfile.ZipFile(archive) as zf:
-        for info in zf.infolist():
-            _check_member_path(archive, info.filename)
-            if stat.S_ISLNK(info.external_attr >> 16):
-                # zipfile writes links as small regular files, but refuse escaping ones anyway: other tools follow them
-                _check_link_target(archive, info.filename, zf.read(info).decode("utf-8", "replace"), True)
-        zf.extractall(dest)
-
-
-def _extract_tar(archive: Path, dest: Path) -> None:
-    with tarfile.open(archive, "r:*") as tf:
-        for member in tf.getmembers():
-            _check_member_path(archive, member.name)
-            if member.issym() or member.islnk():
-                # symlink targets are relative to the link's folder; hardlink targets to the archive root
-                _check_link_target(archive, member.name, member.linkname, relative_to_member=member.issym())
-            elif not (member.isfile() or member.isdir()):
-                raise _unsafe_member(archive, member.name, "is a device file or FIFO, which no dataset needs")
-        if hasattr(tarfile, "data_filter"):
-            # filter="data" is the stdlib's own guard (also strips setuid bits) on top of ours
-            tf.extractall(dest, filter="data")
-        else:  # Python 3.11.0-3.11.3 predate extraction filters, and a chain of links can escape a name-by-name check
-            if any(m.issym() or m.islnk() for m in tf.getmembers()):
-                raise _unsafe_member(archive, next(m.name for m in tf.getmembers() if m.issym() or m.islnk()),
-                                     "is a link, which this Python (before 3.11.4) cannot extract safely")
-            tf.extractall(dest)
-
-
-def _dataset_root(extracted: Path) -> Path:
-    """The single top-level folder of an archive is a wrapper (e.g. hymenoptera_data/) and becomes the root."""
-    entries = [e for e in extracted.iterdir() if not _is_hidden(e.name) and e.name not in _ARCHIVE_JUNK]
-    if len(entries) != 1:
-        return extracted
-    only = entries[0]
-    is_wrapper = only.is_dir() and not only.is_symlink() and only.name not in _SPLIT_NAMES
-    return only if is_wrapper else extracted

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from edgetl.errors import RecipeError
 from edgetl.limits import MAX_THREADS
@@ -38,6 +38,12 @@ class DataSection(Section):
     seed: int = 0
     skip_bad_images: bool = False
     workers: int = Field(2, ge=0, description="Data loader worker processes for training.")
+    fallback: Literal["trashnet5-mini"] | None = Field(None, description="An embedded sample (edgetl/samples/<name>/) "
+                                                       "built on, saying so, when `dataset` is not cached or downloadable.")
+
+    @model_serializer(mode="wrap")
+    def _unset_fallback_left_out(self, handler):  # so a recipe without it keeps its cache keys and recipe hash
+        return {k: v for k, v in handler(self).items() if k != "fallback" or self.fallback is not None}
 
     @model_validator(mode="after")
     def _needs_a_source(self) -> DataSection:
@@ -508,7 +514,7 @@ def parse_recipe(obj: Any, source: str = "<recipe>") -> Recipe:
         return Recipe.model_validate({**obj, "source": source})
     except ValidationError as exc:
         problems = _problems(exc.errors())
-        raise RecipeError(f"{source} is not a valid recipe: {problems}. See the recipe reference in the README.") from None
+        raise RecipeError(f"{source} is not a valid recipe: {problems}. See the recipe reference, docs/recipe.md.") from None
 
 
 class _RecipeLoader(yaml.SafeLoader):

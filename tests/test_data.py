@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import tarfile
+import typing
 import zipfile
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgetl import data
+from edgetl import data, samples
 from edgetl.data import (
     DatasetIndex,
     Sample,
@@ -533,3 +534,190 @@ def test_sample_is_frozen() -> None:
     sample = Sample("/x.png", 0)
     with pytest.raises(AttributeError):
         sample.label = 1  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data.fallback: the embedded sample used when the dataset is neither cached nor downloadable
+# ---------------------------------------------------------------------------------------------------------------
+
+SAMPLE = samples.SAMPLES_DIR / "trashnet5-mini"
+UNREACHABLE = "http://127.0.0.1:9/hymenoptera_data.zip"  # the discard port: refused at once
+SAMPLE_CLASSES = ["cardboard", "glass", "metal", "paper", "plastic"]
+
+
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", refuse)
+
+
+def resolve_with_fallback(cache: Path, url: str | None, said: list[str], **kwargs) -> Path:
+    return resolve_dataset("hymenoptera_data", None, url, None, cache, recipe_file="quickstart.yaml",
+                           fallback="trashnet5-mini", say=said.append, **kwargs)
+
+
+def test_fallback_used_offline_without_any_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGETL_OFFLINE", "1")
+    no_network(monkeypatch)
+    said: list[str] = []
+    cache = tmp_path / "cache"
+    assert resolve_with_fallback(cache, UNREACHABLE, said) == SAMPLE
+    assert said == [f"hymenoptera_data is not in {cache / 'datasets'} and could not be downloaded (downloads are "
+                    "off: EDGETL_OFFLINE=1): using the embedded sample trashnet5-mini (5 classes, 250 images, MIT "
+                    f"licence, {SAMPLE}) instead (data.fallback)"]
+    assert not cache.exists()  # the sample is read in place: nothing is copied into (or created in) the cache
+
+
+def test_fallback_used_when_the_download_fails(tmp_path: Path) -> None:
+    said: list[str] = []
+    cache = tmp_path / "cache"
+    assert resolve_with_fallback(cache, UNREACHABLE, said) == SAMPLE
+    assert len(said) == 1 and "could not be downloaded (" in said[0] and "trashnet5-mini" in said[0], said
+    assert not cache.exists() or cache_leftovers(cache) == []
+
+
+def test_fallback_used_without_url_says_so(tmp_path: Path) -> None:
+    said: list[str] = []
+    assert resolve_with_fallback(tmp_path / "cache", None, said) == SAMPLE
+    assert said[0].startswith(f"hymenoptera_data is not in {tmp_path / 'cache' / 'datasets'} and quickstart.yaml "
+                              "gives no data.url to download it from: using the embedded sample trashnet5-mini")
+
+
+def test_download_broken_mid_stream_leaves_nothing_and_falls_back(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    class Dropped(io.BytesIO):
+        def read(self, size: int = -1) -> bytes:
+            if self.tell():
+                raise ConnectionResetError("connection reset by peer")
+            return super().read(1000)
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: Dropped(b"PK" * 100_000))
+    said: list[str] = []
+    cache = tmp_path / "cache"
+    assert resolve_with_fallback(cache, "http://example.invalid/d.zip", said) == SAMPLE
+    assert "ConnectionResetError" in said[0]
+    assert cache_leftovers(cache) == []  # the half-written archive was removed
+    assert not (cache / "datasets").exists()
+
+
+def test_fallback_not_used_when_the_dataset_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGETL_OFFLINE", "1")
+    cached = tmp_path / "cache" / "datasets" / "hymenoptera_data"
+    (cached / "train").mkdir(parents=True)
+    said: list[str] = []
+    assert resolve_with_fallback(tmp_path / "cache", UNREACHABLE, said) == cached
+    assert said == []
+
+
+def test_fallback_not_used_for_a_bad_download(tmp_path: Path) -> None:
+    # a download that arrived but is wrong (sha256, corrupt, unsafe) is an error to see, not a reason to substitute
+    archive = dataset_zip(tmp_path / "d.zip")
+    with pytest.raises(DataError, match="sha256"):
+        resolve_dataset("d", None, archive.as_uri(), "0" * 64, tmp_path / "cache", fallback="trashnet5-mini",
+                        say=pytest.fail)
+
+
+def test_without_fallback_the_errors_are_unchanged(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    target = cache / "datasets" / "hymenoptera_data"
+    with pytest.raises(DataError) as info:
+        resolve_dataset("hymenoptera_data", None, None, None, cache, recipe_file="q.yaml")
+    assert str(info.value) == (
+        f"Dataset 'hymenoptera_data' was not found in {target} and q.yaml gives no data.url to download it from. "
+        f"Place the dataset there (so that {target}/train/<class>/<image> exists), set data.path to where it is, or "
+        "set data.url. The cache folder can be moved with the EDGETL_CACHE environment variable.")
+    with pytest.raises(DataError) as info:
+        resolve_dataset("hymenoptera_data", None, UNREACHABLE, None, cache, recipe_file="q.yaml")
+    assert str(info.value).startswith(f"Dataset 'hymenoptera_data' was not found in {target} and could not be "
+                                      f"downloaded from {UNREACHABLE} (")
+    assert str(info.value).endswith(f"). Check the network connection and the URL, or work offline: download the "
+                                    f"archive elsewhere and extract it so that {target}/train/<class>/<image> exists.")
+
+
+def test_offline_without_fallback_names_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGETL_OFFLINE", "1")
+    no_network(monkeypatch)
+    with pytest.raises(DataError, match="downloads are off") as info:
+        resolve_dataset("hymenoptera_data", None, UNREACHABLE, None, tmp_path / "cache")
+    assert "EDGETL_OFFLINE=1" in str(info.value) and UNREACHABLE in str(info.value)
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(("value", "off"), [("1", True), ("true", True), ("YES", True), ("", False), ("0", False),
+                                             ("false", False)])
+def test_offline_values(monkeypatch: pytest.MonkeyPatch, value: str, off: bool) -> None:
+    monkeypatch.setenv("EDGETL_OFFLINE", value)
+    assert data.downloads_off() is off
+
+
+def test_resolve_recipe_data_uses_the_recipes_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from edgetl.recipe import parse_recipe
+
+    monkeypatch.setenv("EDGETL_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("EDGETL_OFFLINE", "1")
+    recipe = parse_recipe({"name": "q", "data": {"dataset": "hymenoptera_data", "url": UNREACHABLE,
+                                                 "fallback": "trashnet5-mini"}}, source="q.yaml")
+    said: list[str] = []
+    assert data.resolve_recipe_data(recipe, said.append) == SAMPLE and "trashnet5-mini" in said[0]
+    # with say=None (as `edgetl check` calls it) the line goes to stderr: the substitution is never silent
+    assert data.resolve_recipe_data(recipe) == SAMPLE
+    assert "using the embedded sample trashnet5-mini" in capsys.readouterr().err
+    without = parse_recipe({"name": "q", "data": {"dataset": "hymenoptera_data", "url": UNREACHABLE}}, source="q.yaml")
+    with pytest.raises(DataError, match="downloads are off"):
+        data.resolve_recipe_data(without)
+
+
+def test_unknown_fallback_is_a_recipe_error_listing_the_samples(tmp_path: Path) -> None:
+    from edgetl.errors import RecipeError
+    from edgetl.recipe import DataSection, load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\ndata: {dataset: x, fallback: trashnet-mini}\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert str(path) in str(info.value)
+    assert "data.fallback: Input should be 'trashnet5-mini' (got 'trashnet-mini')" in str(info.value)
+    # the names the schema accepts are exactly the samples shipped in edgetl/samples/
+    accepted = [a for a in typing.get_args(DataSection.model_fields["fallback"].annotation) if a is not type(None)]
+    assert list(typing.get_args(accepted[0])) == samples.known_samples() == ["trashnet5-mini"]
+
+
+def test_a_missing_sample_folder_is_a_data_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(samples, "SAMPLES_DIR", tmp_path)  # an installation without the sample's files
+    with pytest.raises(DataError, match=r"data.fallback in q.yaml: unknown embedded sample 'trashnet5-mini'; the "
+                                        r"samples in .* are: none"):
+        resolve_dataset("hymenoptera_data", None, None, None, tmp_path / "cache", recipe_file="q.yaml",
+                        fallback="trashnet5-mini", say=pytest.fail)
+
+
+def test_unset_fallback_leaves_the_data_sections_key_as_before() -> None:
+    from edgetl.recipe import parse_recipe, section_dict
+
+    plain = parse_recipe({"name": "q", "data": {"dataset": "d"}})
+    assert "fallback" not in section_dict(plain.data) and "fallback" not in plain.model_dump(mode="json")["data"]
+    with_fallback = parse_recipe({"name": "q", "data": {"dataset": "d", "fallback": "trashnet5-mini"}})
+    assert section_dict(with_fallback.data)["fallback"] == "trashnet5-mini"
+    assert parse_recipe(with_fallback.model_dump()).data.fallback == "trashnet5-mini"  # round trip (search_build)
+
+
+def test_embedded_sample_is_small_balanced_rgb_and_licensed() -> None:
+    files = [p for p in SAMPLE.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 5_000_000
+    licence = (SAMPLE / "LICENSE").read_text()
+    assert licence.startswith("MIT License\n\nCopyright (c) 2017 Gary Thung\n")
+    readme = (SAMPLE / "README.md").read_text()
+    assert "github.com/garythung/trashnet" in readme and "python tools/make_sample.py" in readme
+    images = [p for p in files if p.parent.parent.parent == SAMPLE]
+    assert sorted({p.relative_to(SAMPLE).parts[0] for p in images}) == ["train", "val"]
+    for split, per_class in (("train", 30), ("val", 20)):
+        counts = {cls.name: len(list(cls.iterdir())) for cls in sorted((SAMPLE / split).iterdir())}
+        assert counts == dict.fromkeys(SAMPLE_CLASSES, per_class), (split, counts)
+    for path in images:
+        with Image.open(path) as image:
+            assert image.format == "JPEG" and image.mode == "RGB" and max(image.size) <= 256, path
+    manifest = dict(line.split("  ")[::-1] for line in (SAMPLE / "MANIFEST.sha256").read_text().splitlines())
+    assert manifest == {p.relative_to(SAMPLE).as_posix(): sha256(p) for p in images}  # unchanged since it was made
+    index = scan_dataset(SAMPLE)  # and every image decodes
+    assert index.classes == SAMPLE_CLASSES and (len(index.train), len(index.val)) == (150, 100)
