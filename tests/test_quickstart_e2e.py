@@ -61,15 +61,15 @@ def test_quickstart_offline_builds_verified_benchmarked_artifacts_on_the_sample(
     assert summary["data"]["root"] == str(SAMPLE)
     assert summary["data"]["train_images"] == 150 and summary["data"]["val_images"] == 100
     assert summary["model"]["backbone"] == "efficientnet_lite0" and summary["model"]["weights"] == "imagenet"
-    # A regression guard: measured 84 % (1 val image = 1 pp), chance is 20 %.
-    assert summary["model"]["val_accuracy"] >= 75.0
+    # A regression guard: measured 78 % (1 val image = 1 pp; 76 % on 450 other trashnet5 val images), chance is 20 %.
+    assert summary["model"]["val_accuracy"] >= 70.0
     artifacts = {(a["format"], a["precision"]): a for a in summary["artifacts"]}
     assert list(artifacts) == [(f, p) for f in ("onnx", "openvino", "tflite") for p in ("fp32", "int8")]
     for fmt in ("onnx", "openvino", "tflite"):  # every file evaluated on all 100 val images by its own runtime
         fp32, int8 = artifacts[(fmt, "fp32")], artifacts[(fmt, "int8")]
         assert fp32["max_abs_logit_diff"] < 1e-3 and fp32["accuracy_drop_pp"] == 0
-        # within the budget, if need be by the accuracy-aware retry keeping sensitive layers in fp32 (on the sample
-        # ONNX int8 keeps 8 nodes and is 0.43x its fp32 file; the others 0.29-0.30x)
+        # within the budget, if need be by the accuracy-aware retry, which keeps sensitive layers in fp32 (measured:
+        # 0.27-0.30x at the first attempt; 0.43x once 8 ONNX nodes were kept, on a trial sample)
         assert int8["accuracy_drop_pp"] <= 1.0 and int8["size_bytes"] < 0.5 * fp32["size_bytes"]
         assert (tmp_path / "run" / int8["model_json"]).is_file()
     assert (tmp_path / "run" / "report.md").is_file()

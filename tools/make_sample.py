@@ -1,14 +1,15 @@
 """Build edgetl/samples/trashnet5-mini/, the small real dataset the quickstart falls back to offline (data.fallback).
 
-    python tools/make_sample.py [--source DIR] [--out DIR] [--train 30] [--val 20] [--seed 0] [--max-side 256]
+    python tools/make_sample.py [--source DIR] [--out DIR] [--train 30] [--val 20] [--seed 0] [--size 256x192]
                                 [--budget 5000000]
 
 From trashnet5 (../shared/cache/datasets/trashnet5, or $EDGETL_SHARED_CACHE/datasets/trashnet5; its README gives the
 origin and the licence) it takes, per class, --train images of its train/ split and --val of its val/ split, chosen by
 a seeded random draw (so the sample is class-balanced and keeps trashnet5's block split: no photo series is in both
-splits), downscales each so its longest side is at most --max-side pixels (Lanczos) and saves it as a baseline JPEG
-without metadata, at the highest quality of 95, 90, ..., 50 at which the whole folder (images, LICENSE, README.md,
-MANIFEST.sha256) fits in --budget bytes. The output is the same bytes on every run with the same Pillow/libjpeg; the
+splits), resizes each to --size (Lanczos; the default 256x192 also undoes the stretch of trashnet5's copy, whose
+384x512 portrait files were squeezed from 4:3 landscape photos) and saves it as a baseline JPEG without metadata,
+at the highest quality of 95, 90, ..., 50 at which the whole folder (images, LICENSE, README.md, MANIFEST.sha256)
+fits in --budget bytes. The output is the same bytes on every run with the same Pillow/libjpeg; the
 folder is replaced whole (written beside it first, so an interrupted run leaves the old sample intact).
 """
 
@@ -90,15 +91,16 @@ def pick(files: dict[tuple[str, str], list[Path]], counts: dict[str, int], seed:
     return chosen
 
 
-def downscale(path: Path, max_side: int) -> Image.Image:
-    image = Image.open(path)
-    image.load()
-    image = image.convert("RGB")
-    scale = max_side / max(image.size)
-    if scale < 1:
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.LANCZOS)
-    return image
+def resized(path: Path, size: tuple[int, int]) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    width, _, height = text.partition("x")
+    if not (width.isdigit() and height.isdigit()) or max(int(width), int(height)) > 256 or min(int(width), int(height)) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT with sides of 1 to 256 pixels")
+    return int(width), int(height)
 
 
 def encode(image: Image.Image, quality: int) -> bytes:
@@ -108,7 +110,7 @@ def encode(image: Image.Image, quality: int) -> bytes:
 
 
 def readme(command: str, counts: dict[str, int], images: dict[str, bytes], sizes: dict[str, tuple[int, int]],
-           quality: int, total: int, seed: int, max_side: int, budget: int) -> str:
+           quality: int, total: int, seed: int, budget: int) -> str:
     n_train, n_val = counts["train"], counts["val"]
     shapes = sorted({f"{w}x{h}" for w, h in sizes.values()})
     image_bytes = sum(len(b) for b in images.values())
@@ -140,7 +142,8 @@ trashnet5's block split (no photo series in both).
 
 `tools/make_sample.py`: per class, {n_train} of the 200 trashnet5 train images and {n_val} of its 200 val images, drawn
 with `random.Random("trashnet5-mini:{seed}:<split>:<class>").sample` from the files in capture order; each image
-converted to RGB, downscaled with Lanczos so its longest side is at most {max_side} px ({", ".join(shapes)}), and saved as a
+converted to RGB and resized with Lanczos to {", ".join(shapes)} px: trashnet5's files are 384x512 portraits squeezed
+from 4:3 landscape photos (its README), so this also gives the photos their own aspect again; saved as a
 baseline JPEG (no metadata, optimised Huffman tables) at quality {quality}: the highest of 95, 90, ..., 50 at which
 the whole folder fits in {budget:,} bytes. Pillow {Image.__version__}, libjpeg-turbo {features.version("libjpeg_turbo")}.
 
@@ -156,11 +159,11 @@ from this folder).
 """
 
 
-def build(source: Path, out: Path, counts: dict[str, int], seed: int, max_side: int, budget: int,
+def build(source: Path, out: Path, counts: dict[str, int], seed: int, size: tuple[int, int], budget: int,
           command: str) -> tuple[int, int, int]:
     """Write the sample to `out`; return (images, quality, total bytes)."""
     chosen = pick(source_files(source), counts, seed)
-    pixels = {rel: downscale(path, max_side) for rel, path in chosen.items()}
+    pixels = {rel: resized(path, size) for rel, path in chosen.items()}
     sizes = {rel: image.size for rel, image in pixels.items()}
     for quality in QUALITIES:
         images = {rel: encode(image, quality) for rel, image in pixels.items()}
@@ -169,7 +172,7 @@ def build(source: Path, out: Path, counts: dict[str, int], seed: int, max_side: 
         text, previous = "", None
         while previous != len(text.encode()):  # the README states the folder's size, its own bytes included
             previous = len(text.encode())
-            text = readme(command, counts, images, sizes, quality, total + previous, seed, max_side, budget)
+            text = readme(command, counts, images, sizes, quality, total + previous, seed, budget)
         total += len(text.encode())
         if total <= budget:
             break
@@ -202,15 +205,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train", type=int, default=30, help="train images per class (of 200)")
     parser.add_argument("--val", type=int, default=20, help="val images per class (of 200)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-side", type=int, default=256, help="longest side in pixels")
+    parser.add_argument("--size", type=parse_size, default=(256, 192), help="WIDTHxHEIGHT, sides of at most 256 px")
     parser.add_argument("--budget", type=int, default=5_000_000, help="bytes the whole folder may take")
     args = parser.parse_args(argv)
     out = args.out.resolve()
     shown_out = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
     command = shlex.join(["python", "tools/make_sample.py", "--source", "../shared/cache/datasets/trashnet5",
                           "--out", str(shown_out), "--train", str(args.train), "--val", str(args.val),
-                          "--seed", str(args.seed), "--max-side", str(args.max_side), "--budget", str(args.budget)])
-    n, quality, total = build(args.source, out, {"train": args.train, "val": args.val}, args.seed, args.max_side,
+                          "--seed", str(args.seed), "--size", "x".join(map(str, args.size)),
+                          "--budget", str(args.budget)])
+    n, quality, total = build(args.source, out, {"train": args.train, "val": args.val}, args.seed, args.size,
                               args.budget, command)
     print(f"{out}: {n} images, JPEG quality {quality}, {total:,} bytes in all")
 
