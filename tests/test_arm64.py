@@ -63,7 +63,9 @@ def test_deploy_predict_and_bench_on_arm64_match_x86(device, run_dir, images, tm
     expected = load_runner(run_dir / "export" / f"{fmt}_int8" / f"model{suffix}").run(
         preprocess_files([str(p) for p in images], Preprocessing.from_json(PREP)))
     assert [p["top"][0]["label"] for p in answer["predictions"]] == [LABELS[i] for i in expected.argmax(1)]
-    np.testing.assert_allclose([p["logits"] for p in answer["predictions"]], expected, atol=1e-5)
+    # int8 kernels are not bit-identical across architectures (aarch64 onnxruntime requantizes its own way: 2.6e-4
+    # measured on a freshly built rootfs); the labels above must match exactly, the logits within a few int8 steps.
+    np.testing.assert_allclose([p["logits"] for p in answer["predictions"]], expected, atol=1e-3)
     # `--dest` keeps the deployed bundle on the device.
     from edgetl.bench.remote import Device
 
