@@ -26,8 +26,10 @@ SAMPLE = SAMPLES_DIR / "trashnet5-mini"
 
 
 def edgetl(*args, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgetl.cli", *map(str, args)], cwd=cwd, env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=1500)
+    """The CLI of this checkout (PYTHONPATH first: an editable install elsewhere must not be what is tested)."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return subprocess.run([sys.executable, "-m", "edgetl.cli", *map(str, args)], cwd=cwd,
+                          env={**os.environ, "PYTHONPATH": path, **env}, capture_output=True, text=True, timeout=1500)
 
 
 def tree_state(root: Path) -> dict[str, tuple[int, int]]:
