@@ -35,6 +35,17 @@ def _isolated_home(tmp_path_factory, monkeypatch):
         monkeypatch.setenv("TORCH_HOME", str(SHARED_CACHE / "torch") if SHARED_CACHE.exists() else str(home / "torch"))
 
 
+# The longest test files, scheduled first: with two xdist workers taking one file at a time (--dist loadfile), a
+# long file collected last would run alone at the end while the other worker idles.
+SLOW_FIRST = ("test_quickstart_e2e.py", "test_compress_pipeline.py", "test_search.py", "test_resume.py",
+              "test_arm64.py", "test_distributed.py", "test_failure_paths.py", "test_pipeline.py", "test_compress.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: the order inside a file stays
+
+
 def make_image_folder(root: Path, classes: dict[str, int], size: int = 40, seed: int = 0) -> Path:
     """Write a tiny, learnable ImageFolder split: each class has its own dominant colour plus noise."""
     rng = np.random.default_rng(seed)
@@ -67,11 +78,7 @@ def tiny_recipe(dataset: Path, **sections) -> dict:
                   "preprocessing": {"resize": 36, "crop": 32}},
         "train": {"mode": "finetune", "epochs": 3, "batch_size": 6, "lr": 0.003, "warmup_epochs": 0,
                   "early_stop_patience": None},
-        # The legacy ONNX exporter: 1.2 s per export of this model here against 20 s for the default dynamo
-        # exporter, which these wiring tests would pay a dozen times each. The default (`auto`: dynamo, legacy as
-        # fallback) is what test_pipeline's builds, test_export_runtime, test_failure_paths and the quickstart
-        # end-to-end test export with.
-        "export": {"calibration_images": 8, "exporter": "legacy"},
+        "export": {"calibration_images": 8},
         "bench": {"warmup": 2, "min_runs": 5, "min_time_s": 0, "threads": [1]},
     }
     for key, value in sections.items():

@@ -34,7 +34,7 @@ def built(tmp_path_factory):
     data = base / "tiny"
     make_image_folder(data / "train", {"red": 30, "green": 30}, seed=1)
     make_image_folder(data / "val", {"red": 6, "green": 6}, seed=2)
-    recipe = write_recipe(base / "tiny.yaml", tiny_recipe(data, export={"exporter": "auto"}))  # the default path
+    recipe = write_recipe(base / "tiny.yaml", tiny_recipe(data))
     summary = build(recipe, out=base / "run", reporter=Reporter(enabled=False))
     return {"base": base, "recipe": recipe, "run": base / "run", "summary": summary, "data": data}
 
@@ -72,7 +72,7 @@ def built_all_formats(built, tmp_path_factory):
     run = tmp_path_factory.mktemp("formats") / "run"
     shutil.copytree(built["run"], run)
     # 12 val images: one image is 8 points, so this build checks the wiring, not the int8 accuracy.
-    recipe = tiny_recipe(built["data"], export={"exporter": "auto", "formats": list(FORMATS),
+    recipe = tiny_recipe(built["data"], export={"formats": list(FORMATS),
                                                 "precisions": ["fp32", "fp16", "int8"]},
                          verify={"max_accuracy_drop_pp": 100.0})
     summary = build(write_recipe(run.parent / "all.yaml", recipe), out=run, reporter=Reporter(enabled=False))
