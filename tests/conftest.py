@@ -35,8 +35,8 @@ def _isolated_home(tmp_path_factory, monkeypatch):
         monkeypatch.setenv("TORCH_HOME", str(SHARED_CACHE / "torch") if SHARED_CACHE.exists() else str(home / "torch"))
 
 
-# The longest test files, scheduled first: with two xdist workers taking one file at a time (--dist loadfile), a
-# long file collected last would run alone at the end while the other worker idles.
+# The longest test files, collected first (a serial run, `-n 0`, runs them in this order). xdist 3.8's loadfile
+# hands out the files with the most tests first unless --no-loadscope-reorder is given (not yet measured).
 SLOW_FIRST = ("test_quickstart_e2e.py", "test_compress_pipeline.py", "test_search.py", "test_resume.py",
               "test_arm64.py", "test_distributed.py", "test_failure_paths.py", "test_pipeline.py", "test_compress.py")
 
