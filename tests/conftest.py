@@ -35,17 +35,6 @@ def _isolated_home(tmp_path_factory, monkeypatch):
         monkeypatch.setenv("TORCH_HOME", str(SHARED_CACHE / "torch") if SHARED_CACHE.exists() else str(home / "torch"))
 
 
-# The longest test files, collected first (a serial run, `-n 0`, runs them in this order). xdist 3.8's loadfile
-# hands out the files with the most tests first unless --no-loadscope-reorder is given (not yet measured).
-SLOW_FIRST = ("test_quickstart_e2e.py", "test_compress_pipeline.py", "test_search.py", "test_resume.py",
-              "test_arm64.py", "test_distributed.py", "test_failure_paths.py", "test_pipeline.py", "test_compress.py")
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: the order inside a file stays
-
-
 def make_image_folder(root: Path, classes: dict[str, int], size: int = 40, seed: int = 0) -> Path:
     """Write a tiny, learnable ImageFolder split: each class has its own dominant colour plus noise."""
     rng = np.random.default_rng(seed)

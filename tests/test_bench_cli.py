@@ -121,11 +121,16 @@ def test_a_run_directory_means_all_its_artifacts(models, tmp_path):
     assert result.exit_code == 2 and "without summary.json" in result.output
 
 
+def scale_machine_state(row: dict, factor: float) -> None:
+    """Multiply a saved baseline row's machine-state reference looks by `factor`, as if the baseline had been saved
+    on a machine that much slower (> 1) or faster (< 1) than the rounds it recorded."""
+    row["reference_trial_p50_ms"] = [[t * factor for t in pair] for pair in row["reference_trial_p50_ms"]]
+
+
 def slower_machine(row: dict) -> None:
-    """Make a saved baseline row's machine-state reference 10x slower than its own rounds: the baseline was "taken
-    on a slower machine", so a model now slower than it is a regression whatever state this noisy machine is in
-    (edgetl.bench.baseline._certain), and the gate's verdict is deterministic, never not_judged."""
-    row["reference_trial_p50_ms"] = [[t * 10 for t in pair] for pair in row["reference_trial_p50_ms"]]
+    """The baseline "taken on a 10x slower machine": a model now slower than it is a regression whatever state this
+    noisy machine is in (edgetl.bench.baseline._certain), so the gate's verdict is deterministic, never not_judged."""
+    scale_machine_state(row, 10)
 
 
 def test_baseline_round_trip_and_gate_exit_codes(models, onnx_baseline, tmp_path):
@@ -334,7 +339,7 @@ def test_a_saved_baseline_from_another_machine_state_is_not_judged(models, onnx_
     row = data["rows"][0]
     row.pop("model_sha256")
     row["trial_p50_ms"] = [t / 8 for t in row["trial_p50_ms"]]
-    row["reference_trial_p50_ms"] = [[t / 8 for t in pair] for pair in row["reference_trial_p50_ms"]]
+    scale_machine_state(row, 1 / 8)
     base.write_text(json.dumps(data))
     out = tmp_path / "gate.json"
     result = CliRunner().invoke(main, ["bench", str(paths["onnx"]), *QUICK, "--no-cold-start", "--baseline", str(base),
