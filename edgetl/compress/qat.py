@@ -6,6 +6,7 @@ torch.onnx (dynamo) → QuantizeLinear/DequantizeLinear pairs that onnxruntime f
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import warnings
@@ -111,6 +112,39 @@ def _quiet():
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+@contextlib.contextmanager
+def _conv_bn_patterns_of_this_graph():
+    """torchao's conv + batch-norm fusion (prepare) and folding (convert) try the patterns of four kinds of
+    convolution, conv1d, conv2d, conv_transpose1d and conv_transpose2d, whatever the graph holds; each kind costs a
+    torch.export of every pattern variant (24 of them for the folding: about 20 s a kind on a 2-core x86 CPU, whatever
+    the model's size). A kind with no node in the graph matches nothing, so its pass is skipped here: the graph and
+    the model come out the same (tests/test_compress.py checks it), in about a quarter of the time. A graph with a
+    generic aten.convolution node, whose kind this cannot tell, gets every pass."""
+    import torch.nn.functional as F
+    from torchao.quantization.pt2e import qat_utils
+
+    kinds = {F.conv1d: _A.conv1d, F.conv2d: _A.conv2d, F.conv_transpose1d: _A.conv_transpose1d,
+             F.conv_transpose2d: _A.conv_transpose2d}
+
+    def only_present(helper):
+        def run(m, conv_fn, *args, **kwargs):
+            packets = {getattr(n.target, "overloadpacket", n.target) for n in m.graph.nodes if n.op == "call_function"}
+            if conv_fn in kinds and kinds[conv_fn] not in packets and _A.convolution not in packets:
+                return m
+            return helper(m, conv_fn, *args, **kwargs)
+        return run
+
+    names = ("_fuse_conv_bn_qat_helper", "_fold_conv_bn_qat_helper")
+    originals = {name: getattr(qat_utils, name) for name in names}
+    for name, helper in originals.items():
+        setattr(qat_utils, name, only_present(helper))
+    try:
+        yield
+    finally:
+        for name, helper in originals.items():
+            setattr(qat_utils, name, helper)
+
+
 def prepare_qat(model: torch.nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
     """The model with fake quantization inserted, trainable; `.train()`/`.eval()` work on it."""
     import torchao.quantization.pt2e as pt2e
@@ -122,7 +156,8 @@ def prepare_qat(model: torch.nn.Module, example: torch.Tensor) -> torch.fx.Graph
     with warnings.catch_warnings():
         _quiet()
         exported = torch.export.export(model, (example,), dynamic_shapes=_dynamic_batch())
-        prepared = prepare_qat_pt2e(exported.module(), _quantizer())
+        with _conv_bn_patterns_of_this_graph():
+            prepared = prepare_qat_pt2e(exported.module(), _quantizer())
     pt2e.allow_exported_model_train_eval(prepared)
     return prepared
 
@@ -152,14 +187,15 @@ def convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
     prepared.eval()
     with warnings.catch_warnings():
         _quiet()
-        return convert_pt2e(prepared)
+        with _conv_bn_patterns_of_this_graph():
+            return convert_pt2e(prepared)
 
 
 def export_onnx(converted: torch.fx.GraphModule, example: np.ndarray, path: Path) -> dict:
     """Write the converted model as ONNX QDQ (opset 18, dynamic batch); returns export details."""
     import onnx
 
-    batch = torch.from_numpy(np.ascontiguousarray(example[:2], dtype=np.float32))
+    batch = torch.from_numpy(np.array(example[:2], dtype=np.float32))  # a copy: the val inputs are a read-only memmap
     if batch.shape[0] < 2:
         batch = batch.repeat(2, 1, 1, 1)
     with warnings.catch_warnings():
