@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgetl.errors import ReportError
-from edgetl.fsutil import write_bytes, write_text
+from edgetl.fsutil import sha256_json, write_bytes, write_text
 from edgetl.summary import check_summary, read_summary
 
 PLOTS = ("training", "pareto", "confusion")
@@ -98,9 +98,12 @@ def _histories(run_dir: Path) -> dict[str, list[dict]]:
     return histories
 
 
-def _png(figure) -> bytes:
+STAMP = "edgetl-drawn-from"  # a PNG text chunk: the digest of what the plot was drawn from (render_plots)
+
+
+def _png(figure, stamp: str | None) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={STAMP: stamp} if stamp else None)
     return buffer.getvalue()
 
 
@@ -113,7 +116,7 @@ def _pyplot():
     return plt
 
 
-def plot_training(histories: dict[str, list[dict]]) -> bytes | None:
+def plot_training(histories: dict[str, list[dict]], stamp: str | None = None) -> bytes | None:
     """Train loss and val accuracy per epoch of every fine-tune of the run (teacher, student, recovery, QAT)."""
     if not histories:
         return None
@@ -130,12 +133,13 @@ def plot_training(histories: dict[str, list[dict]]) -> bytes | None:
     for axis in (loss_axis, acc_axis):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    data = _png(figure)
+    data = _png(figure, stamp)
     plt.close(figure)
     return data
 
 
-def plot_pareto(points: list[tuple[str, float, float, int]], xlabel: str, chosen: str | None) -> bytes | None:
+def plot_pareto(points: list[tuple[str, float, float, int]], xlabel: str, chosen: str | None,
+                stamp: str | None = None) -> bytes | None:
     """Val accuracy against latency, marker area ∝ file size, the Pareto front joined and the choice ringed."""
     if not points:
         return None
@@ -154,12 +158,12 @@ def plot_pareto(points: list[tuple[str, float, float, int]], xlabel: str, chosen
     axis.set(xlabel=xlabel, ylabel="val accuracy (%)",
              title="accuracy vs latency (marker area ∝ file size; red ring: chosen)")
     axis.grid(alpha=0.3)
-    data = _png(figure)
+    data = _png(figure, stamp)
     plt.close(figure)
     return data
 
 
-def plot_confusion(matrix: list[list[int]], classes: list[str], title: str) -> bytes | None:
+def plot_confusion(matrix: list[list[int]], classes: list[str], title: str, stamp: str | None = None) -> bytes | None:
     if not matrix:
         return None
     plt = _pyplot()
@@ -173,7 +177,7 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], title: str) -> b
     axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     axis.set_yticks(range(len(classes)), classes)
     axis.set(xlabel="predicted", ylabel="true", title=title)
-    data = _png(figure)
+    data = _png(figure, stamp)
     plt.close(figure)
     return data
 
@@ -187,16 +191,50 @@ class Report:
     plots: dict[str, Path]
 
 
-def render_plots(run_dir: Path, summary: dict) -> dict[str, bytes | None]:
-    """The report's plots as PNG bytes (None where there is nothing to plot)."""
+def _plot_inputs(run_dir: Path, summary: dict) -> dict[str, tuple]:
+    """What each plot is drawn from: {name: the arguments of its plot_* function}."""
     threads = bench_threads(summary)
     chosen = chosen_artifact(summary)
     search = summary.get("search") or {}
     points, xlabel, chosen_point = _pareto_points(summary, threads)
-    return {"training": plot_training(_histories(run_dir / search.get("chosen_run", "."))),
-            "pareto": plot_pareto(points, xlabel, chosen_point),
-            "confusion": plot_confusion(chosen.get("confusion_matrix") if chosen else None, summary.get("classes", []),
-                                        f"{chosen['name']} on the val split" if chosen else "")}
+    return {"training": (_histories(run_dir / search.get("chosen_run", ".")),),
+            "pareto": (points, xlabel, chosen_point),
+            "confusion": (chosen.get("confusion_matrix") if chosen else None, summary.get("classes", []),
+                          f"{chosen['name']} on the val split" if chosen else "")}
+
+
+_DRAW = {"training": plot_training, "pareto": plot_pareto, "confusion": plot_confusion}
+
+
+def _digest(name: str, inputs: tuple) -> str:
+    """Changes with the plot's data, with this module's code and with matplotlib's version."""
+    from importlib.metadata import version
+
+    code = sha256_json(Path(__file__).read_text(encoding="utf-8"))
+    return sha256_json({"plot": name, "inputs": json.loads(json.dumps(inputs, default=str)), "code": code,
+                        "matplotlib": version("matplotlib")})
+
+
+def _stamp_of(path: Path) -> str | None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.info.get(STAMP)
+    except (OSError, UnidentifiedImageError):
+        return None
+
+
+def render_plots(run_dir: Path, summary: dict) -> dict[str, bytes | None]:
+    """The report's plots as PNG bytes (None where there is nothing to plot). A PNG in report/ that was drawn from the
+    same data by the same code (its STAMP text chunk says so) is read back rather than drawn again: importing
+    matplotlib and drawing took most of an unchanged rebuild's time."""
+    images = {}
+    for name, inputs in _plot_inputs(run_dir, summary).items():
+        digest, path = _digest(name, inputs), run_dir / "report" / f"{name}.png"
+        images[name] = path.read_bytes() if path.is_file() and _stamp_of(path) == digest else \
+            _DRAW[name](*inputs, stamp=digest)
+    return images
 
 
 def write_report(run_dir: Path, summary: dict | None = None, plots: bool = True) -> Report:

@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -208,6 +209,30 @@ def test_unchanged_rebuild_reuses_every_stage(built):
     assert all(stage["cached"] for stage in summary["stages"].values())
     assert time.perf_counter() - started < 30
     assert summary["artifacts"][0]["sha256"] == built["summary"]["artifacts"][0]["sha256"]
+
+
+def test_a_report_redraws_only_the_plots_whose_data_changed(built, tmp_path, monkeypatch):
+    """An unchanged rebuild reads its plots back (their PNG says what they were drawn from) instead of importing
+    matplotlib and drawing them again; a plot whose data changed is drawn anew."""
+    import shutil
+
+    from edgetl import report
+
+    run = Path(shutil.copytree(built["run"], tmp_path / "run"))
+    before = {name: (run / "report" / f"{name}.png").read_bytes() for name in report.PLOTS}
+    drawn: list[str] = []
+    for name, draw in report._DRAW.items():
+        monkeypatch.setitem(report._DRAW, name, lambda *a, name=name, draw=draw, **k: drawn.append(name) or draw(*a, **k))
+    report.write_report(run)
+    assert drawn == [] and {n: (run / "report" / f"{n}.png").read_bytes() for n in report.PLOTS} == before
+    history = json.loads((run / "train" / "history.json").read_text())
+    history[-1]["train_loss"] += 1.0
+    (run / "train" / "history.json").write_text(json.dumps(history))
+    report.write_report(run)
+    assert drawn == ["training"] and (run / "report" / "training.png").read_bytes() != before["training"]
+    (run / "report" / "pareto.png").write_bytes(b"not a png")  # a damaged file is drawn again, not served
+    report.write_report(run)
+    assert drawn == ["training", "pareto"] and (run / "report" / "pareto.png").read_bytes() == before["pareto"]
 
 
 def test_changing_export_settings_does_not_retrain(built, tmp_path):
