@@ -50,6 +50,30 @@ def tiny(tmp_path_factory):
     return {"model": model, "inputs": inputs, "fp32": fp32, "int8": int8, "reference": reference}
 
 
+def test_a_model_exported_again_in_the_same_process_is_copied_not_re_exported(tiny, tmp_path, monkeypatch):
+    """A build exports the pruned model for its latency, then for its artifact: the exporter runs once."""
+    import copy
+
+    from edgetl.export import onnx as onnx_export
+
+    calls: list[str] = []
+    real = onnx_export._export_dynamo
+    monkeypatch.setattr(onnx_export, "_export_dynamo", lambda *a: calls.append("dynamo") or real(*a))
+    first = export_fp32(tiny["model"], ExportRequest(tmp_path / "1", "fp32", tiny["inputs"][:2], {"run": "one"}))
+    calls.clear()
+    second = export_fp32(tiny["model"], ExportRequest(tmp_path / "2", "fp32", tiny["inputs"][:2], {"run": "two"}))
+    assert calls == [] and second.details == first.details
+    model = onnx.load(second.path)
+    assert {p.key: p.value for p in model.metadata_props} == {"run": "two", "precision": "fp32", "exporter": "dynamo"}
+    assert model.graph == onnx.load(first.path).graph  # the same graph and weights
+    changed = copy.deepcopy(tiny["model"])
+    with torch.no_grad():
+        changed.classifier.bias += 1.0
+    export_fp32(changed, ExportRequest(tmp_path / "3", "fp32", tiny["inputs"][:2], {}))
+    export_fp32(tiny["model"], ExportRequest(tmp_path / "4", "fp32", tiny["inputs"][1:3], {}))  # another example
+    assert calls == ["dynamo", "dynamo"]
+
+
 def test_fp32_export_matches_torch_at_several_batch_sizes(tiny):
     runner = load_runner(tiny["fp32"].path, threads=1)
     assert runner.input_shape[1:] == (3, 32, 32) and runner.input_shape[0] is None

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, tiny_recipe, unavailable
+from conftest import REPO, make_image_folder, tiny_recipe, unavailable
 from edgetl.pipeline import build
 from edgetl.progress import Reporter
 
@@ -39,6 +39,19 @@ def _recipe(tmp_path: Path, dataset: Path) -> Path:
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> dict:
+    """The recipe both tests build, and one uninterrupted build of it: what a resumed build must end like, and the
+    stages a full disk is given room for."""
+    base = tmp_path_factory.mktemp("resume")
+    dataset = base / "tiny"
+    make_image_folder(dataset / "train", {"red": 12, "green": 12}, seed=1)
+    make_image_folder(dataset / "val", {"red": 6, "green": 6}, seed=2)
+    path = _recipe(base, dataset)
+    summary = build(path, out=base / "straight", reporter=Reporter(enabled=False))
+    return {"recipe": path, "run": base / "straight", "summary": summary}
 
 
 def _interrupt(cmd: list[str], marker: str, sig: signal.Signals) -> tuple[int, str]:
@@ -67,8 +80,8 @@ def _comparable(summary: dict) -> dict:
             "data": summary["data"]["class_counts"]}
 
 
-def test_a_build_killed_at_every_point_resumes_and_ends_like_an_uninterrupted_one(tmp_path, tiny_dataset):
-    path = _recipe(tmp_path, tiny_dataset)
+def test_a_build_killed_at_every_point_resumes_and_ends_like_an_uninterrupted_one(tmp_path, straight):
+    path = straight["recipe"]
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "edgetl.cli", "build", str(path), "--out", str(run)]
     trained_before = 0  # epochs done when the previous build was stopped during training
@@ -98,9 +111,8 @@ def test_a_build_killed_at_every_point_resumes_and_ends_like_an_uninterrupted_on
     assert not list(run.rglob("*.tmp")) or all(p.parent.name == "train" for p in run.rglob("*.tmp"))
     assert not list(run.glob(".*.partial")), "a finished build leaves no partial stage folder"
 
-    straight = build(path, out=tmp_path / "straight", reporter=Reporter(enabled=False))
-    assert _comparable(resumed) == _comparable(straight)
-    straight_history = json.loads((tmp_path / "straight" / "train" / "history.json").read_text())
+    assert _comparable(resumed) == _comparable(straight["summary"])
+    straight_history = json.loads((straight["run"] / "train" / "history.json").read_text())
     assert [h["train_loss"] for h in history] == pytest.approx([h["train_loss"] for h in straight_history], rel=1e-4)
 
 
@@ -113,12 +125,11 @@ def _mount_tmpfs(folder: Path, megabytes: int) -> bool:
 
 
 @pytest.mark.parametrize(("megabytes", "while_writing"), [(3, ".train.partial/checkpoint.pt"), (None, "export")])
-def test_a_full_disk_is_one_clear_error_and_nothing_half_written(tmp_path, tiny_dataset, megabytes, while_writing):
-    path = _recipe(tmp_path, tiny_dataset)
+def test_a_full_disk_is_one_clear_error_and_nothing_half_written(tmp_path, straight, megabytes, while_writing):
+    path = straight["recipe"]
     disk = tmp_path / "disk"
     if megabytes is None:  # room for the stages before export (copied from a real build), not for its files
-        done = tmp_path / "done"
-        build(path, out=done, reporter=Reporter(enabled=False))
+        done = straight["run"]
         kept = ("data", "inputs", "train")
         used = sum(p.stat().st_size for stage in kept for p in (done / stage).rglob("*") if p.is_file())
         megabytes = used // 2**20 + 6
