@@ -35,6 +35,20 @@ def _isolated_home(tmp_path_factory, monkeypatch):
         monkeypatch.setenv("TORCH_HOME", str(SHARED_CACHE / "torch") if SHARED_CACHE.exists() else str(home / "torch"))
 
 
+# The longest test files first, by their time in the last CI run (2 xdist workers): pyproject's addopts give
+# --no-loadscope-reorder, so xdist's loadfile hands files out in this collected order, and a worker takes the next
+# file when it has 2 tests left; neither is left running a long file alone at the end. (Without that flag xdist
+# orders files by their number of tests.) The rest keep pytest's order.
+SLOW_FIRST = ("test_compress_pipeline.py", "test_search.py", "test_quickstart_e2e.py", "test_resume.py",
+              "test_failure_paths.py", "test_distributed.py", "test_arm64.py", "test_pipeline.py",
+              "test_output_safety.py", "test_compress.py", "test_hostile.py", "test_bench_cli.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: the order inside a file stays
+
+
 def make_image_folder(root: Path, classes: dict[str, int], size: int = 40, seed: int = 0) -> Path:
     """Write a tiny, learnable ImageFolder split: each class has its own dominant colour plus noise."""
     rng = np.random.default_rng(seed)
