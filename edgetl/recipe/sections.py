@@ -1,22 +1,14 @@
-"""The recipe schema: what `edgetl build` reads from recipe.yaml. The one place defaults live."""
+"""The recipe's sections, one pydantic model each: the one place defaults live."""
 
 from __future__ import annotations
 
 import difflib
-import reprlib
-from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
-from edgetl.errors import RecipeError
 from edgetl.limits import MAX_THREADS
-
-# A real recipe has a few hundred values; YAML aliases can make a few hundred bytes expand to billions (an alias
-# bomb), so the expanded document is bounded before anything is built from it.
-MAX_RECIPE_VALUES = 10_000
-MAX_RECIPE_DEPTH = 40
+from edgetl.recipe.messages import ECHO
 
 
 class Section(BaseModel):
@@ -344,7 +336,7 @@ class SearchBudget(Section):
             try:
                 Device.parse(self.device)  # a malformed address is found now, not after the untrained builds
             except DeviceAddressError:
-                raise ValueError(f"device must be `local` or ssh://[user@]host[:port], not {_ECHO.repr(self.device)}"
+                raise ValueError(f"device must be `local` or ssh://[user@]host[:port], not {ECHO.repr(self.device)}"
                                  ) from None
         return self
 
@@ -387,211 +379,3 @@ class SearchSection(Section):
         if any(not 0 <= r < 1 for r in value):
             raise ValueError("every prune ratio must be in [0, 1)")
         return sorted(set(value))
-
-
-class Recipe(Section):
-    """A whole build recipe."""
-
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Names the run folder runs/<name>/.")
-    data: DataSection
-    model: ModelSection = ModelSection()
-    train: TrainSection = TrainSection()
-    distill: DistillSection | None = None
-    prune: PruneSection | None = None
-    quantize: QuantizeSection = QuantizeSection()
-    export: ExportSection = ExportSection()
-    verify: VerifySection = VerifySection()
-    bench: BenchSection = BenchSection()
-    search: SearchSection | None = None
-
-    # Where the recipe was read from; relative paths in it are resolved against its folder.
-    source: str | None = Field(None, exclude=True)
-
-    @model_validator(mode="after")
-    def _teacher_train_overrides(self) -> Recipe:
-        if self.distill is not None:
-            self.teacher_train()  # unknown or invalid keys fail here, with their path
-        if self.quantize.mode == "qat" and "int8" not in self.export.precisions:
-            raise ValueError("quantize.mode is `qat` but export.precisions has no `int8`")
-        q = self.quantize  # (judged against the defaults: recipes derived from a dumped recipe carry every field)
-        qat_only = [key for key in ("teacher", "temperature", "alpha")
-                    if getattr(q, key) != QuantizeSection.model_fields[key].default]
-        if qat_only and q.mode != "qat":
-            raise ValueError(f"quantize.{qat_only[0]} applies to quantization-aware training only; set quantize.mode "
-                             "to `qat`, or remove it")
-        if (q.temperature is not None or q.alpha is not None) and not q.distill:
-            raise ValueError("quantize.temperature/alpha set with quantize.distill false: there is no KD loss to "
-                             "weigh; remove them, or set quantize.distill to true")
-        recover = self.prune.recover if self.prune is not None else None
-        if recover is not None and recover.feature_weight and not (recover.distill and (
-                recover.teacher == "unpruned" or (self.distill is not None and self.distill.teacher_logits == "online"))):
-            raise ValueError("prune.recover.feature_weight needs a teacher run on every batch: prune.recover.distill "
-                             "with prune.recover.teacher `unpruned`, or a `distill` teacher with teacher_logits `online`")
-        return self
-
-    def teacher_train(self) -> TrainSection:
-        """The teacher's fine-tune settings: `train` with `distill.teacher.train` applied on top."""
-        overrides = self.distill.teacher.train if self.distill else {}
-        try:
-            return TrainSection.model_validate({**self.train.model_dump(), **overrides})
-        except ValidationError as exc:
-            problems = _problems(exc.errors(), TrainSection, "distill.teacher.train.")
-            raise ValueError(problems) from None
-
-    def resolve_path(self, value: str) -> Path:
-        """Resolve a path written in the recipe against the recipe file's folder; `~`, `$TORCH_HOME` and
-        `$EDGETL_CACHE` (with their defaults when unset) and other environment variables are expanded."""
-        path = Path(_expand_variables(value)).expanduser()
-        if not path.is_absolute() and self.source:
-            path = Path(self.source).parent / path
-        return path
-
-
-def _expand_variables(value: str) -> str:
-    import os
-    import string
-
-    from edgetl.backbones import hub_checkpoint_dir
-    from edgetl.data import default_cache_dir
-
-    defaults = {"TORCH_HOME": str(hub_checkpoint_dir().parent.parent), "EDGETL_CACHE": str(default_cache_dir())}
-    return string.Template(value).safe_substitute({**defaults, **os.environ})
-
-
-def _section_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names valid at `loc`'s parent, for did-you-mean suggestions."""
-    current: Any = model
-    for part in loc[:-1]:
-        field = getattr(current, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        current = field.annotation
-        if not hasattr(current, "model_fields"):  # `Section | None`: the section inside the Optional
-            current = next((a for a in get_args(current) if hasattr(a, "model_fields")), current)
-    return list(getattr(current, "model_fields", {}).keys())
-
-
-# Echoed values are cut short: an error names the field and shows enough of the value to recognise it.
-_ECHO = reprlib.Repr()
-_ECHO.maxlevel, _ECHO.maxdict, _ECHO.maxlist, _ECHO.maxtuple, _ECHO.maxset = 3, 6, 6, 6, 6
-_ECHO.maxstring, _ECHO.maxother, _ECHO.maxlong = 120, 120, 40
-
-
-def _format_error(err: dict[str, Any], schema: type[BaseModel] | None = None) -> str:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    where = ".".join(str(p) for p in loc) or "(top level)"
-    if err["type"] == "extra_forbidden":
-        valid = [f for f in _section_fields(schema or Recipe, loc) if f != "source"]
-        hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-        suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
-        return f"{where}: unknown key{suggestion} (valid keys here: {', '.join(valid)})"
-    message = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "value_error" and (not loc or isinstance(err["input"], dict)):
-        return message if not loc else f"{where}: {message}"  # a check across fields: the message names them
-    if err["type"] == "missing":
-        message = "required but missing"
-    return f"{where}: {message} (got {_ECHO.repr(err['input'])})" if err["type"] != "missing" else f"{where}: {message}"
-
-
-def _problems(errors: list[dict[str, Any]], schema: type[BaseModel] | None = None, prefix: str = "") -> str:
-    """The first ten validation problems, each cut to 300 characters (a validator's message may echo its value)."""
-    shown = [_short(prefix + _format_error(e, schema), 300) for e in errors[:10]]
-    return "; ".join(shown) + (f"; and {len(errors) - 10} more" if len(errors) > 10 else "")
-
-
-def _short(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def parse_recipe(obj: Any, source: str = "<recipe>") -> Recipe:
-    """Validate a recipe mapping; errors name the file and every bad field path."""
-    if obj is None:
-        raise RecipeError(f"{source} is empty; a recipe needs at least `name` and `data` (see recipes/quickstart.yaml).")
-    if not isinstance(obj, dict):
-        raise RecipeError(f"{source}: a recipe must be a YAML mapping of sections (name, data, model, train, "
-                          f"export, verify, bench), not {type(obj).__name__}.")
-    try:
-        return Recipe.model_validate({**obj, "source": source})
-    except ValidationError as exc:
-        problems = _problems(exc.errors())
-        raise RecipeError(f"{source} is not a valid recipe: {problems}. See the recipe reference, docs/recipe.md.") from None
-
-
-class _RecipeLoader(yaml.SafeLoader):
-    """safe_load, and a key given twice in one mapping is an error naming both lines (YAML would keep the last)."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            lines: dict[str, int] = {}
-            for key_node, _ in node.value:
-                if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
-                    line = key_node.start_mark.line + 1
-                    if key_node.value in lines:
-                        raise yaml.constructor.ConstructorError(
-                            None, None, f"the key '{key_node.value[:80]}' is given twice, at lines "
-                            f"{lines[key_node.value]} and {line} (the second would silently replace the first)",
-                            key_node.start_mark)
-                    lines[key_node.value] = line
-        return super().construct_mapping(node, deep)
-
-
-def _expanded_size(node: yaml.Node, memo: dict[int, int], depth: int = 0) -> int:
-    """How many values `node` stands for once every alias is expanded (a shared node counts each time it is used)."""
-    if depth > MAX_RECIPE_DEPTH:
-        raise RecursionError
-    if id(node) in memo:
-        memo[0] = 1  # a node met twice: the document uses aliases (no node has id 0)
-        return memo[id(node)]
-    children = (node.value if isinstance(node, yaml.SequenceNode) else
-                [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
-    size = 1
-    for child in children:
-        size += _expanded_size(child, memo, depth + 1)
-        if size > MAX_RECIPE_VALUES:
-            break
-    memo[id(node)] = size
-    return size
-
-
-def _load_yaml(text: str, path: Path) -> Any:
-    """The YAML document in `text` (safe tags only), refused when aliases expand it beyond MAX_RECIPE_VALUES."""
-    loader = _RecipeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        memo: dict[int, int] = {}
-        if _expanded_size(node, memo) > MAX_RECIPE_VALUES:
-            why = (" once its YAML aliases are expanded (aliases repeated within each other: an alias bomb?); write "
-                   "the values out instead of nesting aliases" if memo.get(0) else "")
-            raise RecipeError(f"{path}: holds more than {MAX_RECIPE_VALUES:,} values{why}. A recipe has a few hundred.")
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file (YAML, safe_load only)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecipeError(f"Recipe file {path} does not exist.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"Cannot read recipe file {path}: {exc}.") from None
-    try:
-        obj = _load_yaml(text, path)
-    except RecursionError:
-        raise RecipeError(f"{path} is nested too deeply to be a recipe (more than {MAX_RECIPE_DEPTH} levels).") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError(f"{path} is not valid YAML{where}: {problem}. Recipes are plain YAML; tags such as "
-                          "!!python/object are refused.") from None
-    return parse_recipe(obj, source=str(path))
-
-
-def section_dict(section: BaseModel) -> dict[str, Any]:
-    """A section as plain JSON-able data (for cache keys and the summary)."""
-    return section.model_dump(mode="json")

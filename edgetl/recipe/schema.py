@@ -1,0 +1,91 @@
+"""The whole recipe: its sections and the checks across them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, ValidationError, model_validator
+
+from edgetl.recipe.messages import problems
+from edgetl.recipe.sections import (
+    BenchSection,
+    DataSection,
+    DistillSection,
+    ExportSection,
+    ModelSection,
+    PruneSection,
+    QuantizeSection,
+    SearchSection,
+    Section,
+    TrainSection,
+    VerifySection,
+)
+
+
+class Recipe(Section):
+    """A whole build recipe."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Names the run folder runs/<name>/.")
+    data: DataSection
+    model: ModelSection = ModelSection()
+    train: TrainSection = TrainSection()
+    distill: DistillSection | None = None
+    prune: PruneSection | None = None
+    quantize: QuantizeSection = QuantizeSection()
+    export: ExportSection = ExportSection()
+    verify: VerifySection = VerifySection()
+    bench: BenchSection = BenchSection()
+    search: SearchSection | None = None
+
+    # Where the recipe was read from; relative paths in it are resolved against its folder.
+    source: str | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _teacher_train_overrides(self) -> Recipe:
+        if self.distill is not None:
+            self.teacher_train()  # unknown or invalid keys fail here, with their path
+        if self.quantize.mode == "qat" and "int8" not in self.export.precisions:
+            raise ValueError("quantize.mode is `qat` but export.precisions has no `int8`")
+        q = self.quantize  # (judged against the defaults: recipes derived from a dumped recipe carry every field)
+        qat_only = [key for key in ("teacher", "temperature", "alpha")
+                    if getattr(q, key) != QuantizeSection.model_fields[key].default]
+        if qat_only and q.mode != "qat":
+            raise ValueError(f"quantize.{qat_only[0]} applies to quantization-aware training only; set quantize.mode "
+                             "to `qat`, or remove it")
+        if (q.temperature is not None or q.alpha is not None) and not q.distill:
+            raise ValueError("quantize.temperature/alpha set with quantize.distill false: there is no KD loss to "
+                             "weigh; remove them, or set quantize.distill to true")
+        recover = self.prune.recover if self.prune is not None else None
+        if recover is not None and recover.feature_weight and not (recover.distill and (
+                recover.teacher == "unpruned" or (self.distill is not None and self.distill.teacher_logits == "online"))):
+            raise ValueError("prune.recover.feature_weight needs a teacher run on every batch: prune.recover.distill "
+                             "with prune.recover.teacher `unpruned`, or a `distill` teacher with teacher_logits `online`")
+        return self
+
+    def teacher_train(self) -> TrainSection:
+        """The teacher's fine-tune settings: `train` with `distill.teacher.train` applied on top."""
+        overrides = self.distill.teacher.train if self.distill else {}
+        try:
+            return TrainSection.model_validate({**self.train.model_dump(), **overrides})
+        except ValidationError as exc:
+            found = problems(exc.errors(), TrainSection, "distill.teacher.train.")
+            raise ValueError(found) from None
+
+    def resolve_path(self, value: str) -> Path:
+        """Resolve a path written in the recipe against the recipe file's folder; `~`, `$TORCH_HOME` and
+        `$EDGETL_CACHE` (with their defaults when unset) and other environment variables are expanded."""
+        path = Path(_expand_variables(value)).expanduser()
+        if not path.is_absolute() and self.source:
+            path = Path(self.source).parent / path
+        return path
+
+
+def _expand_variables(value: str) -> str:
+    import os
+    import string
+
+    from edgetl.backbones import hub_checkpoint_dir
+    from edgetl.data import default_cache_dir
+
+    defaults = {"TORCH_HOME": str(hub_checkpoint_dir().parent.parent), "EDGETL_CACHE": str(default_cache_dir())}
+    return string.Template(value).safe_substitute({**defaults, **os.environ})
