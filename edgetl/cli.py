@@ -57,13 +57,16 @@ def main() -> None:
 @click.option("--master-addr", default="127.0.0.1", show_default=True, help="Address of node 0 (--nnodes > 1).")
 @click.option("--master-port", type=click.IntRange(1, 65535), default=29500, show_default=True,
               help="Port on node 0 the nodes meet at (--nnodes > 1).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe field, e.g. --set train.epochs=3 --set export.formats=[onnx] (VALUE is YAML); "
+                   "checked like the file. The run's recipe.resolved.yaml has the result.")
 def build(recipe: Path, out: Path | None, quiet: bool, nproc: int, nnodes: int, node_rank: int, master_addr: str,
-          master_port: int) -> None:
+          master_port: int, overrides: tuple[str, ...]) -> None:
     """Build RECIPE: fine-tune, export, verify and benchmark, reusing unchanged stages."""
     from edgetl import distributed
 
     if distributed.is_child():
-        _distributed_rank(recipe, out, quiet)
+        _distributed_rank(recipe, out, quiet, overrides)
         return
     where = distributed.Launch(nproc, nnodes, node_rank, master_addr, master_port)
     if where.needed:
@@ -72,27 +75,62 @@ def build(recipe: Path, out: Path | None, quiet: bool, nproc: int, nnodes: int, 
         if node_rank == 0:
             from edgetl.recipe import load_recipe
 
-            _handle_errors(load_recipe)(recipe)  # a typo is reported before any process starts
-        args = [str(recipe), *(["--out", str(out)] if out else []), *(["--quiet"] if quiet else [])]
+            _handle_errors(load_recipe)(recipe, overrides)  # a typo is reported before any process starts
+        args = [str(recipe), *(["--out", str(out)] if out else []), *(["--quiet"] if quiet else []),
+                *(arg for o in overrides for arg in ("--set", o))]
         code = _handle_errors(distributed.launch)(args, where)
         if node_rank > 0 and code == 0:
             click.echo(f"node {node_rank} of {nnodes}: done; node 0 wrote the run directory.")
         sys.exit(code)
-    _handle_errors(_build)(recipe, out, quiet)
+    _handle_errors(_build)(recipe, out, quiet, overrides)
 
 
-def _build(recipe: Path, out: Path | None, quiet: bool) -> None:
+def _build(recipe: Path, out: Path | None, quiet: bool, overrides: tuple[str, ...] = ()) -> None:
     from edgetl.api import build as run_build
     from edgetl.progress import Reporter
+    from edgetl.recipe import load_recipe
 
-    summary = run_build(recipe, out=out, reporter=Reporter(enabled=not quiet))
-    for artifact in summary["artifacts"]:
-        latency = artifact["latency_ms"]
-        click.echo(f"{artifact['name']:<12} {artifact['path']:<28} acc {artifact['val_accuracy']:6.2f}%  "
-                   f"p50 {latency['p50']:7.2f} ms  {artifact['size_bytes'] / 1e6:6.2f} MB")
+    summary = run_build(load_recipe(recipe, overrides), out=out, reporter=Reporter(enabled=not quiet))
+    for line in artifact_table(summary):
+        click.echo(line)
 
 
-def _distributed_rank(recipe: Path, out: Path | None, quiet: bool) -> None:
+def artifact_table(summary: dict) -> list[str]:
+    """The build's closing table, aligned: each artifact's file, accuracy with its 95 % interval (on test when the
+    data has a test split, else on val, said so), how it compares with the torch model it was exported from (exact
+    McNemar on the same images), p50 latency and size."""
+    from edgetl.significance import p_text
+
+    artifacts = summary["artifacts"]
+    if not artifacts:
+        return []
+    split = "test" if artifacts[0].get("test_accuracy") is not None else "val"
+    n = artifacts[0].get(f"{split}_images")
+    threads = artifacts[0].get("threads")
+    rows = [["artifact", "file", f"{split} acc, 95 % CI (n = {n})" if n else f"{split} acc", "against the torch model",
+             f"p50 at {threads} thread{'s' if threads != 1 else ''}" if threads else "p50", "size"]]
+    for a in artifacts:
+        ci, latency = a.get(f"{split}_accuracy_ci95"), a.get("latency_ms") or {}
+        paired = a.get("test_vs_torch" if split == "test" else "vs_torch")
+        versus = f"{paired['verdict']} ({p_text(paired['p_value'])})" if paired else "—"
+        accuracy = a[f"{split}_accuracy"]
+        rows.append([a["name"], a["path"], f"{accuracy:.2f} % ({ci[0]:.1f}–{ci[1]:.1f})" if ci else f"{accuracy:.2f} %",
+                     versus, f"{latency['p50']:.2f} ms" if latency.get("p50") is not None else "—",
+                     f"{a['size_bytes'] / 1e6:.2f} MB"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    right = {4, 5}  # numbers to the right
+    lines = ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in
+                       enumerate(zip(row, widths, strict=True))).rstrip() for row in rows]
+    if split == "val":
+        lines.append("No test split: these accuracies are on val, which also chose the best epoch and the int8 "
+                     "settings, so they are optimistic. Add a test/ folder or set data.test_fraction.")
+    else:
+        lines.append(f"Accuracy on the {n} test images, which chose nothing (val chose the best epoch and the int8 "
+                     "settings).")
+    return lines
+
+
+def _distributed_rank(recipe: Path, out: Path | None, quiet: bool, overrides: tuple[str, ...]) -> None:
     """One rank of `edgetl build --nproc/--nnodes`: rank 0 builds, the others follow its fine-tuning jobs."""
     from edgetl import distributed
 
@@ -104,7 +142,7 @@ def _distributed_rank(recipe: Path, out: Path | None, quiet: bool) -> None:
         return
     code = 1
     try:
-        _handle_errors(_build)(recipe, out, quiet)
+        _handle_errors(_build)(recipe, out, quiet, overrides)
         code = 0
     except SystemExit as exc:  # _handle_errors printed the message; the launcher exits with the code
         code = exc.code if isinstance(exc.code, int) else 1
@@ -117,17 +155,22 @@ def _distributed_rank(recipe: Path, out: Path | None, quiet: bool) -> None:
 
 @main.command()
 @click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe field, e.g. --set train.epochs=3 --set export.formats=[onnx] (VALUE is YAML); "
+                   "checked like the file. The run's recipe.resolved.yaml has the result.")
 @_handle_errors
-def check(recipe: Path) -> None:
+def check(recipe: Path, overrides: tuple[str, ...]) -> None:
     """Validate RECIPE, decode every image of its dataset and load its weights, without training."""
     from edgetl.pipeline import create_recipe_model, resolve_data_root, scan_recipe_dataset
     from edgetl.recipe import load_recipe
 
-    parsed = load_recipe(recipe)
+    parsed = load_recipe(recipe, overrides)
     index = scan_recipe_dataset(parsed, resolve_data_root(parsed))
     created = create_recipe_model(parsed, len(index.classes))  # resolves and loads the weights: errors show now
+    test = f" / {len(index.test)} test" if index.test_source else ""
+    split = " (split by edgetl: the dataset is flat, <class>/ folders)" if index.layout == "flat" else ""
     click.echo(f"{recipe}: ok. {len(index.classes)} classes ({', '.join(index.classes)}), {len(index.train)} train / "
-               f"{len(index.val)} val images, {len(index.bad_images)} bad images skipped, "
+               f"{len(index.val)} val{test} images{split}, {len(index.bad_images)} bad images skipped, "
                f"{sum(index.converted.values())} converted to RGB; backbone {parsed.model.backbone} loads weights "
                f"{created.weights_file or parsed.model.weights}.")
     if unmeasured := index.unmeasured_classes():

@@ -48,10 +48,14 @@ class DatasetIndex:
     bad_images: list[dict] = field(default_factory=list)
     converted: dict[str, int] = field(default_factory=dict)
     ignored_files: list[str] = field(default_factory=list)
+    test: list[Sample] = field(default_factory=list)
+    test_source: str | None = None  # "folder", "split", or None: the data has no test split
+    layout: str = "folders"  # "folders": train/ [val/ test/]; "flat": <class>/ folders, split by edgetl
 
     def class_counts(self) -> dict[str, dict[str, int]]:
-        """Images per class in each split: {"train": {cls: n}, "val": {cls: n}}."""
-        return {name: _count(samples, self.classes) for name, samples in (("train", self.train), ("val", self.val))}
+        """Images per class in each split: {"train": {cls: n}, "val": {cls: n}[, "test": {cls: n}]}."""
+        splits = (("train", self.train), ("val", self.val)) + ((("test", self.test),) if self.test_source else ())
+        return {name: _count(samples, self.classes) for name, samples in splits}
 
     def unmeasured_classes(self) -> list[str]:
         """Classes with no val image (a lone image stays in train): val accuracy says nothing about them."""
@@ -66,6 +70,9 @@ class DatasetIndex:
             "train": [{"path": s.path, "label": s.label} for s in self.train],
             "val": [{"path": s.path, "label": s.label} for s in self.val],
             "val_source": self.val_source,
+            "test": [{"path": s.path, "label": s.label} for s in self.test],
+            "test_source": self.test_source,
+            "layout": self.layout,
             "bad_images": [dict(b) for b in self.bad_images],
             "converted": dict(self.converted),
             "ignored_files": list(self.ignored_files),
@@ -82,6 +89,9 @@ class DatasetIndex:
                 train=[Sample(str(s["path"]), int(s["label"])) for s in obj["train"]],
                 val=[Sample(str(s["path"]), int(s["label"])) for s in obj["val"]],
                 val_source=str(obj["val_source"]),
+                test=[Sample(str(s["path"]), int(s["label"])) for s in obj.get("test", [])],
+                test_source=None if obj.get("test_source") is None else str(obj["test_source"]),
+                layout=str(obj.get("layout", "folders")),
                 bad_images=[{"path": str(b["path"]), "reason": str(b["reason"])} for b in obj.get("bad_images", [])],
                 converted={str(k): int(v) for k, v in obj.get("converted", {}).items()},
                 ignored_files=[str(p) for p in obj.get("ignored_files", [])],
@@ -105,21 +115,34 @@ def _count(samples: Iterable[Sample], classes: list[str]) -> dict[str, int]:
 
 def scan_dataset(root: str | Path, *, train_dir: str = "train", val_dir: str | None = "val",
                  val_fraction: float = 0.2, seed: int = 0, skip_bad_images: bool = False,
-                 workers: int = 4, progress: Callable[[int, int], None] | None = None) -> DatasetIndex:
-    """Scan an ImageFolder dataset, validate every image and build the train/val index."""
+                 workers: int = 4, progress: Callable[[int, int], None] | None = None, test_dir: str | None = "test",
+                 test_fraction: float | None = None) -> DatasetIndex:
+    """Scan an ImageFolder dataset, validate every image and build the train/val[/test] index.
+
+    Laid out as train/<class>/ (with val/<class>/ and test/<class>/ when they exist), the folders are the splits; a
+    split with no folder is held out of train when asked for (val always: `val_fraction`; test: `test_fraction`).
+    Laid out flat, as <class>/ folders, edgetl splits every class into train, val (`val_fraction`) and test
+    (`test_fraction`, FLAT_TEST_FRACTION unless given), stratified and seeded (see _split)."""
     root_path = Path(os.path.abspath(os.path.expanduser(root)))
+    if _is_flat(root_path, train_dir, val_dir, test_dir):
+        return _scan_flat(root_path, val_fraction, FLAT_TEST_FRACTION if test_fraction is None else test_fraction,
+                          seed, skip_bad_images, workers, progress)
     train_path = _require_layout(root_path, train_dir)
     classes = _list_classes(train_path)
     val_path = root_path / val_dir if val_dir and (root_path / val_dir).is_dir() else None
+    test_path = root_path / test_dir if test_dir and (root_path / test_dir).is_dir() else None
     if val_path is None:
         _check_val_fraction(val_fraction, train_path)
-    split_dirs = {"train": train_path} | ({"val": val_path} if val_path else {})
+    split_dirs = ({"train": train_path} | ({"val": val_path} if val_path else {})
+                  | ({"test": test_path} if test_path else {}))
     files, ignored = _find_images(split_dirs, classes)
     results = _check_all([p for by_class in files.values() for paths in by_class.values() for p in paths],
                          workers, progress)
     files, bad = _handle_bad_images(files, results, split_dirs, root_path, skip_bad_images)
-    if val_path is None:
-        files["train"], files["val"] = _split_stratified(files["train"], train_path, val_fraction, seed)
+    held_out = ({} if test_path or not test_fraction else {"test": test_fraction}) | (
+        {} if val_path else {"val": val_fraction})
+    if held_out:
+        files |= _split(files["train"], train_path, held_out, seed)
     return DatasetIndex(
         root=str(root_path),
         classes=classes,
@@ -129,7 +152,40 @@ def scan_dataset(root: str | Path, *, train_dir: str = "train", val_dir: str | N
         bad_images=bad,
         converted=_count_converted(results),
         ignored_files=ignored,
+        test=_samples(files["test"], classes) if "test" in files else [],
+        test_source="folder" if test_path else "split" if "test" in files else None,
     )
+
+
+FLAT_TEST_FRACTION = 0.2  # a flat dataset's test share unless data.test_fraction says otherwise
+
+
+def _is_flat(root: Path, train_dir: str, val_dir: str | None, test_dir: str | None) -> bool:
+    """<class>/ folders straight under the root: no train folder, and no val or test folder either (those without a
+    train folder are a layout mistake, which _require_layout names)."""
+    if not root.is_dir() or (root / train_dir).is_dir():
+        return False
+    return not any(d and (root / d).is_dir() for d in (val_dir, test_dir)) and bool(_class_dirs(root))
+
+
+def _scan_flat(root: Path, val_fraction: float, test_fraction: float, seed: int, skip_bad_images: bool,
+               workers: int, progress: Callable[[int, int], None] | None) -> DatasetIndex:
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < value < 1.0:
+            raise DataError(f"data.{name} must be between 0 and 1 (exclusive), got {value}: {root} is laid out flat "
+                            "(<class>/ folders), so edgetl holds out that share of each class.")
+    if val_fraction + test_fraction >= 1.0:
+        raise DataError(f"data.val_fraction ({val_fraction}) + data.test_fraction ({test_fraction}) leave no image of "
+                        f"{root} to train on; their sum must be below 1.")
+    classes = _list_classes(root, flat=True)
+    files, ignored = _find_images({"all": root}, classes)
+    results = _check_all([p for paths in files["all"].values() for p in paths], workers, progress)
+    files, bad = _handle_bad_images(files, results, {"all": root}, root, skip_bad_images)
+    splits = _split(files["all"], root, {"test": test_fraction, "val": val_fraction}, seed, need_every_split=True)
+    return DatasetIndex(root=str(root), classes=classes, train=_samples(splits["train"], classes),
+                        val=_samples(splits["val"], classes), val_source="split", bad_images=bad,
+                        converted=_count_converted(results), ignored_files=ignored,
+                        test=_samples(splits["test"], classes), test_source="split", layout="flat")
 
 
 def _check_val_fraction(val_fraction: float, train_path: Path) -> None:
@@ -140,8 +196,9 @@ def _check_val_fraction(val_fraction: float, train_path: Path) -> None:
 
 def _find_images(split_dirs: dict[str, Path], classes: list[str]) -> tuple[dict[str, dict[str, list[str]]], list[str]]:
     """List every split's images per class (checking class folders match and are non-empty) and ignored files."""
-    if "val" in split_dirs:
-        _check_same_classes(split_dirs["train"], classes, split_dirs["val"], _class_dirs(split_dirs["val"]))
+    for split in ("val", "test"):
+        if split in split_dirs:
+            _check_same_classes(split_dirs["train"], classes, split_dirs[split], _class_dirs(split_dirs[split]))
     files: dict[str, dict[str, list[str]]] = {}
     ignored: list[str] = []
     for split, path in split_dirs.items():
@@ -178,8 +235,9 @@ def _require_layout(root: Path, train_dir: str) -> Path:
                         f"at a folder laid out as {train_dir}/<class>/<image> (optionally with val/<class>/<image>).")
     train_path = root / train_dir
     if not train_path.is_dir():
-        raise DataError(f"Dataset folder {root} has no '{train_dir}' folder. Expected the layout "
-                        f"{root}/{train_dir}/<class>/<image>, with one sub-folder per class; create it or set "
+        raise DataError(f"Dataset folder {root} has no '{train_dir}' folder and no class folders. Expected "
+                        f"{root}/<class>/<image> (one sub-folder per class; edgetl splits it into train, val and test) "
+                        f"or {root}/{train_dir}/<class>/<image> with optional val/ and test/ folders; or set "
                         "data.train_dir in the recipe to the folder that holds the class folders.")
     return train_path
 
@@ -188,8 +246,11 @@ def _class_dirs(split_path: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(split_path) if e.is_dir() and not _is_hidden(e.name))
 
 
-def _list_classes(train_path: Path) -> list[str]:
+def _list_classes(train_path: Path, flat: bool = False) -> list[str]:
     classes = _class_dirs(train_path)
+    if len(classes) == 1 and flat:
+        raise DataError(f"Dataset folder {train_path} has only one class folder ({classes[0]}); a classifier needs "
+                        "at least 2 classes. Add a sub-folder with images for each other class.")
     if not classes:
         loose = sum(1 for e in os.scandir(train_path) if e.is_file() and _is_image_name(e.name))
         hint = f" It holds {loose} image(s) directly; move them into the class sub-folders." if loose else ""
@@ -237,8 +298,8 @@ def _check_same_classes(train_path: Path, classes: list[str], val_path: Path, va
     if extra_in_val:
         parts.append(f"missing from {train_path}: {', '.join(extra_in_val)}")
     raise DataError(f"The class folders of {train_path} and {val_path} differ ({'; '.join(parts)}). Both splits must "
-                    "have the same class sub-folders: add or rename folders so they match, or remove the val folder "
-                    "to have validation images split off from train.")
+                    "have the same class sub-folders: add or rename folders so they match, or remove that folder to "
+                    "have its images split off from train.")
 
 
 def _check_no_empty_classes(files: dict[str, dict[str, list[str]]], paths: dict[str, Path],
@@ -289,29 +350,34 @@ def _count_converted(results: dict[str, tuple[str | None, str | None]]) -> dict[
     return dict(sorted(counts.items()))
 
 
-def _split_stratified(by_class: dict[str, list[str]], train_path: Path, fraction: float,
-                      seed: int) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """Hold out `fraction` of each class (at least 1 when it has 2+ images) as val, chosen by a seeded hash."""
-    train: dict[str, list[str]] = {}
-    val: dict[str, list[str]] = {}
+def _split(by_class: dict[str, list[str]], base: Path, fractions: dict[str, float], seed: int,
+           need_every_split: bool = False) -> dict[str, dict[str, list[str]]]:
+    """Hold out each of `fractions` ({split: share}, in that order) of every class's images, the rest staying
+    train: {"train": …, split: …}. Images are ranked by a seeded hash of their path relative to `base`, so the split
+    is independent of listing order and of where the dataset lives, and adding one image moves at most one other.
+    A split gets at least one image of a class that has two or more; a lone image stays in train (a class must be
+    learnable), unless `need_every_split`, where a class too small for one image in every split is an error."""
+    out: dict[str, dict[str, list[str]]] = {"train": {}, **{name: {} for name in fractions}}
     for cls, paths in by_class.items():
-        # Ranking by a hash of (seed, path relative to train/) makes the split independent of listing order and of
-        # where the dataset lives, and adding one image moves at most one other between splits.
-        ranked = sorted(paths, key=lambda p: _split_key(seed, Path(p).relative_to(train_path).as_posix()))
-        n_val = _val_count(len(paths), fraction)
-        val[cls] = sorted(ranked[:n_val])
-        train[cls] = sorted(ranked[n_val:])
-    return train, val
+        if need_every_split and len(paths) < len(fractions) + 1:
+            raise DataError(f"{base / cls} has {len(paths)} image(s); splitting it into train, "
+                            f"{' and '.join(fractions)} needs at least {len(fractions) + 1} (one in each). Add images "
+                            f"of {cls}, or lay the dataset out as train/<class>/ and val/<class>/ folders yourself.")
+        ranked = sorted(paths, key=lambda p: _split_key(seed, Path(p).relative_to(base).as_posix()))
+        start = 0
+        for number, (name, fraction) in enumerate(fractions.items()):
+            # what must be left: one train image, and with need_every_split one for each split still to come
+            reserve = 1 + (len(fractions) - number - 1 if need_every_split else 0)
+            count = 0 if len(paths) < 2 else max(0, min(max(1, math.floor(len(paths) * fraction + 0.5)),
+                                                        len(paths) - start - reserve))
+            out[name][cls] = sorted(ranked[start:start + count])
+            start += count
+        out["train"][cls] = sorted(ranked[start:])
+    return out
 
 
 def _split_key(seed: int, rel_path: str) -> str:
     return hashlib.sha256(f"{seed}\0{rel_path}".encode()).hexdigest()
-
-
-def _val_count(n: int, fraction: float) -> int:
-    if n < 2:
-        return 0  # a lone image must stay in train, or the class could not be learned at all
-    return min(n - 1, max(1, math.floor(n * fraction + 0.5)))
 
 
 def _samples(by_class: dict[str, list[str]], classes: list[str]) -> list[Sample]:

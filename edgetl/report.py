@@ -272,6 +272,42 @@ def _fmt(value, spec: str = ".2f", none: str = "—") -> str:
     return none if value is None else format(value, spec)
 
 
+def _interval(ci) -> str:
+    return f"{ci[0]:.1f}–{ci[1]:.1f}" if isinstance(ci, list) and len(ci) == 2 else "—"
+
+
+def _versus(paired) -> str:
+    from edgetl.significance import p_text
+
+    if not isinstance(paired, dict) or paired.get("p_value") is None:
+        return "—"
+    return f"{paired.get('verdict')} ({p_text(paired['p_value'])})"
+
+
+def _data_source(data: dict) -> str:
+    if data.get("layout") == "flat":
+        return "split by edgetl from <class>/ folders, recorded in " + str(data.get("index"))
+    return str(data.get("val_source", "val")) + ("" if data.get("test_source") else "; no test split")
+
+
+def _split_words(summary: dict, tested: bool) -> str:
+    if tested:
+        n = (summary.get("reference_model") or {}).get("test_images")
+        return (f"Val chose the best epoch, the int8 settings and the chosen file; the test split ({n} images) chose "
+                "nothing: its accuracies are the ones to quote.")
+    return ("This data has no test split: every accuracy here is on val, which also chose the best epoch and the int8 "
+            "settings, so it is optimistic. Add a test/ folder or set data.test_fraction for an unbiased figure.")
+
+
+def _val_count(summary: dict) -> str:
+    reference = summary.get("reference_model") or {}
+    n, ci = reference.get("val_images"), reference.get("val_accuracy_ci95")
+    if not n:
+        return ""
+    return (f" ({n} images; the torch model they were exported from: {_fmt(reference.get('val_accuracy'))} %, "
+            f"95 % CI {_interval(ci)})")
+
+
 def _failure_text(summary: dict) -> list[str]:
     """What a failed build's summary says about the failure (nothing for a build that went well)."""
     if not summary.get("error"):
@@ -295,7 +331,9 @@ def _sections(summary: dict, run_dir: Path, threads: str | None, chosen: dict | 
     classes = sorted({c for split in counts.values() for c in split})
     bad = data.get("bad_images", [])
     sections.append(Section("Data", [
-        f"{data.get('train_images')} train / {data.get('val_images')} val images ({data.get('val_source', 'val')}), "
+        f"{data.get('train_images')} train / {data.get('val_images')} val"
+        + (f" / {data.get('test_images')} test" if data.get("test_source") else "")
+        + f" images ({_data_source(data)}), "
         f"{len(classes)} classes, from `{data.get('root')}`. {len(bad)} bad image(s) skipped"
         + (": " + ", ".join(f"`{b.get('path', b)}`" if isinstance(b, dict) else f"`{b}`" for b in bad[:10]) if bad
            else "") + f"; {len(data.get('converted_to_rgb', []))} converted to RGB."],
@@ -305,19 +343,27 @@ def _sections(summary: dict, run_dir: Path, threads: str | None, chosen: dict | 
         f"accuracy **{_fmt(model.get('val_accuracy'))} %** after {model.get('epochs_run')} epochs (best epoch "
         f"{model.get('best_epoch')})." + _compression_text(summary)], plot="training"))
     rows = []
+    tested = any(a.get("test_accuracy") is not None for a in summary["artifacts"])
     for a in summary["artifacts"]:
         lat = (a.get("latency_by_threads") or {}).get(threads) or {}
         marks = ("chosen" if chosen and a["name"] == chosen["name"] else "") + (" pareto" if a["name"] in front else "")
         rows.append([a["name"], f"`{a['path']}`", a["format"], a["precision"], a.get("quantization") or "",
                      f"{a['size_bytes'] / 1e6:.2f}",
-                     _fmt(a.get("val_accuracy")), _fmt(a.get("accuracy_drop_pp"), "+.2f"),
+                     _fmt(a.get("val_accuracy")), _interval(a.get("val_accuracy_ci95")),
+                     _fmt(a.get("accuracy_drop_pp"), "+.2f"), _versus(a.get("vs_torch")),
+                     *([_fmt(a.get("test_accuracy")), _interval(a.get("test_accuracy_ci95")),
+                        _versus(a.get("test_vs_torch"))] if tested else []),
                      _fmt(a.get("max_abs_logit_diff"), ".1e"), _fmt(lat.get("p50")), _fmt(lat.get("p90")),
                      _fmt(lat.get("p99")), marks.strip()])
     sections.append(Section("Artifacts", [
-        f"Every file evaluated on the whole val split with its own runtime; latency at batch "
+        f"Every file evaluated on the whole val split with its own runtime{_val_count(summary)}; latency at batch "
         f"{summary['artifacts'][0].get('batch', 1) if summary['artifacts'] else 1}, {threads} thread(s). "
-        f"Accuracy budget: {(summary.get('budget') or {}).get('max_accuracy_drop_pp')} pp."],
-        (["artifact", "file", "format", "precision", "quantization", "size (MB)", "val acc (%)", "drop (pp)",
+        f"Accuracy budget: {(summary.get('budget') or {}).get('max_accuracy_drop_pp')} pp. 95 % CI: Wilson score "
+        "interval. Against torch: the exact McNemar test of the file's and the torch model's predictions on the "
+        "same images; better or worse only when p < 0.05. " + _split_words(summary, tested)],
+        (["artifact", "file", "format", "precision", "quantization", "size (MB)", "val acc (%)", "95 % CI",
+          "drop (pp)", "against torch",
+          *(["test acc (%)", "test 95 % CI", "test: against torch"] if tested else []),
           "max logit diff", "p50 (ms)", "p90 (ms)", "p99 (ms)", ""], rows)))
     sections.append(Section("Accuracy vs latency", [
         "Pareto front: artifacts no other artifact beats on accuracy, latency and size at once."
@@ -345,12 +391,26 @@ def _compression_text(summary: dict) -> str:
     distill, prune = summary.get("distill"), summary.get("prune")
     if distill:
         text += (f" Distilled from {distill['teacher']['backbone']} ({_fmt(distill['teacher']['val_accuracy'])} %);"
-                 f" without KD the student reached {_fmt(distill.get('student_without_kd_val_accuracy'))} %.")
+                 f" without KD the student reached {_fmt(distill.get('student_without_kd_val_accuracy'))} %"
+                 + _paired_words(distill.get("kd_vs_without_kd"), "with KD than without") + ".")
     if prune:
         text += (f" Pruned to {prune['macs_ratio']:.2f}× the MACs ({prune['macs_before'] / 1e6:.0f}M → "
                  f"{prune['macs_after'] / 1e6:.0f}M): val accuracy {_fmt(prune['val_accuracy_before'])} → "
-                 f"{_fmt(prune['val_accuracy_after'])} %, onnx fp32 latency ×{prune['onnx_fp32_latency_ratio']:.2f}.")
+                 f"{_fmt(prune['val_accuracy_after'])} %" + _paired_words(prune.get("pruned_vs_unpruned"),
+                                                                         "pruned than unpruned")
+                 + f", onnx fp32 latency ×{prune['onnx_fp32_latency_ratio']:.2f}.")
     return text
+
+
+def _paired_words(paired, than: str) -> str:
+    """`` (better with KD than without, p = 0.012)`` or `` (no significant difference, p = 0.62)``; "" if unknown."""
+    from edgetl.significance import p_text
+
+    if not isinstance(paired, dict) or paired.get("p_value") is None:
+        return ""
+    verdict = paired.get("verdict")
+    said = f"{verdict} {than}" if verdict in ("better", "worse") else "no significant difference"
+    return f" ({said}, {p_text(paired['p_value'])})"
 
 
 def _search_sections(summary: dict) -> list[Section]:

@@ -62,6 +62,14 @@ def test_summary_records_teacher_student_and_baseline(compressed):
                   distill["student_without_kd_val_accuracy"]):
         assert isinstance(value, float) and 0 <= value <= 100
     assert distill["temperature"] == 4.0 and distill["alpha"] == 0.7
+    # KD against no KD on the same 12 val images (exact McNemar), from the two students' saved val logits
+    run = compressed["run"]
+    labels = np.load(run / "inputs" / "val_labels.npy")
+    kd, without = (np.load(run / stage / "val_logits.npy").argmax(1) == labels for stage in ("train", "baseline"))
+    paired = distill["kd_vs_without_kd"]
+    assert (paired["kd_only"], paired["without_kd_only"]) == (int((kd & ~without).sum()), int((~kd & without).sum()))
+    assert 0 < paired["p_value"] <= 1 and paired["verdict"] in ("better", "worse", "no significant difference")
+    assert (paired["verdict"] == "no significant difference") == (paired["p_value"] >= 0.05)
 
 
 def test_pruning_halves_the_macs_and_the_artifacts_are_the_pruned_model(compressed):
@@ -70,6 +78,11 @@ def test_pruning_halves_the_macs_and_the_artifacts_are_the_pruned_model(compress
     assert prune["macs_after"] <= 0.5 * prune["macs_before"]
     assert prune["params_after"] < prune["params_before"]
     assert prune["onnx_fp32_latency_ratio"] > 0 and prune["onnx_fp32_latency_ms_after"]["runs"] >= 5
+    labels = np.load(compressed["run"] / "inputs" / "val_labels.npy")
+    pruned, unpruned = (np.load(compressed["run"] / stage / "val_logits.npy").argmax(1) == labels
+                        for stage in ("prune", "train"))
+    assert prune["pruned_vs_unpruned"]["pruned_only"] == int((pruned & ~unpruned).sum())
+    assert prune["pruned_vs_unpruned"]["unpruned_only"] == int((~pruned & unpruned).sum())
     assert summary["reference_model"]["stage"] == "prune"
     assert summary["reference_model"]["params"] == prune["params_after"]
     fp32 = next(a for a in summary["artifacts"] if a["name"] == "onnx_fp32")

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from conftest import REPO, tiny_recipe, unavailable
+from conftest import REPO, run_cli, tiny_recipe, unavailable
 from edgetl.cli import main
 from edgetl.formats import FORMATS, PRECISIONS
 from edgetl.pipeline import build
@@ -35,6 +35,7 @@ def built(tmp_path_factory):
     data = base / "tiny"
     make_image_folder(data / "train", {"red": 30, "green": 30}, seed=1)
     make_image_folder(data / "val", {"red": 6, "green": 6}, seed=2)
+    make_image_folder(data / "test", {"red": 5, "green": 5}, seed=3)
     recipe = write_recipe(base / "tiny.yaml", tiny_recipe(data))
     summary = build(recipe, out=base / "run", reporter=Reporter(enabled=False))
     return {"base": base, "recipe": recipe, "run": base / "run", "summary": summary, "data": data}
@@ -63,6 +64,46 @@ def test_summary_has_the_documented_shape(built):
     fp32, int8 = summary["artifacts"]
     assert 0 < fp32["max_abs_logit_diff"] < 1e-3 and fp32["accuracy_drop_pp"] == 0
     assert int8["quantization"] == "ptq" and int8["size_bytes"] < fp32["size_bytes"]
+
+
+def test_every_accuracy_carries_its_n_interval_and_paired_test_against_torch(built):
+    """Computed again here from the saved logits and labels: the counts, the Wilson interval and the exact McNemar
+    test (tests/test_significance.py checks those against hand-computed values)."""
+    import numpy as np
+
+    from edgetl.evaluate import runner_logits
+    from edgetl.runtime import load_runner
+    from edgetl.significance import mcnemar_exact, wilson
+
+    summary, run = built["summary"], built["run"]
+    val, labels = np.load(run / "inputs" / "val.npy"), np.load(run / "inputs" / "val_labels.npy")
+    torch_right = np.load(run / "train" / "val_logits.npy").argmax(1) == labels
+    reference = summary["reference_model"]
+    assert (reference["val_correct"], reference["val_images"]) == (int(torch_right.sum()), 12)
+    assert reference["val_accuracy_ci95"] == pytest.approx(wilson(int(torch_right.sum()), 12), abs=0.01)
+    for artifact in summary["artifacts"]:
+        right = runner_logits(load_runner(run / artifact["path"], threads=1), val).argmax(1) == labels
+        assert (artifact["val_correct"], artifact["val_images"]) == (int(right.sum()), 12)
+        assert artifact["val_accuracy"] == pytest.approx(100 * right.mean(), abs=1e-3)
+        assert artifact["val_accuracy_ci95"] == pytest.approx(wilson(int(right.sum()), 12), abs=0.01)
+        only = (int((right & ~torch_right).sum()), int((~right & torch_right).sum()))
+        paired = artifact["vs_torch"]
+        assert (paired["artifact_only"], paired["torch_only"]) == only
+        assert paired["p_value"] == pytest.approx(mcnemar_exact(*only), abs=1e-6)
+        assert paired["verdict"] == ("no significant difference" if paired["p_value"] >= 0.05 else
+                                     "better" if only[0] > only[1] else "worse")
+    # ... and on the test split, which chose nothing: what is reported
+    test, test_labels = np.load(run / "inputs" / "test.npy"), np.load(run / "inputs" / "test_labels.npy")
+    assert summary["accuracy_reported_on"] == "test" and summary["data"]["test_source"] == "folder"
+    assert reference["test_images"] == summary["data"]["test_images"] == len(test_labels) == 10
+    for artifact in summary["artifacts"]:
+        right = runner_logits(load_runner(run / artifact["path"], threads=1), test).argmax(1) == test_labels
+        assert (artifact["test_correct"], artifact["test_images"]) == (int(right.sum()), 10)
+        assert artifact["test_accuracy_ci95"] == pytest.approx(wilson(int(right.sum()), 10), abs=0.01)
+        assert artifact["test_vs_torch"]["verdict"] in ("better", "worse", "no significant difference")
+    report = (run / "report.md").read_text()
+    assert "95 % CI" in report and "against torch" in report and "(12 images;" in report
+    assert "the test split (10 images) chose nothing" in report and "test acc (%)" in report
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +168,7 @@ def test_the_build_writes_every_report_section_and_draws_the_plots(built):
     assert sorted(p.name for p in (built["run"] / "report").iterdir()) == ["confusion.png", "pareto.png", "training.png"]
     page = (built["run"] / "report.html").read_text()
     assert all(f"<h2>{title}" in page for title in REPORT_SECTIONS)
-    assert "| red | 30 | 6 |" in report  # class counts per split
+    assert "| red | 30 | 6 | 5 |" in report  # class counts per split
 
 
 def test_edgetl_report_draws_the_plots_and_the_page_renders_in_chromium(built, tmp_path):
@@ -240,13 +281,25 @@ def test_changing_export_settings_does_not_retrain(built, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(built["run"], run)
-    recipe = tiny_recipe(built["data"], export={"calibration_images": 4, "precisions": ["int8"]})
-    summary = build(write_recipe(tmp_path / "r.yaml", recipe), out=run, reporter=Reporter(enabled=False))
+    # Changed from the command line, on the same recipe file: --set, as a user tries a setting.
+    code, output = run_cli("build", built["recipe"], "--out", run, "--quiet", "--set", "export.calibration_images=4",
+                           "--set", "export.precisions=[int8]")
+    assert code == 0, output
+    summary = json.loads((run / "summary.json").read_text())
     stages = summary["stages"]
     assert stages["data"]["cached"] and stages["train"]["cached"]
     assert not stages["export"]["cached"] and not stages["verify"]["cached"]
     assert [a["precision"] for a in summary["artifacts"]] == ["int8"]
     assert not (run / "export" / "onnx_fp32").exists()
+    resolved = (run / "recipe.resolved.yaml").read_text()  # what was built, --set included, every default written
+    assert resolved.startswith(f"# The recipe of this run: {built['recipe']} with --set export.calibration_images=4 "
+                               "--set export.precisions=[int8],")
+    again = yaml.safe_load(resolved)
+    assert again["export"]["calibration_images"] == 4 and again["export"]["precisions"] == ["int8"]
+    assert again["train"]["lr"] == 0.003 and again["data"]["path"] == str(built["data"])
+    code, output = run_cli("build", built["recipe"], "--out", run, "--set", "export.precisions=[int9]")
+    assert code == 2 and ("--set export.precisions=[int9] is not a valid recipe: export.precisions: unknown "
+                          "precision 'int9' (did you mean 'int8'?)") in output, output
 
 
 def test_a_corrupted_output_is_rebuilt_not_trusted(built, tmp_path):

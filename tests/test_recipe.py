@@ -132,3 +132,47 @@ def test_feature_kd_without_an_online_teacher_is_refused(tmp_path):
         load_recipe(path)
     path = write(tmp_path, "name: x\ndata: {dataset: x}\nprune: {recover: {feature_weight: 100, teacher: unpruned}}\n")
     assert load_recipe(path).prune.recover.feature_weight == 100
+
+
+def test_set_overrides_fields_and_is_checked_like_the_file(tmp_path):
+    path = write(tmp_path, "name: r\ndata: {dataset: x}\ntrain: {epochs: 6, lr: 0.001}\n")
+    recipe = load_recipe(path, ["train.epochs=3", "export.formats=[onnx, tflite]", "distill.teacher.backbone=mobilenet_v2",
+                                "bench.threads=[1, 2]", "data.path=images"])
+    assert recipe.train.epochs == 3 and recipe.train.lr == 0.001  # the rest of the section stays
+    assert recipe.export.formats == ["onnx", "tflite"] and recipe.bench.threads == [1, 2]
+    assert recipe.distill.teacher.backbone == "mobilenet_v2"  # a section the file did not have
+    assert recipe.overrides == ("train.epochs=3", "export.formats=[onnx, tflite]",
+                                "distill.teacher.backbone=mobilenet_v2", "bench.threads=[1, 2]", "data.path=images")
+    assert load_recipe(path).model_dump() == load_recipe(path, []).model_dump()  # nothing set: the file as it is
+    for bad, says in [
+        ("train.epochz=3", f"{path} --set train.epochz=3 is not a valid recipe: train.epochz: unknown key; did you "
+                           "mean 'epochs'?"),
+        ("train.epochs=three", "train.epochs: Input should be a valid integer"),
+        ("train.epochs", "--set 'train.epochs': expected KEY=VALUE"),
+        ("=3", "expected KEY=VALUE"),
+        ("train..epochs=3", "expected KEY=VALUE"),
+        ("name.first=3", "--set 'name.first=3': name in"),
+        ("train.epochs=[1", "--set 'train.epochs=[1': the value is not valid YAML"),
+        ("train.epochs=!!python/object:os.system ls", "the value is not valid YAML"),
+    ]:
+        with pytest.raises(RecipeError) as err:
+            load_recipe(path, [bad])
+        assert says in str(err.value), (bad, str(err.value))
+
+
+def test_the_resolved_recipe_builds_the_same_from_anywhere(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "w.pt").write_bytes(b"")
+    path = write(tmp_path, "name: r\ndata: {path: images}\nmodel: {weights: w.pt}\ntrain: {epochs: 6}\n")
+    recipe = load_recipe(path, ["train.epochs=2"])
+    text = recipe.resolved_yaml()
+    assert text.startswith(f"# The recipe of this run: {path} with --set train.epochs=2,\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "recipe.resolved.yaml").write_text(text)
+    again = load_recipe(elsewhere / "recipe.resolved.yaml")
+    assert again.data.path == str(tmp_path / "images") and again.model.weights == str(tmp_path / "w.pt")
+    assert again.train.epochs == 2 and again.train.lr == recipe.train.lr  # every default written out
+    assert again.model_dump() == {**recipe.model_dump(), "data": again.data.model_dump(),
+                                  "model": again.model.model_dump()}
+    assert again.resolve_path(again.data.path) == recipe.resolve_path(recipe.data.path)

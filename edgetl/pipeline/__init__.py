@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgetl import __version__
 from edgetl.errors import AccuracyBudgetError, EdgetlError, StorageError
-from edgetl.fsutil import changed_files, check_apart, read_json, sha256_json
+from edgetl.fsutil import changed_files, check_apart, read_json, sha256_json, write_text
 from edgetl.pipeline.context import BuildContext, Stage
 from edgetl.pipeline.models import create_recipe_model, load_trained, preprocessing
 from edgetl.pipeline.rundir import Layout, RunDir
@@ -76,6 +76,8 @@ def build(recipe: str | Path | Recipe, out: str | Path | None = None, reporter: 
         raise ValueError("a recipe with `search:` is built by edgetl.build (edgetl.api.build), not the pipeline")
     run = RunDir(root.resolve(), reporter, stage_names(recipe) if body is None else [])
     _mark_building(run.root / "summary.json")
+    with contextlib.suppress(StorageError):  # as for summary.json: a stage that must write says so, by name
+        write_text(run.root / "recipe.resolved.yaml", recipe.resolved_yaml())
     try:
         if body is not None:
             summary = body(recipe, run)

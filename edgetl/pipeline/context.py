@@ -53,6 +53,15 @@ class BuildContext:
         """An .npy file of an earlier stage."""
         return np.load(self.path(stage, key), mmap_mode="r" if mmap else None)
 
+    def paired(self, a_stage: str, b_stage: str, a: str, b: str) -> dict:
+        """Two stages' torch models compared on the val images (their saved val logits) by the exact McNemar test:
+        {<a>_only, <b>_only, p_value, verdict (a's)} (edgetl.significance)."""
+        from edgetl.significance import Paired
+
+        labels = self.load("inputs", "val_labels")
+        a_right, b_right = (self.load(stage, "val_logits").argmax(1) == labels for stage in (a_stage, b_stage))
+        return Paired.of(a_right, b_right).record(a, b)
+
     @property
     def model_stage(self) -> str:
         """The stage whose torch model is exported and verified: prune when the recipe prunes, else train."""

@@ -31,7 +31,8 @@ from edgetl.fsutil import (
 from edgetl.progress import Reporter
 
 # What a run directory holds besides its stage folders (an older edgetl's run is recognised by these names).
-RUN_FILES = {"summary.json", "report.md", "report.html", "report", "search", "search.json", "bundle", RUN_MARKER}
+RUN_FILES = {"summary.json", "report.md", "report.html", "report", "search", "search.json", "bundle", RUN_MARKER,
+             "recipe.resolved.yaml"}
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from edgetl.errors import RecipeError
-from edgetl.recipe.messages import problems
+from edgetl.recipe.messages import problems, shorten
 from edgetl.recipe.schema import Recipe
 
 # A real recipe has a few hundred values; YAML aliases can make a few hundred bytes expand to billions (an alias
@@ -18,18 +19,20 @@ MAX_RECIPE_VALUES = 10_000
 MAX_RECIPE_DEPTH = 40
 
 
-def parse_recipe(obj: Any, source: str = "<recipe>") -> Recipe:
-    """Validate a recipe mapping; errors name the file and every bad field path."""
+def parse_recipe(obj: Any, source: str = "<recipe>", overrides: Sequence[str] = ()) -> Recipe:
+    """Validate a recipe mapping (read from `source`, with `overrides` applied: they are named in errors and kept
+    on the Recipe); errors name the file and every bad field path."""
+    where = " ".join([source, *(f"--set {o}" for o in overrides)])
     if obj is None:
-        raise RecipeError(f"{source} is empty; a recipe needs at least `name` and `data` (see recipes/quickstart.yaml).")
+        raise RecipeError(f"{where} is empty; a recipe needs at least `name` and `data` (see recipes/quickstart.yaml).")
     if not isinstance(obj, dict):
-        raise RecipeError(f"{source}: a recipe must be a YAML mapping of sections (name, data, model, train, "
+        raise RecipeError(f"{where}: a recipe must be a YAML mapping of sections (name, data, model, train, "
                           f"export, verify, bench), not {type(obj).__name__}.")
     try:
-        return Recipe.model_validate({**obj, "source": source})
+        return Recipe.model_validate({**obj, "source": source, "overrides": list(overrides)})
     except ValidationError as exc:
         found = problems(exc.errors(), Recipe)
-        raise RecipeError(f"{source} is not a valid recipe: {found}. See the recipe reference, docs/recipe.md.") from None
+        raise RecipeError(f"{where} is not a valid recipe: {found}. See the recipe reference, docs/recipe.md.") from None
 
 
 class _RecipeLoader(yaml.SafeLoader):
@@ -85,8 +88,9 @@ def _load_yaml(text: str, path: Path) -> Any:
         loader.dispose()
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file (YAML, safe_load only)."""
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """Read and validate a recipe file (YAML, safe_load only), with `overrides` (`KEY=VALUE`, as `--set` gives them)
+    applied on top before it is validated."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -104,7 +108,40 @@ def load_recipe(path: str | Path) -> Recipe:
         problem = getattr(exc, "problem", None) or str(exc)
         raise RecipeError(f"{path} is not valid YAML{where}: {problem}. Recipes are plain YAML; tags such as "
                           "!!python/object are refused.") from None
-    return parse_recipe(obj, source=str(path))
+    if overrides:
+        obj = apply_overrides(obj, overrides, path)
+    return parse_recipe(obj, source=str(path), overrides=overrides)
+
+
+def apply_overrides(obj: Any, overrides: Sequence[str], path: Path | str) -> dict:
+    """`obj` (a parsed recipe) with each `KEY=VALUE` set: KEY a dotted field path (`train.epochs`), VALUE read as
+    YAML (`3`, `[onnx, tflite]`, `null`, `{epochs: 2}`). Sections that are not there yet are created; what the
+    result means is checked by the schema, like the file."""
+    result = dict(obj) if isinstance(obj, dict) else {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        parts = key.split(".")
+        if not sep or not key or any(not part.strip() for part in parts):
+            raise RecipeError(f"--set {item!r}: expected KEY=VALUE with KEY a dotted recipe field, e.g. "
+                              "--set train.epochs=3 or --set export.formats=[onnx]")
+        try:
+            value = _load_yaml(text, Path(f"--set {key}"))
+        except (yaml.YAMLError, RecursionError) as exc:
+            raise RecipeError(f"--set {item!r}: the value is not valid YAML ({getattr(exc, 'problem', None) or exc})"
+                              ) from None
+        node = result
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise RecipeError(f"--set {item!r}: {'.'.join(parts[:depth + 1])} in {path} is "
+                                  f"{shorten(repr(child), 60)}, not a section with fields")
+            node[part] = child = dict(child)
+            node = child
+        node[parts[-1]] = value
+    return result
 
 
 def section_dict(section: BaseModel) -> dict[str, Any]:

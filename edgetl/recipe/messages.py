@@ -46,9 +46,9 @@ def _format_error(err: dict[str, Any], schema: type[BaseModel]) -> str:
 
 def problems(errors: list[dict[str, Any]], schema: type[BaseModel], prefix: str = "") -> str:
     """The first ten validation problems, each cut to 300 characters (a validator's message may echo its value)."""
-    shown = [_short(prefix + _format_error(e, schema), 300) for e in errors[:10]]
+    shown = [shorten(prefix + _format_error(e, schema), 300) for e in errors[:10]]
     return "; ".join(shown) + (f"; and {len(errors) - 10} more" if len(errors) > 10 else "")
 
 
-def _short(text: str, limit: int) -> str:
+def shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"

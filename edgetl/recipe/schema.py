@@ -21,6 +21,9 @@ from edgetl.recipe.sections import (
     VerifySection,
 )
 
+# Fields that hold a path, relative to the recipe file's folder when not absolute (model.weights: unless a keyword).
+_PATH_FIELDS = ("data.path", "model.weights", "distill.teacher.checkpoint", "search.budget.ssh_config")
+
 
 class Recipe(Section):
     """A whole build recipe."""
@@ -39,6 +42,8 @@ class Recipe(Section):
 
     # Where the recipe was read from; relative paths in it are resolved against its folder.
     source: str | None = Field(None, exclude=True)
+    # The `--set KEY=VALUE` overrides applied on top of that file.
+    overrides: tuple[str, ...] = Field((), exclude=True)
 
     @model_validator(mode="after")
     def _teacher_train_overrides(self) -> Recipe:
@@ -70,6 +75,27 @@ class Recipe(Section):
         except ValidationError as exc:
             found = problems(exc.errors(), TrainSection, "distill.teacher.train.")
             raise ValueError(found) from None
+
+    def resolved_yaml(self) -> str:
+        """The recipe as built: every field written out (defaults included), `--set` overrides applied and paths
+        made absolute, so the file builds the same from anywhere. Each run writes it as recipe.resolved.yaml."""
+        import yaml
+
+        data = self.model_dump(mode="json")
+        for dotted in _PATH_FIELDS:
+            *parents, leaf = dotted.split(".")
+            node = data
+            for part in parents:
+                node = node.get(part) if isinstance(node, dict) else None
+            value = node.get(leaf) if isinstance(node, dict) else None
+            if isinstance(value, str) and not (leaf == "weights" and value in ("imagenet", "none")):
+                node[leaf] = str(self.resolve_path(value).absolute())
+        origin = self.source or "<recipe>"
+        header = [f"# The recipe of this run: {origin}" + (" with " + " ".join(f"--set {o}" for o in self.overrides)
+                                                           if self.overrides else "") + ",",
+                  "# every default written out and its paths made absolute. `edgetl build` on this file builds the "
+                  "same."]
+        return "\n".join(header) + "\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
     def resolve_path(self, value: str) -> Path:
         """Resolve a path written in the recipe against the recipe file's folder; `~`, `$TORCH_HOME` and

@@ -26,7 +26,10 @@ class DataSection(Section):
     sha256: str | None = Field(None, description="Expected sha256 of the downloaded archive.")
     train_dir: str = "train"
     val_dir: str | None = "val"
+    test_dir: str | None = Field("test", description="The test split's folder, used when it exists.")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each class held out when there is no val dir.")
+    test_fraction: float | None = Field(None, gt=0, lt=1, description="Share of each class held out for test when "
+                                        "there is no test dir (a flat dataset of <class>/ folders: 0.2 unless set).")
     seed: int = 0
     skip_bad_images: bool = False
     workers: int = Field(2, ge=0, description="Data loader worker processes for training.")
@@ -34,8 +37,9 @@ class DataSection(Section):
                                                        "built on, saying so, when `dataset` is not cached or downloadable.")
 
     @model_serializer(mode="wrap")
-    def _unset_fallback_left_out(self, handler):  # so a recipe without it keeps its cache keys and recipe hash
-        return {k: v for k, v in handler(self).items() if k != "fallback" or self.fallback is not None}
+    def _unset_fallback_left_out(self, handler):  # so a recipe without them keeps its cache keys and recipe hash
+        defaults = {"fallback": None, "test_dir": "test", "test_fraction": None}
+        return {k: v for k, v in handler(self).items() if k not in defaults or v != defaults[k]}
 
     @model_validator(mode="after")
     def _needs_a_source(self) -> DataSection:

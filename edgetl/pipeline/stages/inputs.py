@@ -1,4 +1,5 @@
-"""inputs: the val images and the int8 calibration images, preprocessed once (val.npy, calibration.npy)."""
+"""inputs: the val images, the int8 calibration images and the test images (when the data has a test split),
+preprocessed once (val.npy, calibration.npy, test.npy, with val_labels.npy and test_labels.npy)."""
 
 from __future__ import annotations
 
@@ -26,18 +27,24 @@ def work(ctx: BuildContext, folder: Path) -> dict:
     rng = np.random.default_rng(ctx.recipe.data.seed)
     chosen = sorted(rng.choice(len(index.train), _calibration_count(ctx), replace=False))
     calibration = [index.train[i].path for i in chosen]
-    outputs = []
-    for name, paths in (("val", [s.path for s in index.val]), ("calibration", calibration)):
+    splits = [("val", [s.path for s in index.val]), ("calibration", calibration)]
+    splits += [("test", [s.path for s in index.test])] if index.test_source else []
+    record, outputs = {}, []
+    for name, paths in splits:
         target = folder / f"{name}.npy"
         with atomic_path(target) as tmp, ctx.reporter.task(f"preprocessing {name} images", len(paths)) as update:
             preprocess_files(paths, ctx.prep, out=tmp, progress=lambda done, total: update(1))
         outputs.append(target)
-    labels = folder / "val_labels.npy"
-    with atomic_path(labels) as tmp, open(tmp, "wb") as f:
-        np.save(f, np.asarray([s.label for s in index.val], dtype=np.int64))
-    outputs.append(labels)
-    return {"val": run.rel(outputs[0]), "calibration": run.rel(outputs[1]), "val_labels": run.rel(labels),
-            "files": run.files_record(*outputs)}
+        record[name] = run.rel(target)
+    for name, samples in (("val", index.val), ("test", index.test if index.test_source else None)):
+        if samples is None:
+            continue
+        labels = folder / f"{name}_labels.npy"
+        with atomic_path(labels) as tmp, open(tmp, "wb") as f:
+            np.save(f, np.asarray([s.label for s in samples], dtype=np.int64))
+        outputs.append(labels)
+        record[f"{name}_labels"] = run.rel(labels)
+    return record | {"files": run.files_record(*outputs)}
 
 
 def more_calibration(ctx: BuildContext, current: int) -> np.ndarray:

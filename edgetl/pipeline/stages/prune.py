@@ -181,8 +181,12 @@ def work(ctx: BuildContext, folder: Path) -> dict:
     (folder / "pruned.pt").unlink(missing_ok=True)
     accuracy_after = top1_accuracy(logits, val_labels)
     ratio = after["p50"] / before["p50"]
+    from edgetl.significance import Paired
+
+    paired = Paired.of(logits.argmax(1) == val_labels, ctx.load("train", "val_logits").argmax(1) == val_labels)
     ctx.reporter.info(f"  MACs {macs_before / 1e6:.1f}M → {macs_after / 1e6:.1f}M, val acc "
-                      f"{train['val_accuracy']:.2f}% → {accuracy_after:.2f}%, onnx fp32 p50 "
+                      f"{train['val_accuracy']:.2f}% → {accuracy_after:.2f}% (pruned against unpruned: "
+                      f"{paired.said()}), onnx fp32 p50 "
                       f"{before['p50']:.2f} → {after['p50']:.2f} ms ({ratio:.2f}×)")
     return {"backbone": saved["backbone"], "model": ctx.run.rel(model_path), "val_logits": ctx.run.rel(logits_path),
             "history": ctx.run.rel(history_path), "macs_before": macs_before, "macs_after": macs_after,
@@ -205,6 +209,7 @@ def summarize(ctx: BuildContext, summary: dict) -> None:
             "onnx_fp32_latency_ms_after", "recover_epochs_run")
     summary["prune"] = {key: pruned[key] for key in keys} | {
         "recover_kd_from": pruned.get("recover_kd_from"), "target_macs": cfg.target_macs,
+        "pruned_vs_unpruned": ctx.paired("prune", "train", "pruned", "unpruned"),
         "importance": cfg.importance, "scope": cfg.scope, "residual": cfg.residual, "steps": cfg.steps,
         "path": pruned["model"]}
 

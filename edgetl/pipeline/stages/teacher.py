@@ -113,6 +113,7 @@ def summarize(ctx: BuildContext, summary: dict) -> None:
         "student": {"backbone": train["backbone"], "val_accuracy": train["val_accuracy"], "params": train["params"]},
         "student_without_kd_val_accuracy": baseline["val_accuracy"] if baseline else None,
         "kd_gain_pp": round(train["val_accuracy"] - baseline["val_accuracy"], 4) if baseline else None,
+        "kd_vs_without_kd": ctx.paired("train", "baseline", "kd", "without_kd") if baseline else None,
         "temperature": d.temperature, "alpha": d.alpha, "teacher_logits": d.teacher_logits}
 
 

@@ -12,20 +12,28 @@ from edgetl.errors import AccuracyBudgetError, ExportError, ModelFileError, Pari
 from edgetl.pipeline.context import BuildContext, Stage
 from edgetl.recipe import section_dict
 
+RECORD = 3  # what the stage records; 2: every accuracy with its n and interval, the paired test against torch;
+# 3: the same on the test split, when the data has one
+
 
 def key(ctx: BuildContext) -> dict:
-    return {"verify": section_dict(ctx.recipe.verify), "artifacts": ctx.records["export"]["files"],
-            "val": ctx.file_hash("inputs", "val"), "torch_logits": ctx.file_hash(ctx.model_stage, "val_logits")}
+    has_test = "test" in ctx.records["inputs"]
+    return {"record": RECORD, "verify": section_dict(ctx.recipe.verify), "artifacts": ctx.records["export"]["files"],
+            "val": ctx.file_hash("inputs", "val"), "torch_logits": ctx.file_hash(ctx.model_stage, "val_logits"),
+            "test": ctx.file_hash("inputs", "test") if has_test else None,
+            "torch_model": ctx.file_hash(ctx.model_stage, "model") if has_test else None}
 
 
-def _logits(ctx: BuildContext, artifact: dict, val: np.ndarray) -> np.ndarray:
+def _logits(ctx: BuildContext, artifact: dict, split: str = "val") -> np.ndarray:
     from edgetl.evaluate import runner_logits
     from edgetl.runtime import load_runner
 
+    images = ctx.load("inputs", split, mmap=True)
     try:
         runner = load_runner(ctx.root / artifact["path"], threads=os.cpu_count() or 1)
-        with ctx.reporter.task(f"evaluating {artifact['name']} on {len(val)} val images", len(val)) as update:
-            return runner_logits(runner, val, update=update)
+        with ctx.reporter.task(f"evaluating {artifact['name']} on {len(images)} {split} images",
+                               len(images)) as update:
+            return runner_logits(runner, images, update=update)
     except ModelFileError as exc:  # a file the build itself wrote: its export is at fault, not the input
         raise ExportError(f"{artifact['name']} was exported but its runtime cannot run it: {exc} Try "
                           "another export.exporter, export.opset or export.int8_format, or leave that "
@@ -47,25 +55,55 @@ def _check_parity(ctx: BuildContext, artifact: dict, result: dict) -> None:
 
 def work(ctx: BuildContext, folder: Path) -> dict:
     from edgetl.evaluate import confusion_matrix, top1_accuracy
+    from edgetl.significance import Accuracy, Paired
 
     val, labels = ctx.load("inputs", "val", mmap=True), ctx.load("inputs", "val_labels")
     torch_logits = ctx.load(ctx.model_stage, "val_logits")
     torch_accuracy = top1_accuracy(torch_logits, labels)
+    torch_right = torch_logits.argmax(1) == labels
     results = {}
     for artifact in ctx.records["export"]["artifacts"]:
-        logits = _logits(ctx, artifact, val)
+        logits = _logits(ctx, artifact)
         parity_n = min(ctx.recipe.verify.parity_images, len(val))
         diff = float(np.abs(logits[:parity_n] - torch_logits[:parity_n]).max())
         acc = top1_accuracy(logits, labels)
+        right = logits.argmax(1) == labels
+        accuracy, paired = Accuracy.of(right), Paired.of(right, torch_right)
         results[artifact["name"]] = result = {
-            "val_accuracy": round(acc, 4), "accuracy_drop_pp": round(torch_accuracy - acc, 4),
-            "max_abs_logit_diff": diff, "parity_images": parity_n,
+            "val_accuracy": round(acc, 4), "val_correct": accuracy.correct, "val_images": accuracy.n,
+            "val_accuracy_ci95": accuracy.record()["ci95"], "accuracy_drop_pp": round(torch_accuracy - acc, 4),
+            "vs_torch": paired.record("artifact", "torch"), "max_abs_logit_diff": diff, "parity_images": parity_n,
             "prediction_agreement": round(float((logits.argmax(1) == torch_logits.argmax(1)).mean() * 100), 4),
             "confusion_matrix": confusion_matrix(logits, labels, len(ctx.index.classes))}
-        ctx.reporter.info(f"  {artifact['name']}: val acc {acc:.2f}% (torch {torch_accuracy:.2f}%), "
-                          f"max |logit diff| {diff:.2e}")
+        ctx.reporter.info(f"  {artifact['name']}: val acc {accuracy.text()}; against the torch model's "
+                          f"{torch_accuracy:.2f} %: {paired.said()}; max |logit diff| {diff:.2e}")
         _check_parity(ctx, artifact, result)
-    return {"torch_val_accuracy": round(torch_accuracy, 4), "artifacts": results, "files": {}}
+    record = {"torch_val_accuracy": round(torch_accuracy, 4), "torch_val": Accuracy.of(torch_right).record(),
+              "artifacts": results, "files": {}}
+    if "test" in ctx.records["inputs"]:
+        record |= _on_test(ctx, results)
+    return record
+
+
+def _on_test(ctx: BuildContext, results: dict) -> dict:
+    """Every artifact and its torch model on the test split: reported, never used to choose anything."""
+    from edgetl.pipeline.models import load_trained
+    from edgetl.significance import Accuracy, Paired
+    from edgetl.train import predict
+
+    test, labels = ctx.load("inputs", "test", mmap=True), ctx.load("inputs", "test_labels")
+    with ctx.reporter.task(f"evaluating the torch model on {len(test)} test images", None):
+        torch_right = predict(load_trained(ctx.path(ctx.model_stage, "model")), test).argmax(1) == labels
+    torch_test = Accuracy.of(torch_right)
+    for artifact in ctx.records["export"]["artifacts"]:
+        right = _logits(ctx, artifact, "test").argmax(1) == labels
+        accuracy, paired = Accuracy.of(right), Paired.of(right, torch_right)
+        results[artifact["name"]] |= {
+            "test_accuracy": round(accuracy.percent, 4), "test_correct": accuracy.correct, "test_images": accuracy.n,
+            "test_accuracy_ci95": accuracy.record()["ci95"], "test_vs_torch": paired.record("artifact", "torch")}
+        ctx.reporter.info(f"  {artifact['name']}: test acc {accuracy.text()}; against the torch model's "
+                          f"{torch_test.percent:.2f} %: {paired.said()}")
+    return {"torch_test_accuracy": round(torch_test.percent, 4), "torch_test": torch_test.record()}
 
 
 def then(ctx: BuildContext, record: dict) -> None:
@@ -86,12 +124,22 @@ def summarize(ctx: BuildContext, summary: dict) -> None:
     verify, reference = ctx.records["verify"], ctx.records[ctx.model_stage]
     for entry in summary["artifacts"]:
         verified = verify["artifacts"][entry["name"]]
-        entry.update({key: verified[key] for key in ("val_accuracy", "accuracy_drop_pp", "max_abs_logit_diff",
-                                                     "prediction_agreement", "confusion_matrix")})
+        entry.update({key: verified[key] for key in (
+            "val_accuracy", "val_correct", "val_images", "val_accuracy_ci95", "accuracy_drop_pp", "vs_torch",
+            "max_abs_logit_diff", "prediction_agreement", "confusion_matrix")})
+        entry.update({key: verified.get(key) for key in (
+            "test_accuracy", "test_correct", "test_images", "test_accuracy_ci95", "test_vs_torch")})
     # The torch model every artifact was exported from and is compared with (pruned when the recipe prunes).
+    torch_val = verify["torch_val"]
     summary["reference_model"] = {"stage": ctx.model_stage, "path": reference["model"],
                                   "backbone": reference["backbone"], "params": reference["params"],
-                                  "val_accuracy": verify["torch_val_accuracy"]}
+                                  "val_accuracy": verify["torch_val_accuracy"], "val_correct": torch_val["correct"],
+                                  "val_images": torch_val["n"], "val_accuracy_ci95": torch_val["ci95"],
+                                  "test_accuracy": verify.get("torch_test_accuracy"),
+                                  "test_correct": (verify.get("torch_test") or {}).get("correct"),
+                                  "test_images": (verify.get("torch_test") or {}).get("n"),
+                                  "test_accuracy_ci95": (verify.get("torch_test") or {}).get("ci95")}
+    summary["accuracy_reported_on"] = "test" if verify.get("torch_test") else "val"
     summary["budget"] = {"max_accuracy_drop_pp": ctx.recipe.verify.max_accuracy_drop_pp}
 
 
