@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -70,13 +71,15 @@ class DatasetIndex:
             "train": [{"path": s.path, "label": s.label} for s in self.train],
             "val": [{"path": s.path, "label": s.label} for s in self.val],
             "val_source": self.val_source,
-            "test": [{"path": s.path, "label": s.label} for s in self.test],
-            "test_source": self.test_source,
-            "layout": self.layout,
             "bad_images": [dict(b) for b in self.bad_images],
             "converted": dict(self.converted),
             "ignored_files": list(self.ignored_files),
             "class_counts": self.class_counts(),
+            # left out when there is no test split and the layout is folders: index.json of such data stays what it
+            # was before the test split existed, so the stages after it keep their cache keys
+            **({"test": [{"path": s.path, "label": s.label} for s in self.test], "test_source": self.test_source}
+               if self.test_source else {}),
+            **({"layout": self.layout} if self.layout != "folders" else {}),
         }
 
     @classmethod
@@ -139,10 +142,18 @@ def scan_dataset(root: str | Path, *, train_dir: str = "train", val_dir: str | N
     results = _check_all([p for by_class in files.values() for paths in by_class.values() for p in paths],
                          workers, progress)
     files, bad = _handle_bad_images(files, results, split_dirs, root_path, skip_bad_images)
-    held_out = ({} if test_path or not test_fraction else {"test": test_fraction}) | (
-        {} if val_path else {"val": val_fraction})
+    held_out = ({} if val_path else {"val": val_fraction}) | (
+        {} if test_path or not test_fraction else {"test": test_fraction})
+    if sum(held_out.values()) >= 1.0:
+        raise DataError(f"data.val_fraction ({val_fraction}) + data.test_fraction ({test_fraction}) leave no image of "
+                        f"{train_path} to train on; their sum must be below 1.")
     if held_out:
         files |= _split(files["train"], train_path, held_out, seed)
+        for name in held_out:
+            if not any(files[name].values()):
+                raise DataError(f"No class of {train_path} has enough images to hold any out for {name} "
+                                f"(data.{name}_fraction {held_out[name]}): a class needs at least "
+                                f"{len(held_out) + 1} images. Add images, or a {name}/ folder.")
     return DatasetIndex(
         root=str(root_path),
         classes=classes,
@@ -160,12 +171,25 @@ def scan_dataset(root: str | Path, *, train_dir: str = "train", val_dir: str | N
 FLAT_TEST_FRACTION = 0.2  # a flat dataset's test share unless data.test_fraction says otherwise
 
 
+# Folder names that say "split", not "class" (compared lower-case): a root holding one of them is not flat.
+_SPLIT_NAMES = re.compile(r"^(train|training|val|valid|validation|dev|test|testing|eval|evaluation)"
+                          r"([-_ ]?(set|data|images|split))?$")
+
+
+def _split_like(root: Path) -> list[str]:
+    return [name for name in _class_dirs(root) if _SPLIT_NAMES.match(name.lower())]
+
+
 def _is_flat(root: Path, train_dir: str, val_dir: str | None, test_dir: str | None) -> bool:
-    """<class>/ folders straight under the root: no train folder, and no val or test folder either (those without a
-    train folder are a layout mistake, which _require_layout names)."""
-    if not root.is_dir() or (root / train_dir).is_dir():
+    """<class>/ folders straight under the root: no train folder, no val or test folder, and no folder named like a
+    split (Training/, Test/, train_set/: their sub-folders are the classes, and reading them as classes would train
+    a "which folder" classifier). Those layouts are a mistake _require_layout names; so is a root with a train_dir
+    other than `train` that is not there."""
+    if not root.is_dir() or (root / train_dir).is_dir() or train_dir != "train":
         return False
-    return not any(d and (root / d).is_dir() for d in (val_dir, test_dir)) and bool(_class_dirs(root))
+    if any(d and (root / d).is_dir() for d in (val_dir, test_dir)) or _split_like(root):
+        return False
+    return bool(_class_dirs(root))
 
 
 def _scan_flat(root: Path, val_fraction: float, test_fraction: float, seed: int, skip_bad_images: bool,
@@ -181,7 +205,7 @@ def _scan_flat(root: Path, val_fraction: float, test_fraction: float, seed: int,
     files, ignored = _find_images({"all": root}, classes)
     results = _check_all([p for paths in files["all"].values() for p in paths], workers, progress)
     files, bad = _handle_bad_images(files, results, {"all": root}, root, skip_bad_images)
-    splits = _split(files["all"], root, {"test": test_fraction, "val": val_fraction}, seed, need_every_split=True)
+    splits = _split(files["all"], root, {"val": val_fraction, "test": test_fraction}, seed, need_every_split=True)
     return DatasetIndex(root=str(root), classes=classes, train=_samples(splits["train"], classes),
                         val=_samples(splits["val"], classes), val_source="split", bad_images=bad,
                         converted=_count_converted(results), ignored_files=ignored,
@@ -235,10 +259,13 @@ def _require_layout(root: Path, train_dir: str) -> Path:
                         f"at a folder laid out as {train_dir}/<class>/<image> (optionally with val/<class>/<image>).")
     train_path = root / train_dir
     if not train_path.is_dir():
-        raise DataError(f"Dataset folder {root} has no '{train_dir}' folder and no class folders. Expected "
-                        f"{root}/<class>/<image> (one sub-folder per class; edgetl splits it into train, val and test) "
-                        f"or {root}/{train_dir}/<class>/<image> with optional val/ and test/ folders; or set "
-                        "data.train_dir in the recipe to the folder that holds the class folders.")
+        split_like = _split_like(root)
+        found = (f" It holds {', '.join(split_like)}, named like splits: set data.train_dir (and data.val_dir, "
+                 "data.test_dir) to them." if split_like else "")
+        raise DataError(f"Dataset folder {root} has no '{train_dir}' folder. Expected {root}/<class>/<image> (one "
+                        f"sub-folder per class; edgetl splits it into train, val and test) or "
+                        f"{root}/{train_dir}/<class>/<image> with optional val/ and test/ folders; or set "
+                        f"data.train_dir in the recipe to the folder that holds the class folders.{found}")
     return train_path
 
 
@@ -298,8 +325,8 @@ def _check_same_classes(train_path: Path, classes: list[str], val_path: Path, va
     if extra_in_val:
         parts.append(f"missing from {train_path}: {', '.join(extra_in_val)}")
     raise DataError(f"The class folders of {train_path} and {val_path} differ ({'; '.join(parts)}). Both splits must "
-                    "have the same class sub-folders: add or rename folders so they match, or remove that folder to "
-                    "have its images split off from train.")
+                    "have the same class sub-folders: add or rename folders so they match, or remove that folder (a "
+                    "val split is then held out of train; a test split only with data.test_fraction).")
 
 
 def _check_no_empty_classes(files: dict[str, dict[str, list[str]]], paths: dict[str, Path],
@@ -508,14 +535,14 @@ def _download(url: str | None, downloads: Path, name: str, target: Path, recipe_
     if not url:
         raise DatasetUnavailable(
             f"Dataset '{name}' was not found in {target} and {recipe_file} gives no data.url to download it from. "
-            f"Place the dataset there (so that {target}/train/<class>/<image> exists), set data.path to where it is, "
-            "or set data.url. The cache folder can be moved with the EDGETL_CACHE environment variable.",
+            f"Place the dataset there (so that {target}/[train/]<class>/<image> exists), set data.path to where it "
+            "is, or set data.url. The cache folder can be moved with the EDGETL_CACHE environment variable.",
             f"{recipe_file} gives no data.url to download it from")
     if downloads_off():
         off = f"downloads are off: EDGETL_OFFLINE={os.environ['EDGETL_OFFLINE']}"
         raise DatasetUnavailable(f"Dataset '{name}' was not found in {target} and was not downloaded from {url} "
                                  f"({off}). Unset EDGETL_OFFLINE to download it, place the dataset there (so that "
-                                 f"{target}/train/<class>/<image> exists), or set data.path to where it is.",
+                                 f"{target}/[train/]<class>/<image> exists), or set data.path to where it is.",
                                  f"could not be downloaded ({off})")
     filename = os.path.basename(urllib.parse.unquote(urllib.parse.urlparse(url).path)) or f"{name}.archive"
     if _is_hidden(filename):
@@ -525,7 +552,7 @@ def _download(url: str | None, downloads: Path, name: str, target: Path, recipe_
     def fail(reason: str) -> DatasetUnavailable:
         return DatasetUnavailable(f"Dataset '{name}' was not found in {target} and could not be downloaded from {url} "
                                   f"({reason}). Check the network connection and the URL, or work offline: download "
-                                  f"the archive elsewhere and extract it so that {target}/train/<class>/<image> "
+                                  f"the archive elsewhere and extract it so that {target}/[train/]<class>/<image> "
                                   "exists.", f"could not be downloaded ({reason})")
 
     try:

@@ -84,11 +84,11 @@ class Paired:
         return p_text(self.p_value)
 
     def said(self) -> str:
-        """The verdict with its p-value: `worse (p = 0.031)`, `no significant difference (p = 1.00)`."""
+        """The verdict with its p-value: `worse (p = 0.0312)`, `no significant difference (p = 1.00)`."""
         return f"{self.verdict()} ({self.p_text()})"
 
     def text(self, a: str, b: str) -> str:
-        """`onnx_int8 is worse than torch (p = 0.031; 0 vs 6 images only one of them got right)` or
+        """`onnx_int8 is worse than torch (p = 0.0312; 0 vs 6 images only one of them got right)` or
         `no significant difference between onnx_int8 and torch (p = 1.00; 0 vs 1 …)`."""
         counts = f"{self.a_only} vs {self.b_only} images only one of them got right"
         if not self.significant:
@@ -103,8 +103,9 @@ class Paired:
 
 
 def p_text(p: float) -> str:
-    """`p = 1.00`, `p = 0.22`, `p = 0.031`, `p = 0.0012`"""
-    return f"p = {p:.2f}" if p >= 0.1 else f"p = {p:.2g}"
+    """`p = 1.00`, `p = 0.22`, `p = 0.0312`, `p = 0.00122`: three significant figures below 0.1, so a p-value
+    just under 0.05 never prints as 0.05 beside a verdict of better or worse."""
+    return f"p = {p:.2f}" if p >= 0.1 else f"p = {p:.3g}"
 
 
 def mcnemar_exact(a_only: int, b_only: int) -> float:

@@ -625,14 +625,14 @@ def test_without_fallback_the_errors_are_unchanged(tmp_path: Path) -> None:
         resolve_dataset("hymenoptera_data", None, None, None, cache, recipe_file="q.yaml")
     assert str(info.value) == (
         f"Dataset 'hymenoptera_data' was not found in {target} and q.yaml gives no data.url to download it from. "
-        f"Place the dataset there (so that {target}/train/<class>/<image> exists), set data.path to where it is, or "
-        "set data.url. The cache folder can be moved with the EDGETL_CACHE environment variable.")
+        f"Place the dataset there (so that {target}/[train/]<class>/<image> exists), set data.path to where it is, "
+        "or set data.url. The cache folder can be moved with the EDGETL_CACHE environment variable.")
     with pytest.raises(DataError) as info:
         resolve_dataset("hymenoptera_data", None, UNREACHABLE, None, cache, recipe_file="q.yaml")
     assert str(info.value).startswith(f"Dataset 'hymenoptera_data' was not found in {target} and could not be "
                                       f"downloaded from {UNREACHABLE} (")
     assert str(info.value).endswith(f"). Check the network connection and the URL, or work offline: download the "
-                                    f"archive elsewhere and extract it so that {target}/train/<class>/<image> exists.")
+                                    f"archive elsewhere and extract it so that {target}/[train/]<class>/<image> exists.")
 
 
 def test_offline_without_fallback_names_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

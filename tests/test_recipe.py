@@ -160,19 +160,31 @@ def test_set_overrides_fields_and_is_checked_like_the_file(tmp_path):
         assert says in str(err.value), (bad, str(err.value))
 
 
+def test_set_on_a_file_that_is_not_a_recipe_keeps_the_files_error(tmp_path):
+    path = write(tmp_path, "- a list\n- not a recipe\n")
+    with pytest.raises(RecipeError, match="a recipe must be a YAML mapping of sections"):
+        load_recipe(path, ["train.epochs=3"])
+
+
 def test_the_resolved_recipe_builds_the_same_from_anywhere(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "w.pt").write_bytes(b"")
-    path = write(tmp_path, "name: r\ndata: {path: images}\nmodel: {weights: w.pt}\ntrain: {epochs: 6}\n")
-    recipe = load_recipe(path, ["train.epochs=2"])
+    path = write(tmp_path, "name: r\ndata: {path: images}\nmodel: {weights: w.pt}\ntrain: {epochs: 6}\n"
+                           "distill: {teacher: {backbone: mobilenet_v2, weights: t.pt}}\n")
+    recipe = load_recipe(path, ["train.epochs=2", "search.models={mobilenet_v2: {weights: s.pt}}",
+                                "search.backbones=[mobilenet_v2]", "search.budget.size_mb=5"])
     text = recipe.resolved_yaml()
-    assert text.startswith(f"# The recipe of this run: {path} with --set train.epochs=2,\n")
+    assert text.startswith(f"# The recipe of this run: {path} with --set train.epochs=2 --set search.models=")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "recipe.resolved.yaml").write_text(text)
     again = load_recipe(elsewhere / "recipe.resolved.yaml")
     assert again.data.path == str(tmp_path / "images") and again.model.weights == str(tmp_path / "w.pt")
+    assert again.distill.teacher.weights == str(tmp_path / "t.pt")
+    assert again.search.models["mobilenet_v2"]["weights"] == str(tmp_path / "s.pt")
     assert again.train.epochs == 2 and again.train.lr == recipe.train.lr  # every default written out
-    assert again.model_dump() == {**recipe.model_dump(), "data": again.data.model_dump(),
-                                  "model": again.model.model_dump()}
+    moved = {"data": again.data.model_dump(), "model": again.model.model_dump(),
+             "distill": again.distill.model_dump(), "search": again.search.model_dump()}
+    assert again.model_dump() == {**recipe.model_dump(), **moved}  # the rest the same
+    assert again.train.model_dump() == recipe.train.model_dump()
     assert again.resolve_path(again.data.path) == recipe.resolve_path(recipe.data.path)

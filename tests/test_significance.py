@@ -67,7 +67,7 @@ def test_better_and_worse_are_said_only_when_significant():
     six_off[:6] = False
     worse = Paired.of(six_off, torch_right)
     assert worse.verdict() == "worse" and worse.text("onnx_int8", "torch").startswith(
-        "onnx_int8 is worse than torch (p = 0.031;")
+        "onnx_int8 is worse than torch (p = 0.0312;")
     assert Paired.of(torch_right, six_off).verdict() == "better"
     assert worse.record("artifact", "torch") == {"artifact_only": 0, "torch_only": 6, "p_value": 0.03125,
                                                  "verdict": "worse"}

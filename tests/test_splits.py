@@ -3,6 +3,7 @@ folders used where they exist, and a class too small for the split one clear err
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -82,9 +83,34 @@ def test_train_only_data_holds_out_test_when_asked(tmp_path):
     assert index.test_source == "split" and index.val_source == "split"
     assert index.class_counts() == {"train": {"cat": 6, "dog": 6}, "val": {"cat": 2, "dog": 2},
                                     "test": {"cat": 2, "dog": 2}}
-    # without test_fraction, val is held out exactly as before the test split existed
-    assert _names(scan_dataset(root).val) == _names(scan_dataset(root, test_dir=None).val)
+    # val is held out by the documented rule whether or not test is: per class, the 20 % whose seeded hash of the
+    # path relative to train/ ranks first (as before the test split existed)
+    expected = set()
+    for cls in ("cat", "dog"):
+        files = sorted((root / "train" / cls).iterdir())
+        ranked = sorted(files, key=lambda f: hashlib.sha256(f"0\0{cls}/{f.name}".encode()).hexdigest())
+        expected |= {f.name for f in ranked[:2]}
+    assert _names(scan_dataset(root).val) == _names(index.val) == expected
     assert scan_dataset(root).test_source is None
+    with pytest.raises(DataError, match=r"val_fraction \(0.5\) \+ data.test_fraction \(0.5\) leave no image"):
+        scan_dataset(root, val_fraction=0.5, test_fraction=0.5)
+
+
+def test_a_test_fraction_too_small_to_hold_any_image_is_one_clear_error(tmp_path):
+    root = tmp_path / "data"
+    make_image_folder(root / "train", {"cat": 2, "dog": 2})
+    with pytest.raises(DataError, match="enough images to hold any out for test"):
+        scan_dataset(root, test_fraction=0.2)  # each class's second image goes to val; none is left for test
+
+
+@pytest.mark.parametrize("names", [("Training", "Testing"), ("train_set", "test_set"), ("Train", "Valid")])
+def test_folders_named_like_splits_are_not_read_as_classes(tmp_path, names):
+    root = tmp_path / "data"
+    for name in names:
+        make_image_folder(root / name, {"cat": 4, "dog": 4})
+    with pytest.raises(DataError) as caught:
+        scan_dataset(root)
+    assert f"It holds {', '.join(sorted(names))}, named like splits: set data.train_dir" in str(caught.value)
 
 
 def test_a_folder_with_neither_train_nor_class_folders_says_both_layouts(tmp_path):

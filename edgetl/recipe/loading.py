@@ -113,11 +113,13 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     return parse_recipe(obj, source=str(path), overrides=overrides)
 
 
-def apply_overrides(obj: Any, overrides: Sequence[str], path: Path | str) -> dict:
+def apply_overrides(obj: Any, overrides: Sequence[str], path: Path | str) -> Any:
     """`obj` (a parsed recipe) with each `KEY=VALUE` set: KEY a dotted field path (`train.epochs`), VALUE read as
     YAML (`3`, `[onnx, tflite]`, `null`, `{epochs: 2}`). Sections that are not there yet are created; what the
     result means is checked by the schema, like the file."""
-    result = dict(obj) if isinstance(obj, dict) else {}
+    if obj is not None and not isinstance(obj, dict):
+        return obj  # not a recipe: parse_recipe says so, naming the file
+    result = dict(obj or {})
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()

@@ -22,7 +22,9 @@ from edgetl.recipe.sections import (
 )
 
 # Fields that hold a path, relative to the recipe file's folder when not absolute (model.weights: unless a keyword).
-_PATH_FIELDS = ("data.path", "model.weights", "distill.teacher.checkpoint", "search.budget.ssh_config")
+# `*` stands for every key of a mapping (search.models: {<backbone>: {weights: ...}}).
+_PATH_FIELDS = ("data.path", "model.weights", "distill.teacher.checkpoint", "distill.teacher.weights",
+                "search.budget.ssh_config", "search.models.*.weights")
 
 
 class Recipe(Section):
@@ -84,15 +86,17 @@ class Recipe(Section):
         data = self.model_dump(mode="json")
         for dotted in _PATH_FIELDS:
             *parents, leaf = dotted.split(".")
-            node = data
+            nodes = [data]
             for part in parents:
-                node = node.get(part) if isinstance(node, dict) else None
-            value = node.get(leaf) if isinstance(node, dict) else None
-            if isinstance(value, str) and not (leaf == "weights" and value in ("imagenet", "none")):
-                node[leaf] = str(self.resolve_path(value).absolute())
+                nodes = [child for node in nodes if isinstance(node, dict)
+                         for child in (node.values() if part == "*" else [node.get(part)])]
+            for node in nodes:
+                value = node.get(leaf) if isinstance(node, dict) else None
+                if isinstance(value, str) and not (leaf == "weights" and value in ("imagenet", "none")):
+                    node[leaf] = str(self.resolve_path(value).absolute())
         origin = self.source or "<recipe>"
-        header = [f"# The recipe of this run: {origin}" + (" with " + " ".join(f"--set {o}" for o in self.overrides)
-                                                           if self.overrides else "") + ",",
+        sets = " ".join(f"--set {o}" for o in self.overrides).replace("\n", "\\n").replace("\r", "\\r")
+        header = [f"# The recipe of this run: {origin}" + (f" with {sets}" if sets else "") + ",",
                   "# every default written out and its paths made absolute. `edgetl build` on this file builds the "
                   "same."]
         return "\n".join(header) + "\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

@@ -19,8 +19,8 @@ RECORD = 3  # what the stage records; 2: every accuracy with its n and interval,
 def key(ctx: BuildContext) -> dict:
     has_test = "test" in ctx.records["inputs"]
     return {"record": RECORD, "verify": section_dict(ctx.recipe.verify), "artifacts": ctx.records["export"]["files"],
-            "val": ctx.file_hash("inputs", "val"), "torch_logits": ctx.file_hash(ctx.model_stage, "val_logits"),
-            "test": ctx.file_hash("inputs", "test") if has_test else None,
+            "inputs": ctx.records["inputs"]["files"],  # images and labels of every split
+            "torch_logits": ctx.file_hash(ctx.model_stage, "val_logits"),
             "torch_model": ctx.file_hash(ctx.model_stage, "model") if has_test else None}
 
 
