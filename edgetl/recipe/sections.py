@@ -138,6 +138,26 @@ class OpenvinoExportSection(Section):
         "val accuracy drop is within verify.max_accuracy_drop_pp.")
 
 
+def _known(value: str, known: list[str], what: str) -> str:
+    if value not in known:
+        hint = difflib.get_close_matches(value, known, n=1)
+        did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
+        raise ValueError(f"unknown {what} '{value}'{did_you_mean}; known: {', '.join(known)}")
+    return value
+
+
+def _known_formats(value: list[str]) -> list[str]:
+    from edgetl.formats import FORMATS
+
+    return [_known(v, list(FORMATS), "format") for v in value]
+
+
+def _known_precisions(value: list[str]) -> list[str]:
+    from edgetl.formats import PRECISIONS
+
+    return [_known(v, list(PRECISIONS), "precision") for v in value]
+
+
 class ExportSection(Section):
     """Which files are exported and how int8 is calibrated."""
 
@@ -162,19 +182,8 @@ class ExportSection(Section):
             raise ValueError("names a value twice")
         return value
 
-    @field_validator("formats")
-    @classmethod
-    def _known_formats(cls, value: list[str]) -> list[str]:
-        from edgetl.formats import FORMATS
-
-        return [_known(v, list(FORMATS), "format") for v in value]
-
-    @field_validator("precisions")
-    @classmethod
-    def _known_precisions(cls, value: list[str]) -> list[str]:
-        from edgetl.formats import PRECISIONS
-
-        return [_known(v, list(PRECISIONS), "precision") for v in value]
+    _formats_known = field_validator("formats")(_known_formats)
+    _precisions_known = field_validator("precisions")(_known_precisions)
 
     @model_validator(mode="after")
     def _pairs_exist(self) -> ExportSection:
@@ -186,14 +195,6 @@ class ExportSection(Section):
             raise ValueError(f"export.formats × export.precisions asks for {', '.join(missing)}, which edgetl cannot "
                              f"make (valid precisions per format: {valid})")
         return self
-
-
-def _known(value: str, known: list[str], what: str) -> str:
-    if value not in known:
-        hint = difflib.get_close_matches(value, known, n=1)
-        did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
-        raise ValueError(f"unknown {what} '{value}'{did_you_mean}; known: {', '.join(known)}")
-    return value
 
 
 def _check_backbone(value: str) -> str:
@@ -363,19 +364,8 @@ class SearchSection(Section):
                                "candidate found so far by more than this many points; the choice is then at most this "
                                "far below the best model of the grid (as far as pruning never adds accuracy).")
 
-    @field_validator("formats")
-    @classmethod
-    def _known_formats(cls, value: list[str]) -> list[str]:
-        from edgetl.formats import FORMATS
-
-        return [_known(v, list(FORMATS), "format") for v in value]
-
-    @field_validator("precisions")
-    @classmethod
-    def _known_precisions(cls, value: list[str]) -> list[str]:
-        from edgetl.formats import PRECISIONS
-
-        return [_known(v, list(PRECISIONS), "precision") for v in value]
+    _formats_known = field_validator("formats")(_known_formats)
+    _precisions_known = field_validator("precisions")(_known_precisions)
 
     @field_validator("prune")
     @classmethod
