@@ -31,6 +31,13 @@ def _handle_errors(command):
     return wrapper
 
 
+# `edgetl build` and `edgetl check` take the same overrides.
+_set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="Override a recipe field, e.g. --set train.epochs=3 --set export.formats=[onnx] (VALUE is YAML); checked "
+         "like the file. The run's recipe.resolved.yaml has the result.")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgetl")
 def main() -> None:
@@ -57,9 +64,7 @@ def main() -> None:
 @click.option("--master-addr", default="127.0.0.1", show_default=True, help="Address of node 0 (--nnodes > 1).")
 @click.option("--master-port", type=click.IntRange(1, 65535), default=29500, show_default=True,
               help="Port on node 0 the nodes meet at (--nnodes > 1).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a recipe field, e.g. --set train.epochs=3 --set export.formats=[onnx] (VALUE is YAML); "
-                   "checked like the file. The run's recipe.resolved.yaml has the result.")
+@_set_option
 def build(recipe: Path, out: Path | None, quiet: bool, nproc: int, nnodes: int, node_rank: int, master_addr: str,
           master_port: int, overrides: tuple[str, ...]) -> None:
     """Build RECIPE: fine-tune, export, verify and benchmark, reusing unchanged stages."""
@@ -99,7 +104,7 @@ def artifact_table(summary: dict) -> list[str]:
     """The build's closing table, aligned: each artifact's file, accuracy with its 95 % interval (on test when the
     data has a test split, else on val, said so), how it compares with the torch model it was exported from (exact
     McNemar on the same images), p50 latency and size."""
-    from edgetl.significance import p_text
+    from edgetl.significance import said
 
     artifacts = summary["artifacts"]
     if not artifacts:
@@ -111,11 +116,10 @@ def artifact_table(summary: dict) -> list[str]:
              f"p50 at {threads} thread{'s' if threads != 1 else ''}" if threads else "p50", "size"]]
     for a in artifacts:
         ci, latency = a.get(f"{split}_accuracy_ci95"), a.get("latency_ms") or {}
-        paired = a.get("test_vs_torch" if split == "test" else "vs_torch")
-        versus = f"{paired['verdict']} ({p_text(paired['p_value'])})" if paired else "—"
         accuracy = a[f"{split}_accuracy"]
         rows.append([a["name"], a["path"], f"{accuracy:.2f} % ({ci[0]:.1f}–{ci[1]:.1f})" if ci else f"{accuracy:.2f} %",
-                     versus, f"{latency['p50']:.2f} ms" if latency.get("p50") is not None else "—",
+                     said(a.get("test_vs_torch" if split == "test" else "vs_torch")),
+                     f"{latency['p50']:.2f} ms" if latency.get("p50") is not None else "—",
                      f"{a['size_bytes'] / 1e6:.2f} MB"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     right = {4, 5}  # numbers to the right
@@ -155,9 +159,7 @@ def _distributed_rank(recipe: Path, out: Path | None, quiet: bool, overrides: tu
 
 @main.command()
 @click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a recipe field, e.g. --set train.epochs=3 --set export.formats=[onnx] (VALUE is YAML); "
-                   "checked like the file. The run's recipe.resolved.yaml has the result.")
+@_set_option
 @_handle_errors
 def check(recipe: Path, overrides: tuple[str, ...]) -> None:
     """Validate RECIPE, decode every image of its dataset and load its weights, without training."""

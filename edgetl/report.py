@@ -5,6 +5,7 @@ remakes them; `edgetl compare RUN_A RUN_B` says what changed between two runs.""
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
@@ -206,13 +207,17 @@ def _plot_inputs(run_dir: Path, summary: dict) -> dict[str, tuple]:
 _DRAW = {"training": plot_training, "pareto": plot_pareto, "confusion": plot_confusion}
 
 
-def _digest(name: str, inputs: tuple) -> str:
-    """Changes with the plot's data, with this module's code and with matplotlib's version."""
+@functools.cache
+def _drawing_code() -> dict:
+    """What draws the plots: this module's source and matplotlib's version (read once per process)."""
     from importlib.metadata import version
 
-    code = sha256_json(Path(__file__).read_text(encoding="utf-8"))
-    return sha256_json({"plot": name, "inputs": json.loads(json.dumps(inputs, default=str)), "code": code,
-                        "matplotlib": version("matplotlib")})
+    return {"code": sha256_json(Path(__file__).read_text(encoding="utf-8")), "matplotlib": version("matplotlib")}
+
+
+def _digest(name: str, inputs: tuple) -> str:
+    """Changes with the plot's data, with this module's code and with matplotlib's version."""
+    return sha256_json({"plot": name, "inputs": json.loads(json.dumps(inputs, default=str)), **_drawing_code()})
 
 
 def _stamp_of(path: Path) -> str | None:
@@ -276,14 +281,6 @@ def _interval(ci) -> str:
     return f"{ci[0]:.1f}–{ci[1]:.1f}" if isinstance(ci, list) and len(ci) == 2 else "—"
 
 
-def _versus(paired) -> str:
-    from edgetl.significance import p_text
-
-    if not isinstance(paired, dict) or paired.get("p_value") is None:
-        return "—"
-    return f"{paired.get('verdict')} ({p_text(paired['p_value'])})"
-
-
 def _data_source(data: dict) -> str:
     if data.get("layout") == "flat":
         return "split by edgetl from <class>/ folders, recorded in " + str(data.get("index"))
@@ -342,6 +339,8 @@ def _sections(summary: dict, run_dir: Path, threads: str | None, chosen: dict | 
         f"Backbone **{model.get('backbone')}**, weights `{model.get('weights')}`, mode `{model.get('mode')}`: val "
         f"accuracy **{_fmt(model.get('val_accuracy'))} %** after {model.get('epochs_run')} epochs (best epoch "
         f"{model.get('best_epoch')})." + _compression_text(summary)], plot="training"))
+    from edgetl.significance import said  # here: numpy stays out of `import edgetl.report`
+
     rows = []
     tested = any(a.get("test_accuracy") is not None for a in summary["artifacts"])
     for a in summary["artifacts"]:
@@ -350,9 +349,9 @@ def _sections(summary: dict, run_dir: Path, threads: str | None, chosen: dict | 
         rows.append([a["name"], f"`{a['path']}`", a["format"], a["precision"], a.get("quantization") or "",
                      f"{a['size_bytes'] / 1e6:.2f}",
                      _fmt(a.get("val_accuracy")), _interval(a.get("val_accuracy_ci95")),
-                     _fmt(a.get("accuracy_drop_pp"), "+.2f"), _versus(a.get("vs_torch")),
+                     _fmt(a.get("accuracy_drop_pp"), "+.2f"), said(a.get("vs_torch")),
                      *([_fmt(a.get("test_accuracy")), _interval(a.get("test_accuracy_ci95")),
-                        _versus(a.get("test_vs_torch"))] if tested else []),
+                        said(a.get("test_vs_torch"))] if tested else []),
                      _fmt(a.get("max_abs_logit_diff"), ".1e"), _fmt(lat.get("p50")), _fmt(lat.get("p90")),
                      _fmt(lat.get("p99")), marks.strip()])
     sections.append(Section("Artifacts", [

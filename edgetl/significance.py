@@ -85,7 +85,7 @@ class Paired:
 
     def said(self) -> str:
         """The verdict with its p-value: `worse (p = 0.0312)`, `no significant difference (p = 1.00)`."""
-        return f"{self.verdict()} ({self.p_text()})"
+        return said(self.record("a", "b"))
 
     def text(self, a: str, b: str) -> str:
         """`onnx_int8 is worse than torch (p = 0.0312; 0 vs 6 images only one of them got right)` or
@@ -106,6 +106,14 @@ def p_text(p: float) -> str:
     """`p = 1.00`, `p = 0.22`, `p = 0.0312`, `p = 0.00122`: three significant figures below 0.1, so a p-value
     just under 0.05 never prints as 0.05 beside a verdict of better or worse."""
     return f"p = {p:.2f}" if p >= 0.1 else f"p = {p:.3g}"
+
+
+def said(record: dict | None) -> str:
+    """A paired comparison's record (Paired.record, as in summary.json) in words with its p-value, `worse (p =
+    0.0312)`; `—` for a missing one (an older summary)."""
+    if not isinstance(record, dict) or record.get("p_value") is None:
+        return "—"
+    return f"{record.get('verdict')} ({p_text(record['p_value'])})"
 
 
 def mcnemar_exact(a_only: int, b_only: int) -> float:

@@ -55,7 +55,7 @@ def _check_parity(ctx: BuildContext, artifact: dict, result: dict) -> None:
 
 def work(ctx: BuildContext, folder: Path) -> dict:
     from edgetl.evaluate import confusion_matrix, top1_accuracy
-    from edgetl.significance import Accuracy, Paired
+    from edgetl.significance import Accuracy
 
     val, labels = ctx.load("inputs", "val", mmap=True), ctx.load("inputs", "val_labels")
     torch_logits = ctx.load(ctx.model_stage, "val_logits")
@@ -67,16 +67,13 @@ def work(ctx: BuildContext, folder: Path) -> dict:
         parity_n = min(ctx.recipe.verify.parity_images, len(val))
         diff = float(np.abs(logits[:parity_n] - torch_logits[:parity_n]).max())
         acc = top1_accuracy(logits, labels)
-        right = logits.argmax(1) == labels
-        accuracy, paired = Accuracy.of(right), Paired.of(right, torch_right)
+        scores, said = _scored(logits.argmax(1) == labels, torch_right, "val")
         results[artifact["name"]] = result = {
-            "val_accuracy": round(acc, 4), "val_correct": accuracy.correct, "val_images": accuracy.n,
-            "val_accuracy_ci95": accuracy.record()["ci95"], "accuracy_drop_pp": round(torch_accuracy - acc, 4),
-            "vs_torch": paired.record("artifact", "torch"), "max_abs_logit_diff": diff, "parity_images": parity_n,
+            "val_accuracy": round(acc, 4), **scores, "accuracy_drop_pp": round(torch_accuracy - acc, 4),
+            "max_abs_logit_diff": diff, "parity_images": parity_n,
             "prediction_agreement": round(float((logits.argmax(1) == torch_logits.argmax(1)).mean() * 100), 4),
             "confusion_matrix": confusion_matrix(logits, labels, len(ctx.index.classes))}
-        ctx.reporter.info(f"  {artifact['name']}: val acc {accuracy.text()}; against the torch model's "
-                          f"{torch_accuracy:.2f} %: {paired.said()}; max |logit diff| {diff:.2e}")
+        ctx.reporter.info(f"  {artifact['name']}: {said}; max |logit diff| {diff:.2e}")
         _check_parity(ctx, artifact, result)
     record = {"torch_val_accuracy": round(torch_accuracy, 4), "torch_val": Accuracy.of(torch_right).record(),
               "artifacts": results, "files": {}}
@@ -88,7 +85,7 @@ def work(ctx: BuildContext, folder: Path) -> dict:
 def _on_test(ctx: BuildContext, results: dict) -> dict:
     """Every artifact and its torch model on the test split: reported, never used to choose anything."""
     from edgetl.pipeline.models import load_trained
-    from edgetl.significance import Accuracy, Paired
+    from edgetl.significance import Accuracy
     from edgetl.train import predict
 
     test, labels = ctx.load("inputs", "test", mmap=True), ctx.load("inputs", "test_labels")
@@ -97,13 +94,25 @@ def _on_test(ctx: BuildContext, results: dict) -> dict:
     torch_test = Accuracy.of(torch_right)
     for artifact in ctx.records["export"]["artifacts"]:
         right = _logits(ctx, artifact, "test").argmax(1) == labels
-        accuracy, paired = Accuracy.of(right), Paired.of(right, torch_right)
-        results[artifact["name"]] |= {
-            "test_accuracy": round(accuracy.percent, 4), "test_correct": accuracy.correct, "test_images": accuracy.n,
-            "test_accuracy_ci95": accuracy.record()["ci95"], "test_vs_torch": paired.record("artifact", "torch")}
-        ctx.reporter.info(f"  {artifact['name']}: test acc {accuracy.text()}; against the torch model's "
-                          f"{torch_test.percent:.2f} %: {paired.said()}")
+        scores, said = _scored(right, torch_right, "test")
+        results[artifact["name"]] |= {"test_accuracy": round(100.0 * scores["test_correct"] / scores["test_images"], 4),
+                                       **scores}
+        ctx.reporter.info(f"  {artifact['name']}: {said}")
     return {"torch_test_accuracy": round(torch_test.percent, 4), "torch_test": torch_test.record()}
+
+
+def _scored(right: np.ndarray, torch_right: np.ndarray, split: str) -> tuple[dict, str]:
+    """An artifact's result on one split against its torch model's, from which images each got right: the
+    {split}_correct, {split}_images and {split}_accuracy_ci95 fields and the paired test (`vs_torch` on val,
+    `test_vs_torch` on test), and the words that say them."""
+    from edgetl.significance import Accuracy, Paired
+
+    accuracy, paired = Accuracy.of(right), Paired.of(right, torch_right)
+    fields = {f"{split}_correct": accuracy.correct, f"{split}_images": accuracy.n,
+              f"{split}_accuracy_ci95": accuracy.record()["ci95"],
+              ("vs_torch" if split == "val" else f"{split}_vs_torch"): paired.record("artifact", "torch")}
+    torch_percent = 100.0 * np.asarray(torch_right).mean()
+    return fields, f"{split} acc {accuracy.text()}; against the torch model's {torch_percent:.2f} %: {paired.said()}"
 
 
 def then(ctx: BuildContext, record: dict) -> None:
@@ -130,16 +139,15 @@ def summarize(ctx: BuildContext, summary: dict) -> None:
         entry.update({key: verified.get(key) for key in (
             "test_accuracy", "test_correct", "test_images", "test_accuracy_ci95", "test_vs_torch")})
     # The torch model every artifact was exported from and is compared with (pruned when the recipe prunes).
-    torch_val = verify["torch_val"]
+    torch_val, torch_test = verify["torch_val"], verify.get("torch_test") or {}
     summary["reference_model"] = {"stage": ctx.model_stage, "path": reference["model"],
                                   "backbone": reference["backbone"], "params": reference["params"],
                                   "val_accuracy": verify["torch_val_accuracy"], "val_correct": torch_val["correct"],
                                   "val_images": torch_val["n"], "val_accuracy_ci95": torch_val["ci95"],
                                   "test_accuracy": verify.get("torch_test_accuracy"),
-                                  "test_correct": (verify.get("torch_test") or {}).get("correct"),
-                                  "test_images": (verify.get("torch_test") or {}).get("n"),
-                                  "test_accuracy_ci95": (verify.get("torch_test") or {}).get("ci95")}
-    summary["accuracy_reported_on"] = "test" if verify.get("torch_test") else "val"
+                                  "test_correct": torch_test.get("correct"), "test_images": torch_test.get("n"),
+                                  "test_accuracy_ci95": torch_test.get("ci95")}
+    summary["accuracy_reported_on"] = "test" if torch_test else "val"
     summary["budget"] = {"max_accuracy_drop_pp": ctx.recipe.verify.max_accuracy_drop_pp}
 
 
