@@ -136,17 +136,15 @@ def scan_dataset(root: str | Path, *, train_dir: str = "train", val_dir: str | N
     test_path = root_path / test_dir if test_dir and (root_path / test_dir).is_dir() else None
     if val_path is None:
         _check_val_fraction(val_fraction, train_path)
+    held_out = ({} if val_path else {"val": val_fraction}) | (
+        {} if test_path or not test_fraction else {"test": test_fraction})
+    _check_shares(held_out, train_path)
     split_dirs = ({"train": train_path} | ({"val": val_path} if val_path else {})
                   | ({"test": test_path} if test_path else {}))
     files, ignored = _find_images(split_dirs, classes)
     results = _check_all([p for by_class in files.values() for paths in by_class.values() for p in paths],
                          workers, progress)
     files, bad = _handle_bad_images(files, results, split_dirs, root_path, skip_bad_images)
-    held_out = ({} if val_path else {"val": val_fraction}) | (
-        {} if test_path or not test_fraction else {"test": test_fraction})
-    if sum(held_out.values()) >= 1.0:
-        raise DataError(f"data.val_fraction ({val_fraction}) + data.test_fraction ({test_fraction}) leave no image of "
-                        f"{train_path} to train on; their sum must be below 1.")
     if held_out:
         files |= _split(files["train"], train_path, held_out, seed)
         for name in held_out:
@@ -180,6 +178,13 @@ def _split_like(root: Path) -> list[str]:
     return [name for name in _class_dirs(root) if _SPLIT_NAMES.match(name.lower())]
 
 
+def _check_shares(held_out: dict[str, float], base: Path) -> None:
+    """The shares held out of `base` ({split: fraction}) must leave some images to train on."""
+    if len(held_out) > 1 and sum(held_out.values()) >= 1.0:
+        raise DataError(f"data.val_fraction ({held_out['val']}) + data.test_fraction ({held_out['test']}) leave no "
+                        f"image of {base} to train on; their sum must be below 1.")
+
+
 def _is_flat(root: Path, train_dir: str, val_dir: str | None, test_dir: str | None) -> bool:
     """<class>/ folders straight under the root: no train folder, no val or test folder, and no folder named like a
     split (Training/, Test/, train_set/: their sub-folders are the classes, and reading them as classes would train
@@ -198,9 +203,7 @@ def _scan_flat(root: Path, val_fraction: float, test_fraction: float, seed: int,
         if not 0.0 < value < 1.0:
             raise DataError(f"data.{name} must be between 0 and 1 (exclusive), got {value}: {root} is laid out flat "
                             "(<class>/ folders), so edgetl holds out that share of each class.")
-    if val_fraction + test_fraction >= 1.0:
-        raise DataError(f"data.val_fraction ({val_fraction}) + data.test_fraction ({test_fraction}) leave no image of "
-                        f"{root} to train on; their sum must be below 1.")
+    _check_shares({"val": val_fraction, "test": test_fraction}, root)
     classes = _list_classes(root, flat=True)
     files, ignored = _find_images({"all": root}, classes)
     results = _check_all([p for paths in files["all"].values() for p in paths], workers, progress)
