@@ -76,6 +76,30 @@ def _artifact(run_dir: Path, fmt: str, precision: str) -> tuple[dict, Path]:
                       f"'{precision}' to export.precisions in the recipe and build again.")
 
 
+LEGACY_DEFAULT = ("tflite", "int8")  # what `edgetl bundle` took before builds recorded `chosen` (deprecated)
+
+
+def pick_artifact(run_dir: Path, fmt: str | None, precision: str | None) -> tuple[str, str, str]:
+    """(format, precision, how it was picked) of the artifact to bundle: the one asked for; a part left out is the
+    build's chosen artifact's (summary.json `chosen`), or, for a run built before `chosen` existed, tflite int8."""
+    if fmt is not None and precision is not None:
+        return fmt, precision, "asked for"
+    summary = read_summary(run_dir, BundleError)
+    by_name = {a["name"]: a for a in summary["artifacts"]}
+    chosen = by_name.get(summary.get("chosen"))
+    if chosen is None:
+        picked = (fmt or LEGACY_DEFAULT[0], precision or LEGACY_DEFAULT[1])
+        return (*picked, "the default of runs without a chosen artifact (build again to have one chosen)")
+    if fmt is None and precision is None:
+        return chosen["format"], chosen["precision"], "the build's chosen artifact"
+    how = "the chosen artifact's " + ("precision" if fmt else "format")
+    fmt, precision = fmt or chosen["format"], precision or chosen["precision"]
+    if f"{fmt}_{precision}" not in by_name:
+        raise BundleError(f"{run_dir} has no {fmt}_{precision} artifact; give both --format and --precision (it has: "
+                          f"{', '.join(by_name)}).")
+    return fmt, precision, how
+
+
 def _inside_run(run_dir: Path, relative: str, summary_file: Path, field: str) -> Path:
     """`run_dir / relative`, refused when it is absolute or resolves outside the run directory (a `../` or a link)."""
     path = run_dir / relative

@@ -95,9 +95,25 @@ def _build(recipe: Path, out: Path | None, quiet: bool, overrides: tuple[str, ..
     from edgetl.progress import Reporter
     from edgetl.recipe import load_recipe
 
-    summary = run_build(load_recipe(recipe, overrides), out=out, reporter=Reporter(enabled=not quiet))
+    parsed = load_recipe(recipe, overrides)
+    summary = run_build(parsed, out=out, reporter=Reporter(enabled=not quiet))
     for line in artifact_table(summary):
         click.echo(line)
+    for line in next_steps(summary, out or Path("runs") / parsed.name):
+        click.echo(line)
+
+
+def next_steps(summary: dict, run_dir: Path) -> list[str]:
+    """Why the chosen artifact was chosen, and the commands that ship it."""
+    chosen, target = summary.get("chosen"), summary.get("target") or {}
+    if not chosen:
+        return []
+    why = next((a["why"] for a in (summary.get("choice") or {}).get("artifacts", []) if a["name"] == chosen), "")
+    device = target.get("device", "local")
+    return [f"chosen: {chosen}" + (f", {why}" if why else "") + ".",
+            f"next: edgetl bundle {run_dir}    (a deploy bundle of {chosen} in {run_dir / 'bundle'})",
+            f"      edgetl deploy {run_dir} --device {device if device != 'local' else 'ssh://user@host'}"
+            "    (copy it to the device, run and time it there)"]
 
 
 def artifact_table(summary: dict) -> list[str]:
@@ -112,19 +128,29 @@ def artifact_table(summary: dict) -> list[str]:
     split = "test" if artifacts[0].get("test_accuracy") is not None else "val"
     n = artifacts[0].get(f"{split}_images")
     threads = artifacts[0].get("threads")
-    rows = [["artifact", "file", f"{split} acc, 95 % CI (n = {n})" if n else f"{split} acc", "against the torch model",
-             f"p50 at {threads} thread{'s' if threads != 1 else ''}" if threads else "p50", "size"]]
+    target = summary.get("target") or {}
+    # the target's p50 beside this machine's when they differ (a device, or another thread count)
+    apart = bool(target) and (target.get("device") != "local" or target.get("threads") != threads)
+    rows = [["", "artifact", "file", f"{split} acc, 95 % CI (n = {n})" if n else f"{split} acc",
+             "against the torch model",
+             f"p50 here at {threads} thread{'s' if threads != 1 else ''}" if threads else "p50", "size"]]
+    if apart:
+        rows[0].insert(6, f"p50 on the target ({_where(target)})")
     for a in artifacts:
         ci, latency = a.get(f"{split}_accuracy_ci95"), a.get("latency_ms") or {}
         accuracy = a[f"{split}_accuracy"]
-        rows.append([a["name"], a["path"], f"{accuracy:.2f} % ({ci[0]:.1f}–{ci[1]:.1f})" if ci else f"{accuracy:.2f} %",
-                     said(a.get("test_vs_torch" if split == "test" else "vs_torch")),
-                     f"{latency['p50']:.2f} ms" if latency.get("p50") is not None else "—",
+        rows.append(["*" if a["name"] == summary.get("chosen") else "", a["name"], a["path"],
+                     f"{accuracy:.2f} % ({ci[0]:.1f}–{ci[1]:.1f})" if ci else f"{accuracy:.2f} %",
+                     said(a.get("test_vs_torch" if split == "test" else "vs_torch")), _p50(latency),
                      f"{a['size_bytes'] / 1e6:.2f} MB"])
+        if apart:
+            rows[-1].insert(6, _p50(a.get("target_latency_ms") or {}))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    right = {4, 5}  # numbers to the right
+    right = set(range(5, len(rows[0])))  # numbers to the right
     lines = ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in
                        enumerate(zip(row, widths, strict=True))).rstrip() for row in rows]
+    if summary.get("chosen"):
+        lines.append(f"* chosen for the target: {_where(target)}.")
     if split == "val":
         lines.append("No test split: these accuracies are on val, which also chose the best epoch and the int8 "
                      "settings, so they are optimistic. Add a test/ folder or set data.test_fraction.")
@@ -132,6 +158,21 @@ def artifact_table(summary: dict) -> list[str]:
         lines.append(f"Accuracy on the {n} test images, which chose nothing (val chose the best epoch and the int8 "
                      "settings).")
     return lines
+
+
+def _p50(latency: dict) -> str:
+    if latency.get("p50") is None:
+        return "—"
+    ci = latency.get("p50_ci95")
+    return f"{latency['p50']:.2f} ms" + (f" ({ci[0]:.2f}–{ci[1]:.2f})" if ci else "")
+
+
+def _where(target: dict) -> str:
+    threads = target.get("threads")
+    threads = f"{threads} thread{'s' if threads != 1 else ''}"
+    if target.get("device", "local") == "local":
+        return f"this machine, {threads}" + ("" if target.get("declared") else " (the recipe has no target: section)")
+    return f"{target.get('name')}, {(target.get('device_info') or {}).get('machine', '?')}, {threads}"
 
 
 def _distributed_rank(recipe: Path, out: Path | None, quiet: bool, overrides: tuple[str, ...]) -> None:
@@ -158,6 +199,27 @@ def _distributed_rank(recipe: Path, out: Path | None, quiet: bool, overrides: tu
 
 
 @main.command()
+@click.argument("data_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--target", help="Where the model will run: local (default), ssh://[user@]host[:port], or a name in "
+              "--devices.")
+@click.option("--devices", help="A devices.yaml in which --target is a name (written into the recipe as is).")
+@click.option("--threads", "-t", type=click.IntRange(1, MAX_THREADS), default=1, show_default=True,
+              help="Threads the model will run with on the target.")
+@click.option("--out", "-o", type=click.Path(path_type=Path, dir_okay=False), default=Path("recipe.yaml"),
+              show_default=True, help="The recipe file to write (never overwritten without --force).")
+@click.option("--force", is_flag=True, help="Overwrite --out.")
+@_handle_errors
+def init(data_dir: Path, target: str | None, devices: str | None, threads: int, out: Path, force: bool) -> None:
+    """Write a commented recipe for DATA_DIR (flat <class>/ folders, or train/ val/ test/) that builds as is; its
+    training schedule is taken from the number of images and classes."""
+    from edgetl.init import write_recipe
+
+    _, train = write_recipe(data_dir, out, target, devices, threads, force)
+    click.echo(f"wrote {out}: {train['epochs']} epochs at batch {train['batch_size']}, early stop after "
+               f"{train['early_stop_patience']} without a better val accuracy. Next: edgetl build {out}")
+
+
+@main.command()
 @click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
 @_set_option
 @_handle_errors
@@ -175,9 +237,23 @@ def check(recipe: Path, overrides: tuple[str, ...]) -> None:
                f"{len(index.val)} val{test} images{split}, {len(index.bad_images)} bad images skipped, "
                f"{sum(index.converted.values())} converted to RGB; backbone {parsed.model.backbone} loads weights "
                f"{created.weights_file or parsed.model.weights}.")
+    _check_target(parsed)
     if unmeasured := index.unmeasured_classes():
         click.echo(f"warning: no val image of {', '.join(unmeasured)} (too few images to hold one out): val accuracy "
                    "does not measure it; add images or a val/ folder.")
+
+
+def _check_target(recipe) -> None:
+    """The target found, reached when it is a device, and what it will run of export.formats."""
+    from edgetl.target import allowed_formats, device_machine, local_machine, resolve_target
+
+    target = resolve_target(recipe)
+    info = {"machine": local_machine()} if target.device is None else device_machine(target.device)
+    why = allowed_formats(target, info["machine"], recipe.export.formats, recipe.source or "recipe")
+    runs = [f for f, reason in why.items() if reason is None]
+    click.echo(f"target: {target.describe()}, {info['machine']}" + ("" if target.declared else " (no target: section)")
+               + f"; it runs {', '.join(runs) or 'none'} of export.formats"
+               + "".join(f"; not {f}: {reason}" for f, reason in why.items() if reason) + ".")
 
 
 def _percent(value: str) -> float:
@@ -341,21 +417,29 @@ def _stdout_console():
     return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
+_FORMAT_HELP = f"Artifact format ({', '.join(FORMATS)}); default: the build's chosen artifact's."
+_PRECISION_HELP = f"Artifact precision ({', '.join(PRECISIONS)}); default: the build's chosen artifact's."
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--format", "fmt", default="tflite", show_default=True, help=f"Artifact format ({', '.join(FORMATS)}).")
-@click.option("--precision", default="int8", show_default=True, help=f"Artifact precision ({', '.join(PRECISIONS)}).")
-@click.option("--out", "-o", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="Bundle folder to write: new, empty, or an earlier bundle (replaced once the new one is complete).")
+@click.option("--format", "fmt", help=_FORMAT_HELP)
+@click.option("--precision", help=_PRECISION_HELP)
+@click.option("--out", "-o", type=click.Path(path_type=Path, file_okay=False),
+              help="Bundle folder to write: new, empty, or an earlier bundle (replaced once the new one is complete); "
+                   "default: RUN_DIR/bundle.")
 @click.option("--zip", "zip_file", is_flag=True, help="Also write OUT.zip.")
 @_handle_errors
-def bundle(run_dir: Path, fmt: str, precision: str, out: Path, zip_file: bool) -> None:
-    """Write a deploy bundle of one artifact of RUN_DIR: the model, model.json, a torch-free runner
-    (`python -m edgetl_runner predict|bench|info`) and the device's requirements.txt."""
-    from edgetl.bundle import make_bundle
+def bundle(run_dir: Path, fmt: str | None, precision: str | None, out: Path | None, zip_file: bool) -> None:
+    """Write a deploy bundle of one artifact of RUN_DIR (by default the one the build chose for its target): the
+    model, model.json, a torch-free runner (`python -m edgetl_runner predict|bench|info`) and the device's
+    requirements.txt."""
+    from edgetl.bundle import make_bundle, pick_artifact
 
-    made = make_bundle(run_dir, fmt, precision, out, zip_file)
-    click.echo(f"bundle of {made.artifact}: {made.folder}" + (f" and {made.zip_file}" if made.zip_file else ""))
+    fmt, precision, how = pick_artifact(run_dir, fmt, precision)
+    made = make_bundle(run_dir, fmt, precision, out or run_dir / "bundle", zip_file)
+    click.echo(f"bundle of {made.artifact} ({how}): {made.folder}"
+               + (f" and {made.zip_file}" if made.zip_file else ""))
     click.echo("on the device: pip install -r requirements.txt && python -m edgetl_runner predict IMAGE")
 
 
@@ -373,8 +457,8 @@ def _devices(device: tuple[str, ...], devices_file: Path | None, python: str, ss
 @click.option("--device", "-d", multiple=True, help="ssh://[user@]host[:port] (repeatable).")
 @click.option("--devices", "devices_file", type=click.Path(path_type=Path, dir_okay=False),
               help="A devices.yaml listing several devices (run concurrently).")
-@click.option("--format", "fmt", default="tflite", show_default=True, help=f"Artifact format ({', '.join(FORMATS)}).")
-@click.option("--precision", default="int8", show_default=True, help=f"Artifact precision ({', '.join(PRECISIONS)}).")
+@click.option("--format", "fmt", help=_FORMAT_HELP)
+@click.option("--precision", help=_PRECISION_HELP)
 @click.option("--dest", help="Folder on the device to deploy into and keep (default: a temp folder, removed).")
 @click.option("--images", multiple=True, type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Images to classify on the device.")
@@ -385,7 +469,7 @@ def _devices(device: tuple[str, ...], devices_file: Path | None, python: str, ss
 @click.option("--ssh-config", type=click.Path(path_type=Path, dir_okay=False), help="An ssh_config file to use.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write results as JSON.")
 @_handle_errors
-def deploy(run_dir: Path, device: tuple[str, ...], devices_file: Path | None, fmt: str, precision: str,
+def deploy(run_dir: Path, device: tuple[str, ...], devices_file: Path | None, fmt: str | None, precision: str | None,
            dest: str | None, images: tuple[Path, ...], runs: int, threads: int, install: bool, python: str,
            ssh_config: Path | None, json_path: Path | None) -> None:
     """Bundle one artifact of RUN_DIR, copy it to the device(s) over SSH, classify --images there and benchmark it;
@@ -397,6 +481,10 @@ def deploy(run_dir: Path, device: tuple[str, ...], devices_file: Path | None, fm
     targets = _devices(device, devices_file, python, ssh_config)
     if not targets:
         raise click.UsageError("give --device ssh://... or --devices devices.yaml")
+    from edgetl.bundle import pick_artifact
+
+    fmt, precision, how = pick_artifact(run_dir, fmt, precision)
+    click.echo(f"deploying {fmt}_{precision} ({how})")
     results = deploy_to_devices(run_dir, targets, fmt, precision, dest, list(images), runs, threads, install)
     failed = 0
     for result in results:

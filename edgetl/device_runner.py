@@ -58,8 +58,9 @@ def predict(bundle: Path, images: list[str], top_k: int, threads: int) -> list[d
     return results
 
 
-def bench(bundle: Path, threads: int, batch: int, runs: int, warmup: int) -> dict:
-    """Cold start, then latency statistics of `runs` synchronous calls, as one JSON-able row plus the device."""
+def bench(bundle: Path, threads: int, batch: int, runs: int, warmup: int, rounds: int = 1) -> dict:
+    """Cold start, then latency statistics of `rounds` × `runs` synchronous calls (each round warmed up again), as
+    one JSON-able row plus the device; `trial_p50_ms` is each round's median."""
     import numpy as np
 
     started = time.perf_counter_ns()
@@ -76,7 +77,9 @@ def bench(bundle: Path, threads: int, batch: int, runs: int, warmup: int) -> dic
     first_start = time.perf_counter_ns()
     runner.run(inputs)
     first = time.perf_counter_ns()
-    samples = time_runs(runner, inputs, LatencyPlan(warmup=warmup, min_runs=runs, min_time_s=0.0, max_runs=runs))
+    plan = LatencyPlan(warmup=warmup, min_runs=runs, min_time_s=0.0, max_runs=runs)
+    trials = [time_runs(runner, inputs, plan) for _ in range(max(1, rounds))]
+    samples = np.concatenate(trials)
     stats = summarize(samples)
     return {"model": meta.file, "name": meta.name, "format": meta.format, "precision": meta.precision,
             "threads": threads, "batch": batch,
@@ -87,7 +90,8 @@ def bench(bundle: Path, threads: int, batch: int, runs: int, warmup: int) -> dic
             "peak_rss_mb": peak_rss_mb(),
             "size_bytes": sum(p.stat().st_size for p in bundle.iterdir() if p.is_file() and p.stem == "model"
                               and p.suffix != ".json"),
-            "runs": int(samples.size), "warmup_runs": warmup, "input": "random", "device": device_info()}
+            "runs": int(samples.size), "repeats": len(trials), "warmup_runs": warmup, "input": "random",
+            "trial_p50_ms": [round(float(np.median(t)), 4) for t in trials], "device": device_info()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--batch", "-b", type=int, default=1)
     b.add_argument("--runs", "-n", type=int, default=50)
     b.add_argument("--warmup", type=int, default=5)
+    b.add_argument("--rounds", type=int, default=1, help="rounds of --runs calls, each warmed up again")
     commands.add_parser("info", help="print the device, runtimes and model as JSON")
     args = parser.parse_args(argv)
     from edgetl_runner.errors import EdgetlError
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             for result in results if not args.json else []:
                 print(result["image"] + ": " + ", ".join(f"{t['label']} {t['probability']:.3f}" for t in result["top"]))
         elif args.command == "bench":
-            print(json.dumps(bench(args.bundle, args.threads, args.batch, args.runs, args.warmup)))
+            print(json.dumps(bench(args.bundle, args.threads, args.batch, args.runs, args.warmup, args.rounds)))
         else:
             print(json.dumps({"model": _metadata(args.bundle).to_json(), "device": device_info()}))
     except EdgetlError as exc:

@@ -68,6 +68,12 @@ class DeviceError(EdgetlError):
     kind = "device error"
 
 
+class DeviceRuntimeError(DeviceError):
+    """The device is reachable but has no runtime for a model's format (and was not asked to install it)."""
+
+    kind = "device runtime missing"
+
+
 class DeviceAddressError(DeviceError):
     """A device address (--device URL) or devices.yaml is malformed or unreadable: bad input, not a failing device."""
 
@@ -121,6 +127,12 @@ class BudgetError(EdgetlError):
     """No candidate of a recipe's search meets its budget, or the budget's device cannot be measured."""
 
     kind = "search"
+
+
+class TargetBudgetError(BudgetError):
+    """No artifact of a build is within target.budget on its target."""
+
+    kind = "target budget"
 
 
 class PruneError(EdgetlError):

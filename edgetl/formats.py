@@ -31,6 +31,9 @@ class Format:
     converts_from: str | None = None  # the format whose fp32 file its exporter converts (ExportRequest.onnx_file)
     reference_file: str | None = None  # the machine-state reference it runs (in edgetl/bench/reference/)
     runtime_alternatives: tuple[str, ...] = ()  # other pip packages that provide `runtime_imports`
+    # The machines (platform.machine(), arm64/AMD64 read as aarch64/x86_64) its runtime installs on from PyPI: the
+    # formats a target allows by default.
+    architectures: tuple[str, ...] = ("x86_64", "aarch64")
 
     @property
     def packages(self) -> tuple[str, ...]:
@@ -70,6 +73,15 @@ def register(fmt: Format) -> None:
 def runtime_packages() -> tuple[str, ...]:
     """The pip names of every runtime in the table (what an environment record lists)."""
     return tuple(dict.fromkeys(p for f in FORMATS.values() for p in (f.runtime_package, *f.runtime_alternatives)))
+
+
+def formats_for_machine(machine: str) -> tuple[str, ...]:
+    """The formats whose runtime installs on a `machine` (platform.machine(): x86_64, aarch64, armv7l, ...)."""
+    machine = _MACHINE_ALIASES.get(machine.lower(), machine)
+    return tuple(name for name, fmt in FORMATS.items() if machine in fmt.architectures)
+
+
+_MACHINE_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8l": "aarch64"}
 
 
 def format_for_file(path: str | Path) -> Format:

@@ -56,9 +56,11 @@ def pareto_names(artifacts: list[dict], threads: str | None) -> set[str]:
     return _front(_artifact_points(artifacts, threads))
 
 
-def _pareto_points(summary: dict, threads: str | None) -> tuple[list[tuple[str, float, float, int]], str, str | None]:
+def _pareto_points(summary: dict, threads: str | None) -> tuple[list[tuple[str, float, float, int]], str, str | None,
+                                                                 dict[str, list[float]]]:
     """What the Pareto plot shows: every measured candidate of a search (p90 on the budget's device), else the
-    run's artifacts (p50 here); with the x label and the chosen point's name."""
+    run's artifacts (p50 on a remote target when there is one, else here); with the x label, the chosen point's name
+    and each point's 95 % intervals {name: [acc low, acc high, latency low, latency high]}."""
     search = summary.get("search")
     if search:
         points = [(c["name"], c["val_accuracy"], c["latency_ms_p90"], c["size_bytes"])
@@ -66,16 +68,28 @@ def _pareto_points(summary: dict, threads: str | None) -> tuple[list[tuple[str, 
                   and c.get("latency_ms_p90") is not None and c.get("size_bytes") is not None]
         budget = search.get("budget", {})
         return (points, f"p90 latency (ms) on {budget.get('device')}, {budget.get('threads')} thread(s)",
-                search.get("chosen"))
-    chosen = chosen_artifact(summary)
-    return (_artifact_points(summary["artifacts"], threads), f"p50 latency (ms, {threads} thread(s))",
-            chosen["name"] if chosen else None)
+                search.get("chosen"), {})
+    chosen, target = chosen_artifact(summary), summary.get("target") or {}
+    if target.get("device", "local") != "local":
+        def latency(a: dict) -> dict:
+            return a.get("target_latency_ms") or {}
+        xlabel = f"p50 latency (ms) on {target.get('name')}, {target.get('threads')} thread(s)"
+    else:
+        def latency(a: dict) -> dict:
+            return (a.get("latency_by_threads") or {}).get(threads) or {} if threads else {}
+        xlabel = f"p50 latency (ms, {threads} thread(s))"
+    timed = [a for a in summary["artifacts"] if a.get("val_accuracy") is not None and latency(a).get("p50") is not None]
+    bars = {a["name"]: [*a["val_accuracy_ci95"], *latency(a)["p50_ci95"]] for a in timed
+            if a.get("val_accuracy_ci95") and latency(a).get("p50_ci95")}
+    return ([(a["name"], a["val_accuracy"], latency(a)["p50"], a["size_bytes"]) for a in timed], xlabel,
+            chosen["name"] if chosen else None, bars)
 
 
 def chosen_artifact(summary: dict) -> dict | None:
-    """The search's choice when there was a search; else the fastest artifact within the accuracy budget."""
+    """The build's chosen artifact (`chosen`, or a search's); for a summary from before `chosen`, the fastest artifact
+    within the accuracy budget."""
     by_name = {a["name"]: a for a in summary["artifacts"]}
-    chosen = (summary.get("search") or {}).get("chosen_artifact")  # the chosen candidate's artifact of its run
+    chosen = summary.get("chosen") or (summary.get("search") or {}).get("chosen_artifact")
     if chosen in by_name:
         return by_name[chosen]
     threads = bench_threads(summary)
@@ -140,8 +154,9 @@ def plot_training(histories: dict[str, list[dict]], stamp: str | None = None) ->
 
 
 def plot_pareto(points: list[tuple[str, float, float, int]], xlabel: str, chosen: str | None,
-                stamp: str | None = None) -> bytes | None:
-    """Val accuracy against latency, marker area ∝ file size, the Pareto front joined and the choice ringed."""
+                bars: dict[str, list[float]] | None = None, stamp: str | None = None) -> bytes | None:
+    """Val accuracy against latency, marker area ∝ file size, the Pareto front joined, the choice ringed and each
+    point's 95 % intervals (`bars`: accuracy and latency) drawn as error bars."""
     if not points:
         return None
     plt = _pyplot()
@@ -152,12 +167,18 @@ def plot_pareto(points: list[tuple[str, float, float, int]], xlabel: str, chosen
         area = 40 + 400 * size / largest
         axis.scatter([latency], [accuracy], s=area, alpha=0.6, edgecolors="black" if name in front else "none")
         axis.annotate(name, (latency, accuracy), textcoords="offset points", xytext=(6, 4), fontsize=7)
+        if name in (bars or {}):
+            low, high, fast, slow = bars[name]
+            axis.errorbar([latency], [accuracy], yerr=[[max(0.0, accuracy - low)], [max(0.0, high - accuracy)]],
+                          xerr=[[max(0.0, latency - fast)], [max(0.0, slow - latency)]], fmt="none",
+                          ecolor="gray", elinewidth=0.8, capsize=2)
         if name == chosen:
             axis.scatter([latency], [accuracy], s=area * 2.2, facecolors="none", edgecolors="red", linewidths=1.5)
     line = sorted((latency, accuracy) for name, accuracy, latency, _ in points if name in front)
     axis.plot([p[0] for p in line], [p[1] for p in line], linestyle="--", color="gray", linewidth=1)
     axis.set(xlabel=xlabel, ylabel="val accuracy (%)",
-             title="accuracy vs latency (marker area ∝ file size; red ring: chosen)")
+             title="accuracy vs latency (marker area ∝ file size; red ring: chosen"
+                   + ("; bars: 95 % intervals)" if bars else ")"))
     axis.grid(alpha=0.3)
     data = _png(figure, stamp)
     plt.close(figure)
@@ -197,9 +218,9 @@ def _plot_inputs(run_dir: Path, summary: dict) -> dict[str, tuple]:
     threads = bench_threads(summary)
     chosen = chosen_artifact(summary)
     search = summary.get("search") or {}
-    points, xlabel, chosen_point = _pareto_points(summary, threads)
+    points, xlabel, chosen_point, bars = _pareto_points(summary, threads)
     return {"training": (_histories(run_dir / search.get("chosen_run", ".")),),
-            "pareto": (points, xlabel, chosen_point),
+            "pareto": (points, xlabel, chosen_point, bars),
             "confusion": (chosen.get("confusion_matrix") if chosen else None, summary.get("classes", []),
                           f"{chosen['name']} on the val split" if chosen else "")}
 
@@ -305,11 +326,43 @@ def _val_count(summary: dict) -> str:
             f"95 % CI {_interval(ci)})")
 
 
+def _choice_sections(summary: dict) -> list[Section]:
+    """Where the model is for, what it can run there, and why each artifact was chosen or not."""
+    from edgetl.significance import said  # here: numpy stays out of `import edgetl.report`
+
+    choice, target = summary.get("choice") or {}, summary.get("target") or {}
+    if not choice.get("artifacts"):
+        return []
+    info = target.get("device_info") or {}
+    if target.get("device", "local") == "local":
+        where = (f"this machine ({info.get('machine')}), {target.get('threads')} thread(s)"
+                 + ("" if target.get("declared") else ": the recipe has no `target:` section, so the model is chosen "
+                    "for the machine that built it"))
+    else:
+        where = f"{target.get('name')} (`{target.get('device')}`, {info.get('machine')}), {target.get('threads')} thread(s)"
+    chosen = choice.get("chosen")
+    text = [f"Target: {where}. Formats it runs: {', '.join(target.get('formats') or []) or 'none'}. "
+            + (f"Chosen: **{chosen}**. " if chosen else "No artifact meets the budget. ")
+            + f"Rule: {choice.get('rule')}. Budget: "
+            + (", ".join(f"{k} {v:g}" for k, v in (choice.get("budget") or {}).items() if v is not None) or "none")
+            + "."]
+    rows = [[a["name"], a["status"], f"{a['val_correct']}/{a['val_images']} ({_fmt(a.get('val_accuracy'))} %)",
+             said(a.get("vs_most_accurate")) if a["name"] != choice.get("most_accurate") else "most accurate",
+             _fmt(a.get("p50_ms")) + (f" ({a['p50_ci95'][0]:.2f}–{a['p50_ci95'][1]:.2f})" if a.get("p50_ci95") else ""),
+             _fmt(a.get("p90_ms")), f"{a['size_bytes'] / 1e6:.2f}", a.get("why", "")] for a in choice["artifacts"]]
+    return [Section("Target and choice", text, (["artifact", "", "val correct", "against the most accurate",
+                                                  "p50 on the target (ms, 95 % CI)", "p90 (ms)", "size (MB)", "why"],
+                                                 rows))]
+
+
 def _failure_text(summary: dict) -> list[str]:
     """What a failed build's summary says about the failure (nothing for a build that went well)."""
     if not summary.get("error"):
         return []
     where = f" in the {summary['failed_stage']} stage" if summary.get("failed_stage") else ""
+    if summary.get("figures_from_this_build"):
+        return [f"The build failed{where}: {summary['error']} The figures below are this build's, from the stages "
+                "before that one: every artifact listed was verified."]
     return [f"The build failed{where}: {summary['error']} The figures below are the last successful build's; only "
             "artifacts whose files are still as it left them are listed."]
 
@@ -365,10 +418,13 @@ def _sections(summary: dict, run_dir: Path, threads: str | None, chosen: dict | 
           *(["test acc (%)", "test 95 % CI", "test: against torch"] if tested else []),
           "max logit diff", "p50 (ms)", "p90 (ms)", "p99 (ms)", ""], rows)))
     sections.append(Section("Accuracy vs latency", [
-        "Pareto front: artifacts no other artifact beats on accuracy, latency and size at once."
+        "Pareto front: artifacts no other artifact beats on accuracy, latency and size at once. Bars: 95 % "
+        "intervals (Wilson for accuracy; for p50, a bootstrap over the rounds' medians)."
         + (f" Chosen: **{chosen['name']}**" + (" (by the search)." if (summary.get("search") or {}).get("chosen")
-                                                else " (the fastest within the accuracy budget).") if chosen else "")],
+                                                else "." if summary.get("chosen") else
+                                                " (the fastest within the accuracy budget).") if chosen else "")],
         plot="pareto"))
+    sections.extend(_choice_sections(summary))
     sections.extend(_search_sections(summary))
     if chosen:
         sections.append(Section(f"Confusion matrix of {chosen['name']}", [

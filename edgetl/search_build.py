@@ -184,6 +184,10 @@ def build_search(recipe: Recipe, root: Path, reporter: Reporter) -> dict:
         artifact["chosen"] = (artifact["format"], artifact["precision"]) == (chosen.format, chosen.precision)
     summary["search"] = search | {"chosen_run": prefix,
                                   "chosen_artifact": f"{chosen.format}_{chosen.precision}"}
+    summary["chosen"] = f"{chosen.format}_{chosen.precision}"  # the chosen run's artifact, as in `artifacts`
+    summary["choice"] = {"chosen": summary["chosen"], "rule": "search: " + chosen.reason + " (search.budget on "
+                         f"{budget.device}); every candidate and why it lost is in `search.candidates`",
+                         "budget": cfg.budget.model_dump(), "artifacts": []}
     summary["recipe"], summary["recipe_name"] = str(recipe.source or summary["recipe"]), recipe.name
     from edgetl.bundle import make_bundle
 

@@ -124,3 +124,16 @@ def mcnemar_exact(a_only: int, b_only: int) -> float:
     if discordant == 0:
         return 1.0
     return float(binomtest(a_only, discordant, 0.5).pvalue)
+
+
+def median_interval(values, confidence: float = CONFIDENCE, resamples: int = 2000) -> tuple[float, float] | None:
+    """The percentile bootstrap interval of the median of `values` (a latency's round medians: how far the p50 moves
+    from round to round); None for fewer than two values. Seeded, so the same rounds give the same interval."""
+    from scipy.stats import bootstrap
+
+    values = np.asarray(values, dtype=np.float64)
+    if values.size < 2:
+        return None
+    interval = bootstrap((values,), np.median, n_resamples=resamples, confidence_level=confidence,
+                         method="percentile", rng=0, vectorized=True, axis=-1).confidence_interval
+    return float(interval.low), float(interval.high)

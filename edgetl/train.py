@@ -40,6 +40,7 @@ class TrainResult:
     epochs_run: int
     history: list[dict] = field(default_factory=list)
     resumed_from_epoch: int | None = None
+    probe_val_accuracy: float | None = None  # the linear-probe phase's best, before fine-tuning (LP-FT)
 
 
 class AugmentedImages(Dataset):
@@ -181,11 +182,15 @@ def fine_tune(created: CreatedModel, train_samples: list[Sample], val_inputs: np
     optimizer = build_optimizer([{"params": head_params, "lr": cfg.lr},
                             {"params": backbone_params, "lr": cfg.lr * cfg.backbone_lr_mult}], cfg)
     resumable = checkpointer.load() if checkpointer else None
+    start = None
     if resumable is None and cfg.probe_epochs:
         # LP-FT: train the new head on frozen features first, so fine-tuning starts from a sensible head
         # instead of pushing random-head gradients into the pretrained backbone.
         probe = cfg.model_copy(update={"epochs": cfg.probe_epochs, "early_stop_patience": None, "warmup_epochs": 0})
-        _linear_probe(created, train_samples, val_inputs, val_labels, probe, reporter)
+        probed = _linear_probe(created, train_samples, val_inputs, val_labels, probe, reporter)
+        # The probe's model is the one to beat: a fine-tune that never does ships the probe's, not a worse one.
+        start = {"best_acc": probed.val_accuracy, "best_state": probed.state_dict, "best_epoch": 0,
+                 "probe_acc": probed.val_accuracy}
 
     def before_epoch(epoch: int) -> None:
         _set_trainable(created, _trainable_groups(created, epoch, cfg))
@@ -203,7 +208,7 @@ def fine_tune(created: CreatedModel, train_samples: list[Sample], val_inputs: np
             "checkpoint": resumable})
     try:
         return train_loop(model, optimizer, images, val_inputs, val_labels, cfg, workers, before_epoch,
-                          checkpointer, reporter, distiller, spread=spread)
+                          checkpointer, reporter, distiller, spread=spread, start=start)
     except RuntimeError as exc:
         if spread and distributed.is_collective_failure(exc):
             raise distributed.peer_lost(exc) from None
@@ -251,12 +256,13 @@ def _own_sigchld():
 def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, images: AugmentedImages, val_inputs: np.ndarray,
                val_labels: np.ndarray, cfg: TrainSection, workers: int, before_epoch, checkpointer: Checkpointer | None,
                reporter: Reporter = SILENT, distiller: Distiller | None = None, evaluate=None,
-               spread: bool = False) -> TrainResult:
+               spread: bool = False, start: dict | None = None) -> TrainResult:
     """Epochs of (KD or label) training with warm-up + cosine LR, per-epoch checkpoints, early stopping; the model
     ends with its best weights. `before_epoch(epoch)` sets train mode and what trains; `evaluate(model)` gives
     val logits (default: `predict`). `spread`: every rank of the distributed build runs this on its share of each
     epoch's images (DistributedDataParallel; rank 0 alone evaluates, reports and checkpoints), as `fine_tune`
-    arranges; otherwise this process trains alone."""
+    arranges; otherwise this process trains alone. `start`: the best model so far (`best_acc`, `best_state`,
+    `best_epoch` 0 and `probe_acc`, from the linear-probe phase), kept unless an epoch beats it."""
     world, rank = (distributed.world_size(), distributed.rank()) if spread else (1, 0)
     threads = torch.get_num_threads()
     if spread and not cfg.threads:
@@ -266,7 +272,7 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, images: Augme
         with _own_sigchld():
             return _epochs(_Loop(model, optimizer, images, val_inputs, val_labels, cfg, workers, before_epoch,
                                  checkpointer, reporter, distiller, evaluate or (lambda m: predict(m, val_inputs)),
-                                 world, rank))
+                                 world, rank, start))
     finally:
         torch.set_num_threads(threads)
         for hook in hooks:
@@ -291,6 +297,7 @@ class _Loop:
     evaluate: Callable[[nn.Module], np.ndarray]
     world: int  # processes training together (1: alone)
     rank: int
+    start: dict | None = None  # the model to beat before the first epoch (the linear probe's)
 
 
 def _epochs(loop: _Loop) -> TrainResult:
@@ -320,7 +327,7 @@ def _epochs(loop: _Loop) -> TrainResult:
         optimizer, warmup_cosine(cfg.epochs * steps, round(cfg.warmup_epochs * steps)))
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
-    state = _new_state()
+    state = _new_state() | (loop.start or {})
     resumed_from = None
     saved = checkpointer.load() if checkpointer else None
     if saved and saved.get("world_size", 1) != world:
@@ -385,7 +392,7 @@ def _epochs(loop: _Loop) -> TrainResult:
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
     return TrainResult(state["best_state"] or copy.deepcopy(model.state_dict()), max(state["best_acc"], 0.0),
-                       state["best_epoch"], state["epoch"], state["history"], resumed_from)
+                       state["best_epoch"], state["epoch"], state["history"], resumed_from, state.get("probe_acc"))
 
 
 # Native libraries that run thread pools of their own once loaded: forking a process that has them can deadlock the
@@ -447,13 +454,20 @@ def _gather_on_rank0(obj) -> list | None:
 
 
 def _new_state() -> dict:
-    return {"epoch": 0, "history": [], "best_acc": -1.0, "best_epoch": 0, "best_state": None, "stale": 0}
+    return {"epoch": 0, "history": [], "best_acc": -1.0, "best_epoch": 0, "best_state": None, "stale": 0,
+            "run_best_acc": -1.0}
 
 
 def _end_epoch(state: dict, epoch: int, val_acc: float, module: nn.Module) -> None:
-    """Keep `module`'s weights when `val_acc` is the best so far; count epochs without improvement."""
-    if val_acc > state["best_acc"]:
-        state.update(best_acc=val_acc, best_epoch=epoch + 1, stale=0, best_state=copy.deepcopy(module.state_dict()))
+    """Keep `module`'s weights when `val_acc` is the best so far (the probe's included: an epoch that only equals
+    the probe replaces it); count epochs without improvement on this loop's own best (a fine-tune that starts below
+    the probe is not stopped for it)."""
+    run_best = state.get("run_best_acc", state["best_acc"])  # a checkpoint from before run_best_acc: the best
+    held_by_probe = state["best_epoch"] == 0 and state["best_state"] is not None  # a tie goes to the fine-tune
+    if val_acc > state["best_acc"] or (held_by_probe and val_acc == state["best_acc"]):
+        state.update(best_acc=val_acc, best_epoch=epoch + 1, best_state=copy.deepcopy(module.state_dict()))
+    if val_acc > run_best:
+        state.update(run_best_acc=val_acc, stale=0)
     else:
         state["stale"] += 1
     state["epoch"] = epoch + 1

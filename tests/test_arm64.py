@@ -301,3 +301,49 @@ def test_a_search_measures_its_latency_budget_on_the_device(device, tiny_dataset
     assert code == 1 and "meets search.budget" in out, out
     reason = json.loads((tmp_path / "none" / "search.json").read_text())["candidates"][0]["reason"]
     assert f"ms > budget 0.001 ms on {device['url']}" in reason and "untrained" in reason, reason
+
+
+def test_a_build_measures_on_its_target_device_and_chooses_for_it(device, tiny_dataset, tmp_path):
+    """target: the emulated arm64 device over real SSH: every artifact it can run is timed there in rounds, the one it
+    lacks the runtime of is excluded with the reason, `chosen` and `choice` say why; an unreachable target fails the
+    build with exit 1 after the summary of everything else is written, and the next build re-runs only the target
+    stage; a format the recipe requires there that the device cannot run is named."""
+    import yaml
+
+    from conftest import run_cli, tiny_recipe
+
+    config = tmp_path / "device_ssh_config"
+    config.write_text(Path(device["config"]).read_text())  # relative to the recipe file
+    recipe = tiny_recipe(tiny_dataset, train={"epochs": 1}, export={"formats": ["onnx", "openvino"],
+                                                                     "precisions": ["fp32"]})
+    recipe["target"] = {"device": device["url"], "ssh_config": config.name, "rounds": 2, "runs": 2, "warmup": 1}
+    path = tmp_path / "target.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    run = tmp_path / "run"
+    code, out = run_cli("build", path, "--out", run, "--quiet")
+    assert code == 0, out
+    summary = json.loads((run / "summary.json").read_text())
+    target = summary["target"]
+    assert target["device"] == device["url"] and target["device_info"]["machine"] == "aarch64", target
+    assert target["formats"] == ["onnx", "openvino"]  # both install on aarch64 ...
+    assert "openvino" in target["excluded"]["openvino_fp32"] and "not installed" in target["excluded"]["openvino_fp32"]
+    measured = {a["name"]: a["target_latency_ms"] for a in summary["artifacts"]}
+    assert measured["openvino_fp32"] is None  # ... but the device has no OpenVINO: not timed, not chosen
+    assert measured["onnx_fp32"]["rounds"] == 2 and measured["onnx_fp32"]["runs"] == 4
+    assert len(measured["onnx_fp32"]["p50_ci95"]) == 2
+    assert summary["chosen"] == "onnx_fp32"
+    statuses = {a["name"]: a["status"] for a in summary["choice"]["artifacts"]}
+    assert statuses == {"onnx_fp32": "chosen", "openvino_fp32": "excluded"}
+    assert f"--device {device['url']}" in out and "p50 on the target" in out and "aarch64" in out
+    # the device is gone: the build fails (exit 1) with the address, every other stage reused and reported
+    code, out = run_cli("build", path, "--out", run, "--quiet", "--set", "target.device=ssh://root@127.0.0.1:9")
+    assert code == 1 and "device error" in out and "127.0.0.1" in out, out
+    failed = json.loads((run / "summary.json").read_text())
+    assert failed["status"] == "failed: device error" and failed["failed_stage"] == "target"
+    assert [a["val_accuracy"] for a in failed["artifacts"]] == [a["val_accuracy"] for a in summary["artifacts"]]
+    assert all(t["cached"] for name, t in failed["stages"].items() if name != "target"), failed["stages"]
+    code, out = run_cli("bundle", run)
+    assert code == 2 and "did not finish" in out, out  # no bundle of a run whose target was not measured
+    # a format the recipe requires on the device, which it does not have
+    code, out = run_cli("build", path, "--out", run, "--quiet", "--set", "target.formats=[openvino]")
+    assert code == 1 and "target.formats" in out and "openvino" in out and "not installed" in out, out

@@ -76,7 +76,7 @@ def test_an_artifact_over_the_accuracy_budget_fails_the_build_with_its_table(out
 def test_the_accuracy_aware_retry_inside_a_build_brings_int8_within_budget(outlier_run, tmp_path):
     code, out, summary, _ = _derived(outlier_run, tmp_path, "retry", verify={"accuracy_aware_retry": True})
     assert code == 0, out
-    assert "[3/6] train: unchanged, reused" in out
+    assert "[3/7] train: unchanged, reused" in out
     int8 = next(a for a in summary["artifacts"] if a["name"] == "onnx_int8")
     retry = int8["export"]["accuracy_aware_retry"]
     assert retry["attempts"][0]["step"] == "plain" and retry["attempts"][0]["drop_pp"] > 30
@@ -283,7 +283,7 @@ def test_the_default_run_directory_is_runs_slash_the_recipe_name(outlier_run, tm
     shutil.copytree(outlier_run["run"], tmp_path / "runs" / "tiny")
     monkeypatch.chdir(tmp_path)
     code, out = edgetl("build", _recipe(outlier_run["base"], "default"))
-    assert f"building 'tiny' into {Path('runs') / 'tiny'}" in out and "[3/6] train: unchanged, reused" in out, out
+    assert f"building 'tiny' into {Path('runs') / 'tiny'}" in out and "[3/7] train: unchanged, reused" in out, out
     assert code == 1  # the same recipe as the fixture's: over the budget again, now in runs/tiny
     assert json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())["status"] == "failed: accuracy budget"
 

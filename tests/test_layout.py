@@ -39,7 +39,7 @@ def test_the_stage_list_is_the_one_place_that_decides_what_runs():
     compress = load_recipe(REPO / "recipes" / "compress.yaml")
     assert stage_names(compress) == [s.name for s in STAGES if s.runs(compress)]
     assert stage_names(load_recipe(REPO / "recipes" / "quickstart.yaml")) == [
-        "data", "inputs", "train", "export", "verify", "bench"]
+        "data", "inputs", "train", "export", "verify", "bench", "target"]
 
 
 def test_the_run_directory_module_names_no_stage():

@@ -189,7 +189,7 @@ def test_build_takes_an_empty_folder_and_an_old_run_without_a_marker(built, run,
         del saved["record_sha256"]
         marker.write_text(json.dumps(saved))
     code, out = edgetl("build", built[0], "--out", run)
-    assert code == 0 and out.count("unchanged, reused") == 6, out
+    assert code == 0 and out.count("unchanged, reused") == 7, out
     assert (run / ".edgetl-run").is_file()
 
 
@@ -228,7 +228,7 @@ def test_an_old_run_killed_in_training_is_recognised_and_resumes(built, tmp_path
         marker.write_text(json.dumps(saved))
     epoch = int(torch.load(run / "train" / "checkpoint.pt", weights_only=True)["state"]["epoch"])
     code, out = edgetl("build", recipe, "--out", run)
-    assert code == 0 and "[1/6] data: unchanged, reused" in out, out
+    assert code == 0 and "[1/7] data: unchanged, reused" in out, out
     assert f"resuming training after epoch {epoch}" in out, out
     assert not (run / "train" / "checkpoint.pt").exists() and not list(run.glob(".*.partial"))
 
@@ -251,7 +251,7 @@ def test_a_failed_rebuild_keeps_the_good_run_and_says_it_failed(built, run, tmp_
     code, out = edgetl("bundle", run, "--format", "onnx", "--precision", "int8", "-o", tmp_path / "b")
     assert code == 2 and "did not finish" in out, out
     code, out = edgetl("build", built[0], "--out", run)  # the good recipe again: everything is still there
-    assert code == 0 and out.count("unchanged, reused") == 6, out
+    assert code == 0 and out.count("unchanged, reused") == 7, out
     assert json.loads((run / "summary.json").read_text())["status"] == "ok"
 
 
@@ -261,7 +261,7 @@ def test_an_edited_stage_record_is_not_trusted(built, run):
     saved["record"]["artifacts"]["onnx_int8"]["val_accuracy"] = 99.9
     marker.write_text(json.dumps(saved))
     code, out = edgetl("build", built[0], "--out", run)
-    assert code == 0 and "[5/6] verify\n" in out, out  # verify ran again instead of reusing the edited record
+    assert code == 0 and "[5/7] verify\n" in out, out  # verify ran again instead of reusing the edited record
     summary = json.loads((run / "summary.json").read_text())
     assert {a["val_accuracy"] for a in summary["artifacts"]} != {99.9}
     assert next(a for a in summary["artifacts"] if a["name"] == "onnx_int8")["val_accuracy"] != 99.9
@@ -285,7 +285,7 @@ def test_an_interrupted_rebuild_says_so_in_the_summary(built, run, tmp_path, mon
     dataset = Path(yaml.safe_load(built[0].read_text())["data"]["path"])
     recipe = _write_recipe(tmp_path / "other.yaml", dataset, export={"calibration_images": 6})
     code, out = edgetl("build", recipe, "--out", run)
-    assert code == 130 and "interrupted" in out and "[4/6] export\n" in out, out
+    assert code == 130 and "interrupted" in out and "[4/7] export\n" in out, out
     assert seen["status"] == "building"  # what a SIGKILL at that moment would leave: bundles refuse it
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed: interrupted" and summary["failed_stage"] is None
@@ -302,7 +302,7 @@ def test_an_interrupted_rebuild_says_so_in_the_summary(built, run, tmp_path, mon
 def test_a_stage_json_that_is_not_an_object_reruns_the_stage(built, run, content):
     (run / "bench" / "stage.json").write_text(content)
     code, out = edgetl("build", built[0], "--out", run)
-    assert code == 0 and "[6/6] bench\n" in out, out
+    assert code == 0 and "[6/7] bench\n" in out, out
 
 
 # --- edgetl report ---------------------------------------------------------------------------------------------------

@@ -103,3 +103,24 @@ def test_warmup_cosine_schedule():
     factor = warmup_cosine(total_steps=10, warmup_steps=2)
     assert [round(factor(s), 3) for s in (0, 1)] == [0.5, 1.0]
     assert factor(2) == pytest.approx(1.0) and factor(6) == pytest.approx(0.5) and factor(10) == pytest.approx(0.0)
+
+
+def test_a_fine_tune_that_never_beats_its_probe_ships_the_probes_model(tiny_data):
+    """The build never ships a model worse on val than one it trained earlier: here the backbone learning rate is
+    made absurd (10 per step, beyond what a recipe allows) so that every fine-tune epoch is worse than the linear
+    probe before it; the probe's model (its backbone untouched) is the result, as best epoch 0."""
+    from edgetl.train import predict
+
+    index, val, labels = tiny_data
+    created = model()
+    groups_before, _ = snapshot(created)
+    cfg = TrainSection(mode="finetune", epochs=2, batch_size=8, probe_epochs=4, lr=0.01, warmup_epochs=0,
+                       early_stop_patience=None).model_copy(update={"backbone_lr_mult": 1000.0})
+    result = fine_tune(created, index.train, val, labels, cfg, 0)
+    epochs = [h["val_accuracy"] for h in result.history]
+    assert len(epochs) == 2 and max(epochs) < result.probe_val_accuracy, (epochs, result.probe_val_accuracy)
+    assert result.best_epoch == 0 and result.val_accuracy == result.probe_val_accuracy
+    groups_after, _ = snapshot(created)
+    assert not any(changed(b, a) for b, a in zip(groups_before, groups_after, strict=True))
+    shipped = (predict(created.model, val).argmax(1) == labels).mean() * 100
+    assert shipped == pytest.approx(result.probe_val_accuracy)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from edgetl.errors import DeviceAddressError, DeviceError
+from edgetl.errors import DeviceAddressError, DeviceError, DeviceRuntimeError
 
 CONNECT_TIMEOUT_S = 10
 # What ssh prints when an established connection goes away (sshd killed, network down, keep-alives unanswered).
@@ -120,7 +120,7 @@ def _check_runtime(device: Device, remote_dir: str, fmt: str, install: bool) -> 
                    timeout=1800)
         info = probed()
     if info["runtime"] is None:
-        raise DeviceError(f"{device.name}: the {fmt} runtime ({FORMATS[fmt].runtime_package}) is not installed for "
+        raise DeviceRuntimeError(f"{device.name}: the {fmt} runtime ({FORMATS[fmt].runtime_package}) is not installed for "
                           f"{device.python} on the device (Python {info['python']}, {info['machine']}). Install it "
                           f"there with `{device.python} -m pip install {FORMATS[fmt].runtime_package}`, or pass "
                           "--install to let edgetl install the bundle's requirements.txt.")
@@ -325,3 +325,36 @@ def bench_on_devices(models: list, devices: list[Device], threads: tuple[int, ..
             return {"rows": rows}
 
         return for_each_device(devices, work)
+
+
+def bench_on_target(models: list, device: Device, threads: int, rounds: int, runs: int, warmup: int,
+                    install: bool, update=None) -> tuple[list[dict], dict[str, str]]:
+    """Every model (edgetl.bench.measure.ModelRef) timed on one device, one model after another, each in `rounds`
+    rounds of `runs` calls in one process there: (rows as `edgetl bench --device` makes them, with each round's
+    median in `trial_p50_ms`; {model name: why it was not measured} for a model whose runtime the device lacks).
+    A device that cannot be reached or fails is a DeviceError."""
+    import tempfile
+
+    from edgetl.bundle import bundle_model_file
+
+    rows, missing = [], {}
+    with tempfile.TemporaryDirectory(prefix="edgetl-target-bench-") as scratch:
+        for i, model in enumerate(models):
+            bundle = bundle_model_file(model.path, Path(scratch) / f"model{i}", model.name, model.precision)
+            command = ["bench", "--threads", str(threads), "--runs", str(runs), "--warmup", str(warmup),
+                       "--rounds", str(rounds)]
+            try:
+                (row,) = run_bundle(device, bundle, model.format, [command], None, install)
+            except DeviceRuntimeError:
+                from edgetl.formats import FORMATS
+
+                missing[model.name] = (f"the {model.format} runtime ({FORMATS[model.format].runtime_package}) is not "
+                                       f"installed for {device.python} there; install it, or set target.install: true")
+                continue
+            finally:
+                if update:
+                    update(1)
+            info = row.pop("device")
+            rows.append({**row, "model": str(model.path), "name": model.name, "device": device.url,
+                         "device_info": info})
+    return rows, missing

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgetl import __version__
-from edgetl.errors import AccuracyBudgetError, EdgetlError, StorageError
+from edgetl.errors import AccuracyBudgetError, BudgetError, DeviceError, EdgetlError, StorageError
 from edgetl.fsutil import changed_files, check_apart, read_json, sha256_json, write_text
 from edgetl.pipeline.context import BuildContext, Stage
 from edgetl.pipeline.models import create_recipe_model, load_trained, preprocessing
@@ -27,6 +27,10 @@ from edgetl.recipe import Recipe, load_recipe
 
 __all__ = ["STAGES", "BuildContext", "RunDir", "Stage", "build", "claim_run_dir", "create_recipe_model",
            "load_trained", "resolve_data_root", "scan_recipe_dataset", "stage_names", "stages_before"]
+
+# Failures after which every file is verified and the summary says the rest: it is written with the failure's status
+# (an artifact over the accuracy budget, a target that cannot be reached or met). Bundles refuse such a run.
+_SUMMARIZED = (AccuracyBudgetError, DeviceError, BudgetError)
 
 LAYOUT = Layout(STAGES[0].name, frozenset(s.name for s in STAGES), frozenset(f for s in STAGES for f in s.keep))
 
@@ -89,7 +93,7 @@ def build(recipe: str | Path | Recipe, out: str | Path | None = None, reporter: 
         # A build that failed before any stage completed leaves no empty run directory behind.
         if first_created is not None and not any(first_created.glob("**/stage.json")):
             shutil.rmtree(first_created, ignore_errors=True)
-        elif not isinstance(exc, AccuracyBudgetError):
+        elif not getattr(exc, "summary_written", False):
             _record_failure(recipe, run, exc)
         raise
 
@@ -99,9 +103,15 @@ def _run(recipe: Recipe, run: RunDir) -> dict:
     for stage in stages_of(recipe):
         try:
             stage.run(ctx)
-        except AccuracyBudgetError:
-            # Every file was verified; the summary says which lost too much (bundles refuse those).
-            write_outputs(run, build_summary(ctx, STAGES, "failed: accuracy budget"))
+        except _SUMMARIZED as exc:
+            if "verify" not in ctx.records:
+                raise  # nothing verified yet: recorded as any other failure
+            status = "failed: accuracy budget" if isinstance(exc, AccuracyBudgetError) else f"failed: {exc.kind}"
+            summary = build_summary(ctx, STAGES, status)
+            if not isinstance(exc, AccuracyBudgetError):
+                summary |= {"error": str(exc)[:4000], "failed_stage": stage.name, "figures_from_this_build": True}
+            write_outputs(run, summary)
+            exc.summary_written = True
             raise
     summary = build_summary(ctx, STAGES, "ok")
     write_outputs(run, summary)

@@ -26,6 +26,7 @@ class BuildContext:
     records: dict[str, dict] = field(default_factory=dict)  # stage name -> its record
     index: Any = None  # the dataset's DatasetIndex, once the data stage has run
     data_root: Path | None = None  # the dataset's folder, once the data stage has found it
+    choice: dict | None = None  # the artifact to ship and why (edgetl.target.choose), once the target stage has run
 
     @property
     def root(self) -> Path:

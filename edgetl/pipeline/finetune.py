@@ -40,6 +40,8 @@ class FineTune:
                   "weights": spec.identity()["weights"], "workers": recipe.data.workers}
         if spec.role == "teacher":
             inputs["model"] = spec.identity()
+        if spec.train.probe_epochs and spec.train.mode in ("finetune", "gradual"):
+            inputs["selection"] = "the probe's model unless an epoch beats it"  # since the probe takes part
         if self.kd:
             inputs |= kd_inputs(recipe, ctx.teacher)
         if self.extra is not None:
@@ -74,6 +76,7 @@ class FineTune:
                   "epochs_run": result.epochs_run,
                   "final_epoch_val_accuracy": round(result.history[-1]["val_accuracy"], 4) if result.history else None,
                   "best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from_epoch,
+                  "probe_val_accuracy": None if result.probe_val_accuracy is None else round(result.probe_val_accuracy, 4),
                   "world_size": world_size(),
                   "weights_file": created.weights_file, "weights_meta": created.weights_meta,
                   "params": sum(p.numel() for p in created.model.parameters()),

@@ -17,6 +17,7 @@ from edgetl.recipe.sections import (
     QuantizeSection,
     SearchSection,
     Section,
+    TargetSection,
     TrainSection,
     VerifySection,
 )
@@ -24,7 +25,7 @@ from edgetl.recipe.sections import (
 # Fields that hold a path, relative to the recipe file's folder when not absolute (model.weights: unless a keyword).
 # `*` stands for every key of a mapping (search.models: {<backbone>: {weights: ...}}).
 _PATH_FIELDS = ("data.path", "model.weights", "distill.teacher.checkpoint", "distill.teacher.weights",
-                "search.budget.ssh_config", "search.models.*.weights")
+                "search.budget.ssh_config", "search.models.*.weights", "target.ssh_config", "target.devices")
 
 
 class Recipe(Section):
@@ -41,6 +42,7 @@ class Recipe(Section):
     verify: VerifySection = VerifySection()
     bench: BenchSection = BenchSection()
     search: SearchSection | None = None
+    target: TargetSection | None = None
 
     # Where the recipe was read from; relative paths in it are resolved against its folder.
     source: str | None = Field(None, exclude=True)
@@ -62,6 +64,14 @@ class Recipe(Section):
         if (q.temperature is not None or q.alpha is not None) and not q.distill:
             raise ValueError("quantize.temperature/alpha set with quantize.distill false: there is no KD loss to "
                              "weigh; remove them, or set quantize.distill to true")
+        if self.target is not None and self.search is not None:
+            raise ValueError("a recipe with `search:` measures on search.budget.device and chooses by its budget; "
+                             "remove `target:` (or `search:` to build one model for the target)")
+        if self.target is not None and self.target.formats is not None:
+            unexported = [f for f in self.target.formats if f not in self.export.formats]
+            if unexported:
+                raise ValueError(f"target.formats names {', '.join(unexported)}, which export.formats "
+                                 f"({', '.join(self.export.formats)}) does not make; add it there or leave it out")
         recover = self.prune.recover if self.prune is not None else None
         if recover is not None and recover.feature_weight and not (recover.distill and (
                 recover.teacher == "unpruned" or (self.distill is not None and self.distill.teacher_logits == "online"))):

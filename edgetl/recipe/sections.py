@@ -318,31 +318,76 @@ class BenchSection(Section):
         return value
 
 
-class SearchBudget(Section):
-    """What the chosen model must meet, measured on `device` at `threads` (batch 1)."""
+class Limits(Section):
+    """What a shipped model must meet on its device; a limit left out is no limit."""
 
     latency_ms_p90: float | None = Field(None, gt=0, description="p90 latency limit (ms) on the device.")
     size_mb: float | None = Field(None, gt=0, description="Model file size limit (MB).")
     accuracy_min: float | None = Field(None, ge=0, le=100, description="Lowest acceptable val accuracy (%).")
+
+
+class DeviceFields(Section):
+    """Where latency is measured: this machine or a device over SSH, at a number of threads."""
+
     device: str = Field("local", description="`local`, or ssh://[user@]host[:port] (see `edgetl deploy`).")
     threads: int = Field(1, gt=0, le=MAX_THREADS)
     ssh_config: str | None = Field(None, description="With an ssh:// device: an ssh_config file to use instead of "
                                    "~/.ssh/config (relative to the recipe file), like `edgetl bench --ssh-config`.")
     python: str = Field("python3", min_length=1, description="With an ssh:// device: the Python interpreter there.")
 
+    def _check_device(self, names_allowed: bool) -> None:
+        if self.device == "local" or (names_allowed and "://" not in self.device):
+            return
+        from edgetl.bench.remote import Device
+        from edgetl.errors import DeviceAddressError
+
+        try:
+            Device.parse(self.device)  # a malformed address is found now, not after training
+        except DeviceAddressError:
+            names = ", or a name in target.devices" if names_allowed else ""
+            raise ValueError(f"device must be `local`{names} or ssh://[user@]host[:port], not "
+                             f"{ECHO.repr(self.device)}") from None
+
+
+class SearchBudget(DeviceFields, Limits):
+    """What the chosen model must meet, measured on `device` at `threads` (batch 1)."""
+
     @model_validator(mode="after")
     def _something_to_meet(self) -> SearchBudget:
         if self.latency_ms_p90 is None and self.size_mb is None and self.accuracy_min is None:
             raise ValueError("give at least one of latency_ms_p90, size_mb, accuracy_min")
-        if self.device != "local":
-            from edgetl.bench.remote import Device
-            from edgetl.errors import DeviceAddressError
+        self._check_device(names_allowed=False)
+        return self
 
-            try:
-                Device.parse(self.device)  # a malformed address is found now, not after the untrained builds
-            except DeviceAddressError:
-                raise ValueError(f"device must be `local` or ssh://[user@]host[:port], not {ECHO.repr(self.device)}"
-                                 ) from None
+
+class TargetSection(DeviceFields):
+    """Where the model will run. Every artifact the target can run is measured there, and `chosen` is, among those
+    within `budget` whose val accuracy is not significantly worse than the most accurate one's, the fastest p50
+    (latencies within each other's 95 % interval tie; a tie goes to the smaller file)."""
+
+    devices: str | None = Field(None, description="A devices.yaml (relative to the recipe file) in which `device` "
+                                "may be a name.")
+    formats: list[str] | None = Field(None, min_length=1, description="The formats allowed there (default: those "
+                                      "whose runtime installs on the device's architecture).")
+    budget: Limits = Limits()
+    rounds: int = Field(5, ge=2, le=50, description="Rounds of timed runs per artifact on an ssh:// device (a "
+                        "p50's interval is a bootstrap over rounds); locally, the bench stage's rounds.")
+    runs: int = Field(50, gt=0, description="Timed runs per round on an ssh:// device.")
+    warmup: int = Field(10, ge=0, description="Warm-up runs per round on an ssh:// device.")
+    install: bool = Field(False, description="pip-install a missing runtime on the device (its bundle's "
+                          "requirements.txt), like `edgetl deploy --install`.")
+
+    @field_validator("formats")
+    @classmethod
+    def _formats_known(cls, value: list[str] | None) -> list[str] | None:
+        return value if value is None else _known_formats(value)
+
+    @model_validator(mode="after")
+    def _device(self) -> TargetSection:
+        self._check_device(names_allowed=True)
+        if self.device != "local" and "://" not in self.device and self.devices is None:
+            raise ValueError(f"device {ECHO.repr(self.device)} is a name: give the devices.yaml that lists it as "
+                             "target.devices, or an ssh://[user@]host[:port] address")
         return self
 
 

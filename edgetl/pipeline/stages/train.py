@@ -27,6 +27,8 @@ def summarize(ctx: BuildContext, summary: dict) -> None:
         "backbone": recipe.model.backbone, "weights": recipe.model.weights, "weights_file": train["weights_file"],
         "mode": recipe.train.mode, "val_accuracy": train["val_accuracy"], "epochs_run": train["epochs_run"],
         "final_epoch_val_accuracy": train["final_epoch_val_accuracy"], "best_epoch": train["best_epoch"],
+        # the linear-probe phase's val accuracy (best_epoch 0: no fine-tune epoch beat it, its model is shipped)
+        "probe_val_accuracy": train.get("probe_val_accuracy"),
         "params": train["params"],
         # processes that fine-tuned it (edgetl build --nproc/--nnodes); 1 for stages cached before
         "world_size": train.get("world_size", 1), "preprocessing": ctx.prep.to_json(), "path": train["model"]}

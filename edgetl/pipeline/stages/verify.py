@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.errors import AccuracyBudgetError, ExportError, ModelFileError, ParityError
+from edgetl.fsutil import atomic_path
 from edgetl.pipeline.context import BuildContext, Stage
 from edgetl.recipe import section_dict
 
-RECORD = 3  # what the stage records; 2: every accuracy with its n and interval, the paired test against torch;
-# 3: the same on the test split, when the data has one
+RECORD = 4  # what the stage records; 2: every accuracy with its n and interval, the paired test against torch;
+# 3: the same on the test split, when the data has one; 4: every artifact's val predictions (the choice's paired tests)
 
 
 def key(ctx: BuildContext) -> dict:
@@ -61,9 +62,10 @@ def work(ctx: BuildContext, folder: Path) -> dict:
     torch_logits = ctx.load(ctx.model_stage, "val_logits")
     torch_accuracy = top1_accuracy(torch_logits, labels)
     torch_right = torch_logits.argmax(1) == labels
-    results = {}
+    results, predictions = {}, []
     for artifact in ctx.records["export"]["artifacts"]:
         logits = _logits(ctx, artifact)
+        predictions.append(logits.argmax(1))
         parity_n = min(ctx.recipe.verify.parity_images, len(val))
         diff = float(np.abs(logits[:parity_n] - torch_logits[:parity_n]).max())
         acc = top1_accuracy(logits, labels)
@@ -75,8 +77,11 @@ def work(ctx: BuildContext, folder: Path) -> dict:
             "confusion_matrix": confusion_matrix(logits, labels, len(ctx.index.classes))}
         ctx.reporter.info(f"  {artifact['name']}: {said}; max |logit diff| {diff:.2e}")
         _check_parity(ctx, artifact, result)
+    saved = folder / "val_predictions.npy"  # one row per artifact, in `results` order: the class each image got
+    with atomic_path(saved) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(predictions, dtype=np.int32).reshape(len(predictions), len(labels)))
     record = {"torch_val_accuracy": round(torch_accuracy, 4), "torch_val": Accuracy.of(torch_right).record(),
-              "artifacts": results, "files": {}}
+              "artifacts": results, "val_predictions": ctx.run.rel(saved), "files": ctx.run.files_record(saved)}
     if "test" in ctx.records["inputs"]:
         record |= _on_test(ctx, results)
     return record
