@@ -473,12 +473,14 @@ def _search_sections(summary: dict) -> list[Section]:
     if not search:
         return []
     rows = [[c["name"], c.get("backbone", ""), str(c.get("prune", "")), c.get("format", ""), c.get("precision", ""),
-             c["status"], _fmt(c.get("val_accuracy")), _fmt(c.get("latency_ms_p90")),
+             c["status"], _fmt(c.get("val_accuracy")), _interval(c.get("val_accuracy_ci95")),
+             _fmt(c.get("latency_ms_p90")),
              _fmt(c.get("size_bytes") / 1e6 if c.get("size_bytes") else None), "yes" if c.get("trained") else "no",
              c.get("reason", "")] for c in search.get("candidates", [])]
     return [Section("Search", [f"Budget {json.dumps(search.get('budget'))}; {search.get('trained_count')} of "
                                f"{search.get('grid_size')} candidates trained; chosen **{search.get('chosen')}**."],
-                    (["candidate", "backbone", "prune", "format", "precision", "status", "val acc (%)", "p90 (ms)",
+                    (["candidate", "backbone", "prune", "format", "precision", "status", "val acc (%)", "95 % CI",
+                      "p90 (ms)",
                       "size (MB)", "trained", "reason"], rows))]
 
 

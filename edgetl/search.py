@@ -44,6 +44,7 @@ class Candidate:
     status: str = "pending"  # pending → rejected | pareto | chosen
     reason: str = ""
     val_accuracy: float | None = None
+    val_accuracy_ci95: list[float] | None = None  # its 95 % Wilson interval, from the trained model's artifact
     latency_ms_p90: float | None = None
     size_bytes: int | None = None
     trained: bool = False
@@ -63,7 +64,8 @@ class Candidate:
     def as_dict(self) -> dict:
         return {"name": self.name, "backbone": self.backbone, "prune": self.prune, "format": self.format,
                 "precision": self.precision, "status": self.status, "reason": self.reason,
-                "val_accuracy": self.val_accuracy, "latency_ms_p90": self.latency_ms_p90,
+                "val_accuracy": self.val_accuracy, "val_accuracy_ci95": self.val_accuracy_ci95,
+                "latency_ms_p90": self.latency_ms_p90,
                 "size_bytes": self.size_bytes, "trained": self.trained,
                 "untrained_latency_ms_p90": self.estimated.get("latency_ms_p90"),
                 "untrained_size_bytes": self.estimated.get("size_bytes")}
@@ -167,6 +169,7 @@ class SearchState:
                 candidate.reject(measured.get("rejected") or "its latency could not be measured")
                 continue
             candidate.val_accuracy = measured["val_accuracy"]
+            candidate.val_accuracy_ci95 = measured.get("val_accuracy_ci95")
             candidate.latency_ms_p90 = measured["latency_ms_p90"]
             candidate.size_bytes = measured["size_bytes"]
             reason = self.budget.latency_reason(candidate.latency_ms_p90, candidate.size_bytes,

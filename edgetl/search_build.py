@@ -79,7 +79,8 @@ class Measurer:
                 self.measured_on = {"device": self.device.url, **answer["rows"][0]["device_info"]}
             for key, artifact in artifacts.items():
                 p90[key] = by_path.get((run_dir / artifact["path"]).resolve())
-        return {key: {"val_accuracy": artifact.get("val_accuracy"), "latency_ms_p90": p90[key],
+        return {key: {"val_accuracy": artifact.get("val_accuracy"),
+                      "val_accuracy_ci95": artifact.get("val_accuracy_ci95"), "latency_ms_p90": p90[key],
                       "size_bytes": artifact["size_bytes"]} for key, artifact in artifacts.items()}
 
 

@@ -13,7 +13,7 @@ _TEXT = ("name", "format", "precision", "path")
 _NUMBERS = ("val_accuracy", "accuracy_drop_pp", "max_abs_logit_diff", "prediction_agreement")
 _LATENCY = ("p50", "p90", "p99", "mean", "min", "max", "std")
 _OBJECTS = ("model", "data", "budget", "search", "stages", "environment", "distill", "prune", "quantize",
-            "reference_model")
+            "reference_model", "target", "choice")
 
 
 def _is_number(value) -> bool:
@@ -72,6 +72,8 @@ def check_summary(summary, path: Path | str, error: type[EdgetlError] = ReportEr
     model = summary.get("model") or {}
     if model.get("val_accuracy") is not None and not _is_number(model["val_accuracy"]):
         raise error(f"{path}: model.val_accuracy must be a number, got {str(model['val_accuracy'])[:60]!r}.")
+    if summary.get("chosen") is not None and not isinstance(summary["chosen"], str):
+        raise error(f"{path}: `chosen` must be an artifact name, got {str(summary['chosen'])[:60]!r}.")
     classes = summary.get("classes")
     if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
         raise error(f"{path}: `classes` must be a list of label strings.")

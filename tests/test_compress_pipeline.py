@@ -48,10 +48,11 @@ def compressed(tmp_path_factory):
 
 def test_every_compression_stage_runs_in_order(compressed):
     run = compressed["run"]
-    for stage in ("data", "inputs", "teacher", "baseline", "train", "prune", "qat", "export", "verify", "bench"):
+    for stage in ("data", "inputs", "teacher", "baseline", "train", "prune", "qat", "export", "verify", "bench",
+                  "target"):
         assert (run / stage / "stage.json").is_file(), stage
     assert list(compressed["summary"]["stages"]) == ["data", "inputs", "teacher", "baseline", "train", "prune", "qat",
-                                                     "export", "verify", "bench"]
+                                                     "export", "verify", "bench", "target"]
 
 
 def test_summary_records_teacher_student_and_baseline(compressed):

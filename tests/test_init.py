@@ -56,3 +56,12 @@ def test_init_writes_a_commented_recipe_that_builds_as_is(tmp_path):
     assert summary["accuracy_reported_on"] == "test" and summary["data"]["layout"] == "flat"
     assert summary["chosen"] in {a["name"] for a in summary["artifacts"]} and summary["target"]["declared"]
     assert "* chosen for the target: this machine, 1 thread." in out and "test acc, 95 % CI (n = 4)" in out
+    # a budget nothing meets: the same measurement (the target stage is reused), no choice, exit 1, every reason kept
+    code, out = run_cli("build", recipe, "--out", tmp_path / "run", *(a for s in small for a in ("--set", s)),
+                        "--set", "target.budget={latency_ms_p90: 0.0001}")
+    assert code == 1 and "target budget" in out and "[7/7] target: unchanged, reused" in out, out
+    failed = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert failed["status"] == "failed: target budget" and failed["chosen"] is None
+    assert all("target.budget.latency_ms_p90" in a["why"] for a in failed["choice"]["artifacts"])
+    code, out = run_cli("bundle", tmp_path / "run")
+    assert code == 2 and "did not finish" in out, out

@@ -21,7 +21,9 @@ def key(ctx: BuildContext) -> dict:
     target = resolve_target(ctx.recipe)
     local = target.device is None
     return {"record": RECORD, "device": target.url, "threads": target.threads, "formats": target.formats,
-            "target": section_dict(ctx.recipe.target) if ctx.recipe.target else None,
+            # what is measured, not the budget: a new budget is a new choice (`then`), not a new measurement
+            "target": {k: v for k, v in section_dict(ctx.recipe.target).items() if k != "budget"}
+            if ctx.recipe.target else None,
             "artifacts": ctx.records["export"]["files"],
             # on this machine, the bench stage's measurement is the target's
             "bench": sha256_json(ctx.records["bench"]["rows"]) if local else None}
