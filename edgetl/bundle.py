@@ -87,6 +87,10 @@ def pick_artifact(run_dir: Path, fmt: str | None, precision: str | None) -> tupl
     summary = read_summary(run_dir, BundleError)
     by_name = {a["name"]: a for a in summary["artifacts"]}
     chosen = by_name.get(summary.get("chosen"))
+    if chosen is None and "choice" in summary:  # a build of this edgetl that chose nothing (it failed first)
+        raise BundleError(f"{run_dir / 'summary.json'}: the build chose no artifact (status: "
+                          f"{str(summary.get('status'))[:80]!r}); name one with --format and --precision (it has: "
+                          f"{', '.join(by_name) or 'none'}).")
     if chosen is None:
         picked = (fmt or LEGACY_DEFAULT[0], precision or LEGACY_DEFAULT[1])
         return (*picked, "the default of runs without a chosen artifact (build again to have one chosen)")

@@ -82,6 +82,9 @@ def write_recipe(data_dir: Path, out: Path, target: str | None = None, devices: 
     from edgetl.data import scan_dataset
     from edgetl.recipe import parse_recipe
 
+    _check_target(target, devices)
+    if devices:
+        devices = _relative(Path(devices).resolve(), out.parent.resolve())  # read relative to the recipe
     if out.exists() and not force:
         raise OutputError(f"{out} exists; edgetl init does not overwrite a recipe. Give another --out, or --force.")
     if not out.parent.is_dir():
@@ -110,6 +113,20 @@ def write_recipe(data_dir: Path, out: Path, target: str | None = None, devices: 
 
     write_text(out, text)
     return text, train
+
+
+def _check_target(target: str | None, devices: str | None) -> None:
+    """--target and --devices as the recipe's target section will check them: a usage error, named, before any scan."""
+    from pydantic import ValidationError
+
+    from edgetl.recipe.sections import TargetSection
+
+    if devices and not Path(devices).is_file():
+        raise RecipeError(f"--devices {devices}: not a file.")
+    try:
+        TargetSection(device=target or "local", devices=devices)
+    except ValidationError as exc:
+        raise RecipeError(f"--target {target}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}.") from None
 
 
 def _relative(path: Path, start: Path) -> str:

@@ -75,6 +75,9 @@ def _pareto_points(summary: dict, threads: str | None) -> tuple[list[tuple[str, 
             return a.get("target_latency_ms") or {}
         xlabel = f"p50 latency (ms) on {target.get('name')}, {target.get('threads')} thread(s)"
     else:
+        if target and str(target.get("threads")) in _all_threads(summary):
+            threads = str(target["threads"])  # the target's thread count: what the choice compared
+
         def latency(a: dict) -> dict:
             return (a.get("latency_by_threads") or {}).get(threads) or {} if threads else {}
         xlabel = f"p50 latency (ms, {threads} thread(s))"
@@ -85,6 +88,10 @@ def _pareto_points(summary: dict, threads: str | None) -> tuple[list[tuple[str, 
             chosen["name"] if chosen else None, bars)
 
 
+def _all_threads(summary: dict) -> set[str]:
+    return {t for a in summary["artifacts"] for t in (a.get("latency_by_threads") or {})}
+
+
 def chosen_artifact(summary: dict) -> dict | None:
     """The build's chosen artifact (`chosen`, or a search's); for a summary from before `chosen`, the fastest artifact
     within the accuracy budget."""
@@ -92,6 +99,8 @@ def chosen_artifact(summary: dict) -> dict | None:
     chosen = summary.get("chosen") or (summary.get("search") or {}).get("chosen_artifact")
     if chosen in by_name:
         return by_name[chosen]
+    if "choice" in summary:  # a build that records its choice and chose nothing: nothing is invented for it
+        return None
     threads = bench_threads(summary)
     budget = (summary.get("budget") or {}).get("max_accuracy_drop_pp")
     within = [a for a in summary["artifacts"] if budget is None or (a.get("accuracy_drop_pp") or 0) <= budget]
@@ -391,7 +400,12 @@ def _sections(summary: dict, run_dir: Path, threads: str | None, chosen: dict | 
     sections.append(Section("Training", [
         f"Backbone **{model.get('backbone')}**, weights `{model.get('weights')}`, mode `{model.get('mode')}`: val "
         f"accuracy **{_fmt(model.get('val_accuracy'))} %** after {model.get('epochs_run')} epochs (best epoch "
-        f"{model.get('best_epoch')})." + _compression_text(summary)], plot="training"))
+        f"{model.get('best_epoch')}" + (": no fine-tune epoch beat the linear-probe phase, whose model this is"
+                                        if model.get("best_epoch") == 0 and model.get("probe_val_accuracy") is not None
+                                        else "")
+        + (f"; the linear-probe phase before it: {_fmt(model.get('probe_val_accuracy'))} %"
+           if model.get("probe_val_accuracy") is not None and model.get("best_epoch") else "")
+        + ")." + _compression_text(summary)], plot="training"))
     from edgetl.significance import said  # here: numpy stays out of `import edgetl.report`
 
     rows = []

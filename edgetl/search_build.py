@@ -186,9 +186,16 @@ def build_search(recipe: Recipe, root: Path, reporter: Reporter) -> dict:
     summary["search"] = search | {"chosen_run": prefix,
                                   "chosen_artifact": f"{chosen.format}_{chosen.precision}"}
     summary["chosen"] = f"{chosen.format}_{chosen.precision}"  # the chosen run's artifact, as in `artifacts`
-    summary["choice"] = {"chosen": summary["chosen"], "rule": "search: " + chosen.reason + " (search.budget on "
-                         f"{budget.device}); every candidate and why it lost is in `search.candidates`",
-                         "budget": cfg.budget.model_dump(), "artifacts": []}
+    summary["choice"] = {"chosen": summary["chosen"], "most_accurate": summary["chosen"],
+                         "rule": "search: " + chosen.reason + f" (search.budget on {budget.device}); every candidate "
+                         "and why it lost is in `search.candidates`",
+                         "budget": {k: v for k, v in cfg.budget.model_dump().items()
+                                    if k in ("latency_ms_p90", "size_mb", "accuracy_min") and v is not None},
+                         "artifacts": []}
+    # the search measured on its budget's device: that is the target (the chosen sub-run's own is this machine)
+    summary["target"] = {"name": budget.device, "device": budget.device, "declared": True, "threads": budget.threads,
+                         "device_info": {k: v for k, v in measurer.measured_on.items() if k != "device"},
+                         "formats": list(cfg.formats), "excluded": {}}
     summary["recipe"], summary["recipe_name"] = str(recipe.source or summary["recipe"]), recipe.name
     from edgetl.bundle import make_bundle
 

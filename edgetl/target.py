@@ -19,8 +19,8 @@ from edgetl.errors import DeviceError, RecipeError
 
 RULE = ("among the artifacts the target runs that are within target.budget and whose val accuracy is not "
         "significantly worse than the most accurate one's (exact McNemar on the same val images, p < 0.05), the "
-        "fastest p50 on the target; p50s within each other's 95 % bootstrap interval tie, and a tie goes to the "
-        "smaller file")
+        "fastest p50 on the target; a p50 whose 95 % bootstrap interval overlaps the fastest's ties with it, and a "
+        "tie goes to the smallest file")
 
 
 @dataclass(frozen=True)
@@ -74,10 +74,11 @@ def resolve_target(recipe) -> Target:
 
 def allowed_formats(target: Target, machine: str, exported: list[str], source: str) -> dict[str, str | None]:
     """For each exported format: None when the target may run it, else why not. A format named in target.formats
-    whose runtime does not install on the target's `machine` is a RecipeError."""
+    whose runtime does not install on the target's `machine` is a RecipeError. This machine runs every exported
+    format (verify and bench just ran them here), whatever its architecture."""
     from edgetl.formats import FORMATS, formats_for_machine
 
-    installable = formats_for_machine(machine)
+    installable = tuple(exported) if target.device is None else formats_for_machine(machine)
     if target.formats is not None:
         cannot = [f for f in target.formats if f not in installable]
         if cannot:
@@ -174,15 +175,20 @@ def choose(artifacts: list[dict], right: dict[str, np.ndarray], latency: dict[st
     for row in accurate:
         if row is chosen:
             continue
-        if row in tied:
-            row["why"] = (f"as fast as {chosen['name']} within the intervals (p50 {_ms(row)} vs {_ms(chosen)}) but "
-                          f"a larger file ({row['size_bytes'] / 1e6:.2f} vs {chosen['size_bytes'] / 1e6:.2f} MB)")
+        if row not in tied:
+            row["why"] = f"slower on the target: p50 {_ms(row)} vs {_ms(fastest)} for {fastest['name']}, the fastest"
+        elif row["size_bytes"] > chosen["size_bytes"]:
+            row["why"] = (f"ties on latency with {chosen['name']} (p50 {_ms(row)} vs {_ms(chosen)}) but is a larger "
+                          f"file ({row['size_bytes'] / 1e6:.2f} vs {chosen['size_bytes'] / 1e6:.2f} MB)")
         else:
-            row["why"] = f"slower on the target: p50 {_ms(row)} vs {_ms(chosen)} for {chosen['name']}"
+            row["why"] = (f"ties on latency with {chosen['name']} and is no smaller; its p50 is the slower "
+                          f"({_ms(row)} vs {_ms(chosen)})")
     if chosen is not None:
         chosen["status"] = "chosen"
         count = f"{len(accurate)} artifact{'s' if len(accurate) != 1 else ''}"
-        chosen["why"] = (f"the fastest p50 on the target, {_ms(chosen)}, of the {count} within the budget "
+        speed = (f"the fastest p50 on the target, {_ms(chosen)}" if chosen is fastest else
+                 f"p50 {_ms(chosen)} on the target, tied with the fastest, {fastest['name']} ({_ms(fastest)})")
+        chosen["why"] = (f"{speed}, of the {count} within the budget "
                          + (f"and not significantly less accurate than the most accurate, {best['name']}"
                             if chosen is not best else "(it is the most accurate of them)")
                          + (f"; the smallest file of the {len(tied)} that tie on latency" if len(tied) > 1 else ""))

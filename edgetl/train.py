@@ -182,6 +182,8 @@ def fine_tune(created: CreatedModel, train_samples: list[Sample], val_inputs: np
     optimizer = build_optimizer([{"params": head_params, "lr": cfg.lr},
                             {"params": backbone_params, "lr": cfg.lr * cfg.backbone_lr_mult}], cfg)
     resumable = checkpointer.load() if checkpointer else None
+    if resumable and resumable.get("world_size", 1) != (distributed.world_size() if distributed.active() else 1):
+        resumable = None  # written by another number of processes: training starts again (_epochs says so), probe first
     start = None
     if resumable is None and cfg.probe_epochs:
         # LP-FT: train the new head on frozen features first, so fine-tuning starts from a sensible head

@@ -64,4 +64,6 @@ def test_init_writes_a_commented_recipe_that_builds_as_is(tmp_path):
     assert failed["status"] == "failed: target budget" and failed["chosen"] is None
     assert all("target.budget.latency_ms_p90" in a["why"] for a in failed["choice"]["artifacts"])
     code, out = run_cli("bundle", tmp_path / "run")
-    assert code == 2 and "did not finish" in out, out
+    assert code == 2 and "the build chose no artifact" in out and "onnx_int8" in out, out
+    code, out = run_cli("bundle", tmp_path / "run", "--format", "onnx", "--precision", "int8")
+    assert code == 2 and "did not finish" in out, out  # named, it is still refused: the build failed

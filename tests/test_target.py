@@ -51,8 +51,7 @@ def test_the_rule_takes_the_fastest_of_the_accurate_and_a_tie_goes_to_the_smalle
     assert rows["onnx_int8"]["vs_most_accurate"]["p_value"] == pytest.approx(mcnemar_exact(0, 2)) == 0.5
     assert choice["chosen"] == "onnx_int8" and rows["onnx_int8"]["status"] == "chosen"
     assert "smallest file of the 2 that tie" in rows["onnx_int8"]["why"]
-    assert rows["tflite_fp32"]["status"] == "lost" and "as fast as onnx_int8 within the intervals" in \
-        rows["tflite_fp32"]["why"]
+    assert rows["tflite_fp32"]["status"] == "lost" and "ties on latency with onnx_int8" in rows["tflite_fp32"]["why"]
 
 
 def test_latencies_apart_go_to_the_fastest_and_budgets_are_checked_on_the_target():
@@ -62,6 +61,7 @@ def test_latencies_apart_go_to_the_fastest_and_budgets_are_checked_on_the_target
     choice = choose(artifacts, answers, figures, {}, {})
     assert choice["chosen"] == "a"  # the larger file, but faster beyond the intervals
     assert "slower on the target: p50 4.00 ms (95 % CI 3.90–4.10) vs 2.00 ms" in choice["artifacts"][1]["why"]
+    assert choice["artifacts"][0]["why"].startswith("the fastest p50 on the target, 2.00 ms")
     # no interval (one round): only an equal p50 ties
     assert choose(artifacts, answers, {"a": latency(2.0, None), "b": latency(2.0, None)}, {}, {})["chosen"] == "b"
     # a p90 limit that neither meets: nothing is chosen, and each says why
@@ -128,3 +128,28 @@ def test_a_device_name_is_looked_up_in_target_devices(tmp_path):
     # no target section: this machine, at the first bench thread count (where latency_ms is measured)
     local = resolve_target(_recipe(tmp_path, {}).model_copy(update={"target": None}))
     assert (local.url, local.declared, local.threads) == ("local", False, 1)
+
+
+def test_a_tie_that_goes_to_a_slower_smaller_file_says_so():
+    """b is the smallest file and its interval overlaps the fastest's (a), so it is chosen; c is faster than b but
+    does not tie with a: it lost to a's speed, not b's."""
+    artifacts = [artifact("a", 5.0), artifact("b", 1.0), artifact("c", 3.0)]
+    answers = {name: right(50) for name in "abc"}
+    figures = {"a": latency(10.0, [9.0, 11.0]), "b": latency(13.0, [10.5, 15.0]), "c": latency(12.0, [11.5, 12.5])}
+    choice = choose(artifacts, answers, figures, {}, {})
+    rows = {a["name"]: a for a in choice["artifacts"]}
+    assert choice["chosen"] == "b"
+    assert rows["b"]["why"].startswith("p50 13.00 ms (95 % CI 10.50–15.00) on the target, tied with the fastest, a")
+    assert rows["c"]["why"].startswith("slower on the target: p50 12.00 ms") and "for a, the fastest" in rows["c"]["why"]
+    assert "ties on latency with b" in rows["a"]["why"] and "larger file (5.00 vs 1.00 MB)" in rows["a"]["why"]
+
+
+def test_the_build_machine_runs_every_exported_format_whatever_its_architecture():
+    from edgetl.target import Target, allowed_formats
+
+    here = Target("local", None, 1, None, declared=False)
+    assert allowed_formats(here, "riscv64", ["onnx", "tflite"], "r.yaml") == {"onnx": None, "tflite": None}
+    there = Target("pi", object(), 1, None, declared=True)  # a device: its architecture decides
+    assert allowed_formats(there, "armv7l", ["onnx"], "r.yaml")["onnx"].endswith("does not install on armv7l")
+    with pytest.raises(RecipeError, match="target.formats names onnx.*armv7l"):
+        allowed_formats(Target("pi", object(), 1, ("onnx",), True), "armv7l", ["onnx"], "r.yaml")

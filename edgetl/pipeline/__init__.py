@@ -73,6 +73,10 @@ def build(recipe: str | Path | Recipe, out: str | Path | None = None, reporter: 
     reporter = reporter or Reporter()
     root = Path(out) if out else Path("runs") / recipe.name
     check_apart(root, _dataset_folder(recipe), "--out", "the dataset")
+    if recipe.target is not None:
+        from edgetl.target import resolve_target
+
+        resolve_target(recipe)  # a device name not in target.devices is found now, not after training (no connection)
     first_created = next((p for p in reversed([root, *root.parents]) if not p.exists()), None)
     claim_run_dir(root)
     reporter.info(f"edgetl {__version__}: building '{recipe.name}' into {root}")

@@ -363,7 +363,7 @@ class SearchBudget(DeviceFields, Limits):
 class TargetSection(DeviceFields):
     """Where the model will run. Every artifact the target can run is measured there, and `chosen` is, among those
     within `budget` whose val accuracy is not significantly worse than the most accurate one's, the fastest p50
-    (latencies within each other's 95 % interval tie; a tie goes to the smaller file)."""
+    (a p50 whose 95 % interval overlaps the fastest's ties with it; a tie goes to the smallest file)."""
 
     devices: str | None = Field(None, description="A devices.yaml (relative to the recipe file) in which `device` "
                                 "may be a name.")

@@ -90,6 +90,12 @@ def then(ctx: BuildContext, record: dict) -> None:
     ctx.choice = choose(artifacts, right, record["latency_ms"], record["excluded"], budget)
     if ctx.choice["chosen"] is None:
         reasons = "; ".join(f"{a['name']}: {a['why']}" for a in ctx.choice["artifacts"])
+        if all(a["status"] == "excluded" for a in ctx.choice["artifacts"]):
+            from edgetl.errors import DeviceRuntimeError
+
+            raise DeviceRuntimeError(f"the target {record['name']} ({ctx.source}: target) can run none of this "
+                                     f"build's artifacts: {reasons}. Export a format it runs (export.formats), or "
+                                     "install its runtime there.")
         raise TargetBudgetError(f"no artifact of this build can ship to the target {record['name']} under target.budget "
                           f"{budget} in {ctx.source}: {reasons}. Every figure is in {ctx.root / 'summary.json'}.")
 
