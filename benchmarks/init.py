@@ -74,6 +74,8 @@ def measure(name: str, scratch: Path) -> dict:
            "cli_output": built.stdout.splitlines()}
     probe = row["probe_val_accuracy"]
     row["val_gain_over_probe_pp"] = None if probe is None else round(model["val_accuracy"] - probe, 2)
+    row["measured"] = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": summary["environment"].get("cpu"),
+                       "cores": summary["environment"].get("cores")}
     print(f"  {name}: {row['chosen']} test {row['chosen_test_accuracy']:.2f} % {row['chosen_test_ci95']}, val "
           f"{row['val_accuracy']:.2f} % vs probe {probe}, {seconds:.0f} s", flush=True)
     return row
@@ -83,10 +85,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", action="append", help="hymenoptera, trashnet5 or trashnet5-N (repeatable)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "init.json")
+    parser.add_argument("--add", action="store_true", help="keep --out's rows of the other datasets (each row says "
+                        "its date and machine)")
     args = parser.parse_args()
     names = args.dataset or ["hymenoptera"]
     with tempfile.TemporaryDirectory(prefix="edgetl-init-") as scratch:
         rows = [measure(name, Path(scratch)) for name in names]
+    if args.add and args.out.is_file():
+        kept = [r for r in json.loads(args.out.read_text())["rows"] if r["dataset"] not in names]
+        rows = kept + rows
     lines = ["| dataset | classes | train / val / test | epochs (run, best) | probe val % | model val % | chosen | "
              "test % (95 % CI) | build |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:

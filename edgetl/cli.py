@@ -171,7 +171,7 @@ def _where(target: dict) -> str:
     threads = target.get("threads")
     threads = f"{threads} thread{'s' if threads != 1 else ''}"
     if target.get("device", "local") == "local":
-        return f"this machine, {threads}" + ("" if target.get("declared") else " (the recipe has no target: section)")
+        return f"the build machine, {threads}" + ("" if target.get("declared") else " (the recipe has no target: section)")
     return f"{target.get('name')}, {(target.get('device_info') or {}).get('machine', '?')}, {threads}"
 
 

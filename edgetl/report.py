@@ -344,7 +344,7 @@ def _choice_sections(summary: dict) -> list[Section]:
         return []
     info = target.get("device_info") or {}
     if target.get("device", "local") == "local":
-        where = (f"this machine ({info.get('machine')}), {target.get('threads')} thread(s)"
+        where = (f"the build machine ({info.get('machine')}), {target.get('threads')} thread(s)"
                  + ("" if target.get("declared") else ": the recipe has no `target:` section, so the model is chosen "
                     "for the machine that built it"))
     else:

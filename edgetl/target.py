@@ -38,7 +38,7 @@ class Target:
         return "local" if self.device is None else self.device.url
 
     def describe(self) -> str:
-        where = "this machine" if self.device is None else f"{self.name} ({self.url})"
+        where = "the build machine" if self.device is None else f"{self.name} ({self.url})"
         return f"{where}, {self.threads} thread{'s' if self.threads != 1 else ''}"
 
 
@@ -190,7 +190,7 @@ def choose(artifacts: list[dict], right: dict[str, np.ndarray], latency: dict[st
                  f"p50 {_ms(chosen)} on the target, tied with the fastest, {fastest['name']} ({_ms(fastest)})")
         chosen["why"] = (f"{speed}, of the {count} within the budget "
                          + (f"and not significantly less accurate than the most accurate, {best['name']}"
-                            if chosen is not best else "(it is the most accurate of them)")
+                            if chosen is not best else "(none of them is significantly more accurate)")
                          + (f"; the smallest file of the {len(tied)} that tie on latency" if len(tied) > 1 else ""))
     return {"chosen": chosen["name"] if chosen else None, "most_accurate": best["name"] if best else None,
             "rule": RULE, "budget": {k: v for k, v in budget.items() if v is not None},

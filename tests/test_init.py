@@ -28,6 +28,18 @@ def test_the_schedule_comes_from_the_number_of_images_and_classes(images, classe
             "scale_min": train["augment"]["scale_min"]} == expected
 
 
+@pytest.mark.parametrize(("val_images", "budget"), [
+    (40, 5.0),     # one image is 2.5 points: two are 5
+    (153, 1.31),   # two images are 1.307 points, rounded up so that two images pass
+    (200, 1.0),    # two images are 1 point
+    (1000, 1.0),   # never below 1 point
+])
+def test_the_accuracy_budget_is_never_below_two_val_images(val_images, budget):
+    from edgetl.init import accuracy_budget
+
+    assert accuracy_budget(val_images) == budget
+
+
 def test_init_writes_a_commented_recipe_that_builds_as_is(tmp_path):
     data = make_image_folder(tmp_path / "my data", {"red": 10, "green": 10})  # flat: <class>/ folders
     recipe = tmp_path / "recipe.yaml"
@@ -38,6 +50,7 @@ def test_init_writes_a_commented_recipe_that_builds_as_is(tmp_path):
     written = yaml.safe_load(text)
     assert written["data"]["path"] == "my data" and written["target"] == {"device": "local", "threads": 1}
     assert written["train"]["epochs"] == suggested_training(12, 2)["epochs"] == 30
+    assert written["verify"]["max_accuracy_drop_pp"] == 50.0  # 4 val images: two of them are 50 points
     # never over an existing recipe
     code, out = run_cli("init", data, "--out", recipe)
     assert code == 2 and "does not overwrite" in out and recipe.read_text() == text, out
@@ -55,7 +68,7 @@ def test_init_writes_a_commented_recipe_that_builds_as_is(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["accuracy_reported_on"] == "test" and summary["data"]["layout"] == "flat"
     assert summary["chosen"] in {a["name"] for a in summary["artifacts"]} and summary["target"]["declared"]
-    assert "* chosen for the target: this machine, 1 thread." in out and "test acc, 95 % CI (n = 4)" in out
+    assert "* chosen for the target: the build machine, 1 thread." in out and "test acc, 95 % CI (n = 4)" in out
     # a budget nothing meets: the same measurement (the target stage is reused), no choice, exit 1, every reason kept
     code, out = run_cli("build", recipe, "--out", tmp_path / "run", *(a for s in small for a in ("--set", s)),
                         "--set", "target.budget={latency_ms_p90: 0.0001}")

@@ -126,8 +126,11 @@ def then(ctx: BuildContext, record: dict) -> None:
     budget = ctx.recipe.verify.max_accuracy_drop_pp
     over = {name: r for name, r in record["artifacts"].items() if r["accuracy_drop_pp"] > budget}
     if over:
-        table = "; ".join(f"{name}: {r['val_accuracy']:.2f}% (a drop of {r['accuracy_drop_pp']:.2f} pp)"
-                          for name, r in over.items())
+        from edgetl.significance import said
+
+        table = "; ".join(f"{name}: {r['val_accuracy']:.2f}% (a drop of {r['accuracy_drop_pp']:.2f} pp, "
+                          f"{r['val_correct']} of {r['val_images']} val images right; against the torch model: "
+                          f"{said(r.get('vs_torch'))})" for name, r in over.items())
         raise AccuracyBudgetError(f"{table} — more than verify.max_accuracy_drop_pp = {budget} pp below the torch "
                                   f"model ({record['torch_val_accuracy']:.2f}%). Details in "
                                   f"{ctx.root / 'summary.json'}. Raise the budget, calibrate with more images "
