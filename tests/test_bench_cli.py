@@ -338,6 +338,7 @@ def test_a_saved_baseline_from_another_machine_state_is_not_judged(models, onnx_
     data = json.loads(base.read_text())
     row = data["rows"][0]
     row.pop("model_sha256")
+    measured = list(row["trial_p50_ms"])
     row["trial_p50_ms"] = [t / 8 for t in row["trial_p50_ms"]]
     scale_machine_state(row, 1 / 8)
     base.write_text(json.dumps(data))
@@ -353,9 +354,10 @@ def test_a_saved_baseline_from_another_machine_state_is_not_judged(models, onnx_
     # older baseline without any looks does not switch them off.
     for row_ in data["rows"]:
         row_.pop("reference_trial_p50_ms")
+    row["trial_p50_ms"] = measured  # as measured (8x faster and a change of speed state, x1.44, beat even 900 %)
     base.write_text(json.dumps(data))
     fresh = tmp_path / "fresh.json"
-    # (the baseline's trials are 8x faster: a 900 % tolerance lets them pass; this part checks the looks, not a verdict)
+    # (this part checks the looks, not a verdict: the 900 % tolerance lets a change of machine state pass)
     result = CliRunner().invoke(main, ["bench", str(paths["onnx"]), *QUICK, "--no-cold-start", "--baseline", str(base),
                                        "--max-regression", "900%", "--save-baseline", str(fresh)])
     assert result.exit_code == 0, result.output

@@ -63,7 +63,8 @@ def _derived(outlier_run, tmp_path: Path, name: str, **sections) -> tuple[int, s
 def test_an_artifact_over_the_accuracy_budget_fails_the_build_with_its_table(outlier_run):
     code, out = outlier_run["code"], outlier_run["out"]
     assert code == 1 and "accuracy budget exceeded" in out, out
-    assert "onnx_int8: " in out and "pp)" in out and "verify.max_accuracy_drop_pp = 1.0" in out, out
+    assert "onnx_int8: " in out and "pp, " in out and "val images right" in out, out
+    assert "verify.max_accuracy_drop_pp = 1.0" in out, out
     summary = json.loads((outlier_run["run"] / "summary.json").read_text())
     assert summary["status"] == "failed: accuracy budget"
     by_name = {a["name"]: a for a in summary["artifacts"]}
