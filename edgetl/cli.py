@@ -245,10 +245,10 @@ def check(recipe: Path, overrides: tuple[str, ...]) -> None:
 
 def _check_target(recipe) -> None:
     """The target found, reached when it is a device, and what it will run of export.formats."""
-    from edgetl.target import allowed_formats, device_machine, local_machine, resolve_target
+    from edgetl.target import allowed_formats, resolve_target
 
     target = resolve_target(recipe)
-    info = {"machine": local_machine()} if target.device is None else device_machine(target.device)
+    info = target.machine_info()
     why = allowed_formats(target, info["machine"], recipe.export.formats, recipe.source or "recipe")
     runs = [f for f, reason in why.items() if reason is None]
     click.echo(f"target: {target.describe()}, {info['machine']}" + ("" if target.declared else " (no target: section)")

@@ -126,6 +126,13 @@ def mcnemar_exact(a_only: int, b_only: int) -> float:
     return float(binomtest(a_only, discordant, 0.5).pvalue)
 
 
+def p50_ci95(round_p50s) -> list[float] | None:
+    """A p50's 95 % interval as summary.json records it: median_interval of the rounds' medians, rounded (None for
+    fewer than two rounds)."""
+    interval = median_interval(round_p50s)
+    return [round(interval[0], 4), round(interval[1], 4)] if interval else None
+
+
 def median_interval(values, confidence: float = CONFIDENCE, resamples: int = 2000) -> tuple[float, float] | None:
     """The percentile bootstrap interval of the median of `values` (a latency's round medians: how far the p50 moves
     from round to round); None for fewer than two values. Seeded, so the same rounds give the same interval."""

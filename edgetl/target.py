@@ -37,6 +37,10 @@ class Target:
     def url(self) -> str:
         return "local" if self.device is None else self.device.url
 
+    def machine_info(self) -> dict:
+        """{machine, ...}: platform.machine() here, or the device's answer over SSH (a DeviceError when unreachable)."""
+        return {"machine": local_machine()} if self.device is None else device_machine(self.device)
+
     def describe(self) -> str:
         where = "the build machine" if self.device is None else f"{self.name} ({self.url})"
         return f"{where}, {self.threads} thread{'s' if self.threads != 1 else ''}"
@@ -114,13 +118,14 @@ def device_machine(device) -> dict:
                           "3 interpreter there? Set target.python.") from None
 
 
-def latency_record(stats: dict, round_p50s: list[float]) -> dict:
-    """Latency figures on the target: the statistics of every timed run and the p50's bootstrap interval over rounds."""
-    from edgetl.significance import median_interval
+def latency_record(row: dict) -> dict:
+    """An `edgetl bench` row's latency figures on the target: the statistics of every timed run, each round's median
+    and the p50's bootstrap interval over rounds."""
+    from edgetl.bench.stats import row_stats
+    from edgetl.significance import p50_ci95
 
-    interval = median_interval(round_p50s)
-    return {**stats, "rounds": len(round_p50s), "round_p50_ms": list(round_p50s),
-            "p50_ci95": [round(interval[0], 4), round(interval[1], 4)] if interval else None}
+    rounds = row["trial_p50_ms"]
+    return {**row_stats(row), "rounds": len(rounds), "round_p50_ms": list(rounds), "p50_ci95": p50_ci95(rounds)}
 
 
 def _overlap(a: list | None, b: list | None, a_p50: float, b_p50: float) -> bool:

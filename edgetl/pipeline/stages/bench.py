@@ -50,20 +50,16 @@ def summarize(ctx: BuildContext, summary: dict) -> None:
     bench rows themselves (`bench_rows`, their `model` relative to the run directory)."""
     record, cfg = ctx.records.get("bench") or {}, ctx.recipe.bench
     first = str(cfg.threads[0])
-    from edgetl.significance import median_interval
+    from edgetl.significance import p50_ci95
 
     rounds = {(row["name"], str(row["threads"])): row.get("trial_p50_ms") or [] for row in record.get("rows", [])}
     for entry in summary["artifacts"]:
-        latency = {threads: {**stats, "p50_ci95": _interval(median_interval(rounds.get((entry["name"], threads), [])))}
+        latency = {threads: {**stats, "p50_ci95": p50_ci95(rounds.get((entry["name"], threads), []))}
                    for threads, stats in record.get("latency_ms", {}).get(entry["name"], {}).items()}
         entry["latency_ms"] = dict(latency[first]) if latency else None
         entry["threads"], entry["batch"] = int(first), cfg.batch
         entry["latency_by_threads"] = latency
     summary["bench_rows"] = record.get("rows", [])
-
-
-def _interval(interval: tuple[float, float] | None) -> list[float] | None:
-    return [round(interval[0], 4), round(interval[1], 4)] if interval else None
 
 
 STAGE = Stage("bench", work, key, summarize=summarize)

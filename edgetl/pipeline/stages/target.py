@@ -30,10 +30,10 @@ def key(ctx: BuildContext) -> dict:
 
 
 def work(ctx: BuildContext, folder: Path) -> dict:
-    from edgetl.target import allowed_formats, device_machine, latency_record, local_machine, resolve_target
+    from edgetl.target import allowed_formats, latency_record, resolve_target
 
     target, artifacts = resolve_target(ctx.recipe), ctx.records["export"]["artifacts"]
-    info = {"machine": local_machine()} if target.device is None else device_machine(target.device)
+    info = target.machine_info()
     why = allowed_formats(target, info["machine"], [a["format"] for a in artifacts], ctx.source)
     runnable = [a for a in artifacts if why[a["format"]] is None]
     excluded = {a["name"]: why[a["format"]] for a in artifacts if why[a["format"]] is not None}
@@ -41,7 +41,7 @@ def work(ctx: BuildContext, folder: Path) -> dict:
     if target.device is None:
         for row in ctx.records["bench"]["rows"]:
             if row["threads"] == target.threads and row["name"] in {a["name"] for a in runnable}:
-                latency[row["name"]] = latency_record(_stats(row), row["trial_p50_ms"])
+                latency[row["name"]] = latency_record(row)
     elif runnable:
         from edgetl.bench.remote import bench_on_target
         from edgetl.target import model_refs
@@ -59,7 +59,7 @@ def work(ctx: BuildContext, folder: Path) -> dict:
             excluded[name] = reason
         for row in rows:
             row["model"] = ctx.run.rel(Path(row["model"]))
-            latency[row["name"]] = latency_record(_stats(row), row["trial_p50_ms"])
+            latency[row["name"]] = latency_record(row)
             ctx.reporter.info(f"  {row['name']} on {target.name}: p50 {row['p50_ms']:.3f} ms, p90 "
                               f"{row['p90_ms']:.3f} ms ({row['runs']} runs in {row['repeats']} rounds)")
         if rows:
@@ -67,12 +67,6 @@ def work(ctx: BuildContext, folder: Path) -> dict:
     return {"name": target.name, "device": target.url, "declared": target.declared, "threads": target.threads,
             "device_info": info, "formats": [f for f, reason in why.items() if reason is None],
             "excluded": excluded, "latency_ms": latency, "rows": rows, "files": {}}
-
-
-def _stats(row: dict) -> dict:
-    from edgetl.bench.stats import row_stats
-
-    return row_stats(row)
 
 
 def then(ctx: BuildContext, record: dict) -> None:
