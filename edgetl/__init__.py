@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from edgetl.classifier import Classifier
     from edgetl.progress import Reporter
     from edgetl.recipe import Recipe
 
@@ -18,3 +19,13 @@ def build(recipe: str | Path | Recipe, out: str | Path | None = None, reporter: 
     from edgetl.api import build as _build
 
     return _build(recipe, out=out, reporter=reporter)
+
+
+def load(path: str | Path, threads: int | None = None) -> Classifier:
+    """A classifier for an exported model — a model file, its export folder, a deploy bundle or a run directory (its
+    chosen artifact) — run by its own runtime with `threads` threads (default: every core). Torch-free:
+    `edgetl.load("runs/quickstart").predict("photo.jpg").label`; `.predict` also takes a PIL image or an H×W×3 RGB
+    uint8 numpy array (a camera frame)."""
+    from edgetl.classifier import load as _load
+
+    return _load(path, threads)

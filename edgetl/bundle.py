@@ -24,7 +24,8 @@ EDGETL_ROOT = Path(__file__).resolve().parent
 # The torch-free modules the device runs, copied from edgetl itself (imports renamed), so the device preprocesses,
 # runs and times a model with the very code that verified it.
 _VENDORED_CORE = ("errors.py", "formats.py", "images.py", "preprocess.py", "runtime/__init__.py", "bench/__init__.py",
-                  "bench/stats.py", "bench/harness.py", "bench/probe.py", "bench/environment.py", "artifact.py")
+                  "bench/stats.py", "bench/harness.py", "bench/probe.py", "bench/environment.py", "artifact.py",
+                  "classifier.py")
 
 
 def vendored_files() -> list[tuple[Path, str]]:

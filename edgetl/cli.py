@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 import traceback
 from pathlib import Path
@@ -97,82 +98,12 @@ def _build(recipe: Path, out: Path | None, quiet: bool, overrides: tuple[str, ..
 
     parsed = load_recipe(recipe, overrides)
     summary = run_build(parsed, out=out, reporter=Reporter(enabled=not quiet))
+    from edgetl.closing import artifact_table, next_steps
+
     for line in artifact_table(summary):
         click.echo(line)
     for line in next_steps(summary, out or Path("runs") / parsed.name):
         click.echo(line)
-
-
-def next_steps(summary: dict, run_dir: Path) -> list[str]:
-    """Why the chosen artifact was chosen, and the commands that ship it."""
-    chosen, target = summary.get("chosen"), summary.get("target") or {}
-    if not chosen:
-        return []
-    why = next((a["why"] for a in (summary.get("choice") or {}).get("artifacts", []) if a["name"] == chosen), "")
-    device = target.get("device", "local")
-    return [f"chosen: {chosen}" + (f", {why}" if why else "") + ".",
-            f"next: edgetl bundle {run_dir}    (a deploy bundle of {chosen} in {run_dir / 'bundle'})",
-            f"      edgetl deploy {run_dir} --device {device if device != 'local' else 'ssh://user@host'}"
-            "    (copy it to the device, run and time it there)"]
-
-
-def artifact_table(summary: dict) -> list[str]:
-    """The build's closing table, aligned: each artifact's file, accuracy with its 95 % interval (on test when the
-    data has a test split, else on val, said so), how it compares with the torch model it was exported from (exact
-    McNemar on the same images), p50 latency and size."""
-    from edgetl.significance import said
-
-    artifacts = summary["artifacts"]
-    if not artifacts:
-        return []
-    split = "test" if artifacts[0].get("test_accuracy") is not None else "val"
-    n = artifacts[0].get(f"{split}_images")
-    threads = artifacts[0].get("threads")
-    target = summary.get("target") or {}
-    # the target's p50 beside this machine's when they differ (a device, or another thread count)
-    apart = bool(target) and (target.get("device") != "local" or target.get("threads") != threads)
-    rows = [["", "artifact", "file", f"{split} acc, 95 % CI (n = {n})" if n else f"{split} acc",
-             "against the torch model",
-             f"p50 here at {threads} thread{'s' if threads != 1 else ''}" if threads else "p50", "size"]]
-    if apart:
-        rows[0].insert(6, f"p50 on the target ({_where(target)})")
-    for a in artifacts:
-        ci, latency = a.get(f"{split}_accuracy_ci95"), a.get("latency_ms") or {}
-        accuracy = a[f"{split}_accuracy"]
-        rows.append(["*" if a["name"] == summary.get("chosen") else "", a["name"], a["path"],
-                     f"{accuracy:.2f} % ({ci[0]:.1f}–{ci[1]:.1f})" if ci else f"{accuracy:.2f} %",
-                     said(a.get("test_vs_torch" if split == "test" else "vs_torch")), _p50(latency),
-                     f"{a['size_bytes'] / 1e6:.2f} MB"])
-        if apart:
-            rows[-1].insert(6, _p50(a.get("target_latency_ms") or {}))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    right = set(range(5, len(rows[0])))  # numbers to the right
-    lines = ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in
-                       enumerate(zip(row, widths, strict=True))).rstrip() for row in rows]
-    if summary.get("chosen"):
-        lines.append(f"* chosen for the target: {_where(target)}.")
-    if split == "val":
-        lines.append("No test split: these accuracies are on val, which also chose the best epoch and the int8 "
-                     "settings, so they are optimistic. Add a test/ folder or set data.test_fraction.")
-    else:
-        lines.append(f"Accuracy on the {n} test images, which chose nothing (val chose the best epoch and the int8 "
-                     "settings).")
-    return lines
-
-
-def _p50(latency: dict) -> str:
-    if latency.get("p50") is None:
-        return "—"
-    ci = latency.get("p50_ci95")
-    return f"{latency['p50']:.2f} ms" + (f" ({ci[0]:.2f}–{ci[1]:.2f})" if ci else "")
-
-
-def _where(target: dict) -> str:
-    threads = target.get("threads")
-    threads = f"{threads} thread{'s' if threads != 1 else ''}"
-    if target.get("device", "local") == "local":
-        return f"the build machine, {threads}" + ("" if target.get("declared") else " (the recipe has no target: section)")
-    return f"{target.get('name')}, {(target.get('device_info') or {}).get('machine', '?')}, {threads}"
 
 
 def _distributed_rank(recipe: Path, out: Path | None, quiet: bool, overrides: tuple[str, ...]) -> None:
@@ -496,12 +427,85 @@ def deploy(run_dir: Path, device: tuple[str, ...], devices_file: Path | None, fm
         click.echo(f"{result['device']}: {info['machine']} {info['cpu']} ({info['cores']} cores), "
                    f"p50 {result['bench']['p50_ms']:.3f} ms over {result['bench']['runs']} runs")
         for prediction in result["predictions"]:
+            if prediction.get("error"):
+                failed += 1
+                click.echo(f"  {Path(prediction['image']).name}: not classified: {prediction['error']}", err=True)
+                continue
             top = prediction["top"][0]
             click.echo(f"  {Path(prediction['image']).name}: {top['label']} {top['probability']:.3f}")
     if json_path:
         write_json(json_path, results)
     if failed:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path, exists=True))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top-k", "-k", type=click.IntRange(min=1), default=3, show_default=True, help="Labels per image.")
+@click.option("--threads", "-t", type=click.IntRange(1, MAX_THREADS), help="Runtime threads (default: every core).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+              help="Write one row per image as JSON ('-': stdout instead of the text lines).")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+              help="Write one row per image as CSV ('-': stdout instead of the text lines).")
+@_handle_errors
+def predict(model: Path, images: tuple[Path, ...], top_k: int, threads: int | None, json_path: Path | None,
+            csv_path: Path | None) -> None:
+    """Classify IMAGES (files, or folders searched for images) with MODEL: a model file, its export folder, a
+    deploy bundle or a run directory (its chosen artifact). Prints `image: label probability, ...` per image; exit 1
+    when an image cannot be read (the others are still classified), 2 for a bad model or a missing path."""
+    from edgetl.classifier import classify_files, image_files, load
+    from edgetl.fsutil import write_json
+
+    _output_files(**{k: v for k, v in (("json", json_path), ("csv", csv_path)) if v and str(v) != "-"})
+    paths = image_files(images)
+    classifier = load(model, threads)
+    click.echo(f"classifying {len(paths)} image{'s' if len(paths) != 1 else ''} with {classifier.path} "
+               f"({len(classifier.labels)} labels, {classifier.threads} threads)", err=True)
+    to_stdout = "-" in (str(json_path), str(csv_path))
+    rows = []
+    for row in classify_files(classifier, paths, top_k):
+        rows.append(row)
+        if row["error"]:
+            click.echo(f"edgetl: data error: {row['error']}", err=True)
+        elif not to_stdout:
+            click.echo(f"{row['image']}: " + ", ".join(f"{t['label']} {t['probability']:.3f}" for t in row["top"]))
+    if json_path:
+        if str(json_path) == "-":
+            click.echo(json.dumps(rows))
+        else:
+            write_json(json_path, rows)
+    if csv_path:
+        _write_predictions_csv(csv_path, rows, top_k)
+    failed = sum(1 for row in rows if row["error"])
+    if failed:
+        click.echo(f"{failed} of {len(rows)} images could not be read; the others were classified.", err=True)
+        sys.exit(1)
+
+
+def _write_predictions_csv(path: Path, rows: list[dict], top_k: int) -> None:
+    """image, label, probability, then label_2, probability_2 ... label_k, probability_k, and error."""
+    import csv
+    import io
+
+    header = ["image", "label", "probability"]
+    for rank in range(2, top_k + 1):
+        header += [f"label_{rank}", f"probability_{rank}"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*header, "error"])
+    for row in rows:
+        cells = [row["image"]]
+        for rank in range(top_k):
+            top = row["top"][rank] if rank < len(row["top"]) else None
+            cells += [top["label"], top["probability"]] if top else ["", ""]
+        writer.writerow([*cells, row["error"] or ""])
+    if str(path) == "-":
+        click.echo(buffer.getvalue(), nl=False)
+    else:
+        from edgetl.fsutil import write_text
+
+        write_text(path, buffer.getvalue())
 
 
 @main.command()

@@ -37,25 +37,14 @@ def device_info() -> dict:
 
 
 def predict(bundle: Path, images: list[str], top_k: int, threads: int) -> list[dict]:
-    """Top-k labels and probabilities of each image."""
-    import numpy as np
+    """One row per image (the files given and the images under the folders given): its top-k labels and
+    probabilities, its logits, or the reason it could not be read (`error`)."""
     from edgetl_runner.artifact import PREDICT_FIELDS
-    from edgetl_runner.preprocess import Preprocessing, preprocess_files
-    from edgetl_runner.runtime import load_runner
+    from edgetl_runner.classifier import Classifier, classify_files, image_files
 
     meta = _metadata(bundle, PREDICT_FIELDS)
-    runner = load_runner(_model_path(bundle, meta), threads=threads)
-    inputs = preprocess_files(images, Preprocessing.from_json(meta.preprocessing))
-    results = []
-    for path, image in zip(images, inputs):
-        logits = runner.run(np.ascontiguousarray(image[None]))[0].astype(np.float64)
-        probabilities = np.exp(logits - logits.max())
-        probabilities /= probabilities.sum()
-        order = np.argsort(-probabilities, kind="stable")[:top_k]
-        results.append({"image": path, "top": [{"label": meta.labels[i], "index": int(i),
-                                                "probability": round(float(probabilities[i]), 6)} for i in order],
-                        "logits": [round(float(v), 6) for v in logits]})
-    return results
+    classifier = Classifier(_model_path(bundle, meta), meta, threads)
+    return list(classify_files(classifier, image_files(images), top_k))
 
 
 def bench(bundle: Path, threads: int, batch: int, runs: int, warmup: int, rounds: int = 1) -> dict:
@@ -98,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgetl_runner", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=BUNDLE, help="the bundle folder (default: this one)")
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("predict", help="print the top-k labels of images")
+    p = commands.add_parser("predict", help="print the top-k labels of images (files or folders of them); exit 1 "
+                                            "when an image cannot be read (the others are still classified)")
     p.add_argument("images", nargs="+")
     p.add_argument("--top-k", "-k", type=int, default=3)
     p.add_argument("--threads", "-t", type=int, default=os.cpu_count() or 1)
@@ -118,8 +108,14 @@ def main(argv: list[str] | None = None) -> int:
             results = predict(args.bundle, args.images, args.top_k, args.threads)
             if args.json:
                 print(json.dumps(results))
-            for result in results if not args.json else []:
-                print(result["image"] + ": " + ", ".join(f"{t['label']} {t['probability']:.3f}" for t in result["top"]))
+            for result in results:
+                if result["error"]:
+                    print(f"edgetl_runner: data error: {result['error']}", file=sys.stderr)
+                elif not args.json:
+                    print(result["image"] + ": " + ", ".join(f"{t['label']} {t['probability']:.3f}"
+                                                             for t in result["top"]))
+            if any(result["error"] for result in results):
+                return 1
         elif args.command == "bench":
             print(json.dumps(bench(args.bundle, args.threads, args.batch, args.runs, args.warmup, args.rounds)))
         else:

@@ -16,7 +16,8 @@ class Format:
     settings it reads), `retry_steps(options)` (its accuracy-aware int8 steps) and, when it can make int8 from a QDQ
     ONNX model such as the QAT model, `from_qdq(qdq_file, request)`. Its runtime module (`runtime`, torch-free) has
     `load(path, threads)` returning a Runner and, optionally, `io_details(path)` (its input/output dtypes and
-    quantization parameters, recorded in model.json; null where the module has none)."""
+    quantization parameters, recorded in model.json; null where the module has none) and `embedded_metadata(path)`
+    (the edgetl metadata inside the file, which `edgetl predict` reads from a model file without its model.json)."""
 
     name: str
     suffix: str

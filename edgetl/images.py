@@ -21,13 +21,20 @@ class _BadImageError(Exception):
     """Internal: an image cannot be decoded; carries a short human-readable reason."""
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image file, fully decode it, return it in RGB."""
+def load_rgb(path: str | Path, advice: str = " Fix or replace the file, or remove it from the dataset.") -> Image.Image:
+    """Open an image file, fully decode it, return it in RGB (else a DataError: the file, the reason, `advice`)."""
     try:
         return _decode(path)[1]
     except _BadImageError as exc:
-        raise DataError(f"Cannot read image {path}: {exc}. Fix or replace the file, or remove it from the "
-                        "dataset.") from None
+        raise DataError(f"Cannot read image {path}: {exc}.{advice}") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """A decoded Pillow image in RGB (transparency flattened onto white, high bit depths scaled), as files are."""
+    try:
+        return _to_rgb(image)
+    except _BadImageError as exc:
+        raise DataError(f"Cannot use the {image.mode} image: {exc}.") from None
 
 
 def check_image(path: str) -> tuple[str | None, str | None]:

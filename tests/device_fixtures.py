@@ -115,3 +115,25 @@ def runner_env(python: Path, packages: list[str]) -> Path:
                            f"{(pip.stderr.strip().splitlines() or ['?'])[-1]}")
     marker.write_text(freeze())
     return interpreter
+
+
+TFLITE_SUPPORT = "tflite-support==0.4.4"  # the TFLite Support library: its metadata reader (and writer)
+
+
+def tflite_support_reader() -> Path:
+    """A folder holding the tflite-support package, to put on PYTHONPATH in a subprocess: its MetadataDisplayer is the
+    reader LiteRT and MediaPipe tooling uses. Installed with --no-deps into VENV_CACHE once: it pins protobuf < 4,
+    which edgetl's environment cannot have, and its metadata reader needs only flatbuffers."""
+    import subprocess
+    import sys
+
+    folder = VENV_CACHE / TFLITE_SUPPORT.replace("==", "-")
+    marker = folder / ".edgetl-ready"
+    if not marker.is_file():
+        pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary=:all:",
+                              "--target", str(folder), TFLITE_SUPPORT], capture_output=True, text=True, timeout=900)
+        if pip.returncode != 0:
+            raise RuntimeError(f"pip could not install {TFLITE_SUPPORT}: "
+                               f"{(pip.stderr.strip().splitlines() or ['?'])[-1]}")
+        marker.write_text(TFLITE_SUPPORT)
+    return folder

@@ -51,12 +51,20 @@ def test_deploy_predict_and_bench_on_arm64_match_x86(device, run_dir, images, tm
     Device.parse(device["url"], ssh_config=device["config"]).run(["rm", "-rf", f"/opt/edgetl-{fmt}"])
 
     out = tmp_path / "result.json"
+    broken = tmp_path / "broken.jpg"  # with onnx, an unreadable image too: named, the others still classified
+    broken.write_bytes(b"\xff\xd8\xff not a jpeg")
+    sent = [*images, broken] if fmt == "onnx" else images
     result = CliRunner().invoke(main, ["deploy", str(run_dir), "--device", device["url"], "--ssh-config",
                                        str(device["config"]), "--format", fmt, "--precision", "int8", "--runs", "2",
-                                       "--dest", f"/opt/edgetl-{fmt}", *[a for p in images for a in ("--images", str(p))],
+                                       "--dest", f"/opt/edgetl-{fmt}", *[a for p in sent for a in ("--images", str(p))],
                                        "--json", str(out)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == (1 if fmt == "onnx" else 0), result.output
     answer = json.loads(out.read_text())[0]
+    if fmt == "onnx":
+        *answers, bad = answer["predictions"]
+        assert bad["image"] == str(broken) and f"Cannot read image {broken}" in bad["error"], bad
+        assert f"broken.jpg: not classified: Cannot read image {broken}" in result.output
+        answer["predictions"] = answers
     assert answer["error"] is None and answer["bench"]["device"]["machine"] == "aarch64"
     assert answer["bench"]["runs"] == 2 and answer["bench"]["format"] == fmt
     suffix = ".tflite" if fmt == "tflite" else ".onnx"

@@ -115,8 +115,13 @@ def test_minimal_bundle_of_a_model_file_for_a_remote_bench(run_dir, tmp_path):
 def test_runner_errors_are_one_line(run_dir, tmp_path):
     bundle = make_bundle(run_dir, "onnx", "int8", tmp_path / "b").folder
     (tmp_path / "not-an-image.jpg").write_text("hello")
-    out = device_run(bundle, "predict", tmp_path / "not-an-image.jpg")
-    assert out.returncode == 2 and "Traceback" not in out.stderr and "not-an-image.jpg" in out.stderr
+    out = device_run(bundle, "predict", tmp_path / "not-an-image.jpg")  # unreadable: said, exit 1 (docs/predict.md)
+    assert out.returncode == 1 and out.stderr.strip().splitlines() == [
+        f"edgetl_runner: data error: Cannot read image {tmp_path / 'not-an-image.jpg'}: not an image Pillow can read "
+        "(unrecognised or corrupt header)."]
+    missing = device_run(bundle, "predict", tmp_path / "nothere.jpg")  # a path that is not there: bad input, exit 2
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert "nothere.jpg does not exist" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_bundle_errors_name_what_is_missing(run_dir, tmp_path):

@@ -6,12 +6,16 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from test_export_runtime import TinyNet
 
+from conftest import unavailable
 from edgetl import formats
 from edgetl.errors import ModelFileError, RuntimeMissingError
 from edgetl.export import ExportRequest
@@ -21,7 +25,10 @@ from edgetl.runtime import load_runner
 # Largest |logit diff| vs torch, as a share of the largest |logit|: fp32 is exact up to float rounding, fp16 weights
 # lose ~3 decimal digits, int8 is a real approximation.
 TOLERANCE = {"fp32": 1e-5, "fp16": 1e-2, "int8": 0.15}
-METADATA = {"labels": json.dumps(["a", "b", "c"]), "edgetl_version": "test", "layout": "NCHW"}
+PREPROCESSING = {"resize": 36, "crop": 32, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                 "interpolation": "bilinear"}
+METADATA = {"labels": json.dumps(["a", "b", "c"]), "edgetl_version": "test", "layout": "NCHW",
+            "preprocessing": json.dumps(PREPROCESSING)}
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +105,48 @@ def test_tflite_metadata_layout_and_int8_io(tiny):
         details = Interpreter(model_path=str(path)).get_input_details()[0]
         assert list(details["shape"]) == [1, 32, 32, 3]
         assert details["dtype"] == (np.int8 if precision == "int8" else np.float32)
+
+
+READ_STANDARD_METADATA = """
+import json, sys
+from tensorflow_lite_support.metadata.python import metadata
+reader = metadata.MetadataDisplayer.with_model_file(sys.argv[1])
+print(json.dumps({"metadata": json.loads(reader.get_metadata_json()), "files": reader.get_packed_associated_file_list(),
+                  "labels": reader.get_associated_file_buffer("labels.txt").decode()}))
+"""
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_tflite_files_carry_the_standard_metadata_that_its_readers_read(tiny, precision):
+    """Labels and normalization as the TFLite Support / MediaPipe metadata reader sees them (run in a subprocess
+    with only that package added: it cannot be installed beside edgetl)."""
+    from device_fixtures import tflite_support_reader
+
+    try:
+        reader = tflite_support_reader()
+    except RuntimeError as exc:
+        unavailable(str(exc))
+    path = export(tiny, "tflite", precision).path
+    result = subprocess.run([sys.executable, "-c", READ_STANDARD_METADATA, str(path)], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(reader)}, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    read = json.loads(result.stdout)
+    assert read["files"] == ["labels.txt"] and read["labels"] == "a\nb\nc\n"
+    graph = read["metadata"]["subgraph_metadata"][0]
+    image, logits = graph["input_tensor_metadata"][0], graph["output_tensor_metadata"][0]
+    assert image["content"] == {"content_properties_type": "ImageProperties",
+                                "content_properties": {"color_space": "RGB"}}
+    normalization = image["process_units"][0]
+    assert normalization["options_type"] == "NormalizationOptions"
+    # edgetl normalizes (pixel / 255 - mean) / std: on 0-255 pixels that is mean x 255, std x 255
+    np.testing.assert_allclose(normalization["options"]["mean"], np.multiply(PREPROCESSING["mean"], 255), rtol=1e-6)
+    np.testing.assert_allclose(normalization["options"]["std"], np.multiply(PREPROCESSING["std"], 255), rtol=1e-6)
+    assert logits["associated_files"] == [{"name": "labels.txt", "type": "TENSOR_AXIS_LABELS",
+                                           "description": "The class of each output logit, one per line."}]
+    assert read["metadata"]["min_parser_version"] == "1.0.0"
+    # the packed labels file changes nothing the runtime sees
+    np.testing.assert_allclose(load_runner(path).run(tiny["inputs"]), tiny["reference"],
+                               atol=TOLERANCE[precision] * np.abs(tiny["reference"]).max())
 
 
 def test_tflite_nchw_layout_and_dynamic_range_int8(tiny):

@@ -158,6 +158,29 @@ def test_every_format_and_precision_is_exported_verified_and_benchmarked(built_a
 REPORT_SECTIONS = ("Recipe", "Data", "Training", "Artifacts", "Accuracy vs latency", "Confusion matrix of", "Device")
 
 
+def test_predict_on_a_run_classifies_with_its_chosen_file_as_verify_did(built, tmp_path):
+    """`edgetl predict RUN` runs the build's chosen artifact, and on the test images gives the labels verify counted
+    (the test accuracy summary.json records for that file is recomputed from the printed rows)."""
+    import numpy as np
+
+    summary = built["summary"]
+    chosen = next(a for a in summary["artifacts"] if a["name"] == summary["chosen"])
+    code, output = run_cli("predict", built["run"], built["data"] / "test", "--json", tmp_path / "rows.json")
+    assert code == 0, output
+    assert f"{built['run'] / chosen['path']} ({len(summary['classes'])} labels" in output
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert len(rows) == chosen["test_images"] == 10
+    truth = [Path(r["image"]).parent.name for r in rows]  # test/<class>/<file>
+    correct = sum(r["label"] == t for r, t in zip(rows, truth, strict=True))
+    assert correct == chosen["test_correct"]
+    from edgetl.preprocess import Preprocessing, preprocess_files
+    from edgetl.runtime import load_runner
+
+    expected = load_runner(built["run"] / chosen["path"], threads=1).run(preprocess_files(
+        [r["image"] for r in rows], Preprocessing.from_json(summary["model"]["preprocessing"])))
+    np.testing.assert_allclose([r["logits"] for r in rows], expected, atol=1e-4)
+
+
 def test_the_build_writes_every_report_section_and_draws_the_plots(built):
     report = (built["run"] / "report.md").read_text()
     for artifact in built["summary"]["artifacts"]:

@@ -225,7 +225,12 @@ def run_bundle(device: Device, bundle: Path, fmt: str, commands: list[list[str]]
         _check_runtime(device, remote_dir, fmt, install)
         outputs = []
         for command in commands:
-            result = device.run([device.python, "-m", "edgetl_runner", *command], cwd=remote_dir, timeout=1800)
+            # `predict` exits 1 when an image could not be read, with every image's row printed: kept, not a failure
+            result = device.run([device.python, "-m", "edgetl_runner", *command], cwd=remote_dir, timeout=1800,
+                                check=command[0] != "predict")
+            if result.returncode not in (0, 1):
+                raise DeviceError(f"{device.name}: `edgetl_runner {command[0]}` failed (exit {result.returncode}): "
+                                  f"{_last_line(result.stderr)}")
             try:
                 outputs.append(json.loads(result.stdout.decode().strip().splitlines()[-1]))
             except (IndexError, ValueError):
@@ -294,8 +299,10 @@ def deploy_to_devices(run_dir: Path, devices: list[Device], fmt: str, precision:
         def work(device: Device) -> dict:
             outputs = run_bundle(device, bundle, fmt, commands, dest, install, names)
             predictions = outputs[1] if names else []
-            for prediction, original in zip(predictions, images, strict=True):
+            for prediction, (name, original) in zip(predictions, names.items(), strict=True):
                 prediction["image"] = str(original)
+                if prediction.get("error"):  # said of the device's copy: name the user's file
+                    prediction["error"] = prediction["error"].replace(name, str(original))
             return {"artifact": f"{fmt}_{precision}", "dest": dest, "bench": outputs[0], "predictions": predictions}
 
         return for_each_device(devices, work)

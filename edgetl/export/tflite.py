@@ -18,30 +18,37 @@ METADATA_NAME = "edgetl"  # the TFLite metadata entry holding the artifact's met
 
 
 def with_metadata(content: bytes, metadata: dict[str, str]) -> bytes:
-    """The TFLite flatbuffer with `metadata` stored as a JSON metadata entry named 'edgetl'."""
+    """The TFLite flatbuffer with `metadata` stored as a JSON metadata entry named 'edgetl', and — when it names the
+    labels and preprocessing — the standard TFLITE_METADATA entry with labels.txt packed after the flatbuffer, which
+    LiteRT's and MediaPipe's metadata readers understand (edgetl.export.tflite_metadata)."""
     from ai_edge_litert.tools import flatbuffer_utils as fb
 
+    from edgetl.export import tflite_metadata
+
     model = fb.read_model_from_bytearray(bytearray(content))  # resolves buffers stored after the flatbuffer
-    buffer = fb.schema_fb.BufferT()
-    buffer.data = np.frombuffer(json.dumps(metadata, sort_keys=True).encode(), dtype=np.uint8)
-    model.buffers.append(buffer)
-    entry = fb.schema_fb.MetadataT()
-    entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
-    model.metadata = [m for m in (model.metadata or []) if m.name not in (METADATA_NAME, METADATA_NAME.encode())]
-    model.metadata.append(entry)
-    return bytes(fb.convert_object_to_bytearray(model))
+    entries = {METADATA_NAME: json.dumps(metadata, sort_keys=True).encode()}
+    files = {}
+    if tflite_metadata.wanted(metadata):
+        entries[tflite_metadata.ENTRY_NAME], labels = tflite_metadata.from_edgetl(metadata)
+        files[tflite_metadata.LABELS_FILE] = labels
+    model.metadata = [m for m in (model.metadata or [])
+                      if (m.name.decode() if isinstance(m.name, bytes) else m.name) not in entries]
+    for name, data in entries.items():
+        buffer = fb.schema_fb.BufferT()
+        buffer.data = np.frombuffer(data, dtype=np.uint8)
+        model.buffers.append(buffer)
+        entry = fb.schema_fb.MetadataT()
+        entry.name, entry.buffer = name, len(model.buffers) - 1
+        model.metadata.append(entry)
+    written = bytes(fb.convert_object_to_bytearray(model))
+    return tflite_metadata.pack_files(written, files) if files else written
 
 
 def read_metadata(path: Path) -> dict[str, str]:
     """The 'edgetl' metadata entry of a .tflite file written by edgetl ({} when absent)."""
-    from ai_edge_litert.tools import flatbuffer_utils as fb
+    from edgetl.runtime.tflite import embedded_metadata
 
-    model = fb.read_model(str(path))
-    for entry in model.metadata or []:
-        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
-        if name == METADATA_NAME:
-            return json.loads(bytes(model.buffers[entry.buffer].data).decode())
-    return {}
+    return embedded_metadata(path)
 
 
 def _write(path: Path, content: bytes, metadata: dict[str, str]) -> None:

@@ -61,16 +61,26 @@ def load(path: Path, threads: int = 1) -> OnnxRunner:
     return OnnxRunner(path, threads)
 
 
-def io_details(path: Path) -> dict:
-    """The dtypes of the file's (first) input and output tensor as onnxruntime opens it: `input_dtype`,
-    `output_dtype` (numpy names), and `input_quantization`/`output_quantization`, always None (an ONNX graph's
-    quantization parameters live in its QuantizeLinear nodes, not on its input and output tensors)."""
+def _session(path: Path):
+    """A plain CPU session of the file, for reading what it says about itself."""
     ort = require_runtime(FORMATS["onnx"])
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for bad files
         raise ModelFileError(f"{path} could not be loaded by onnxruntime: {first_line(exc)}.") from None
+
+
+def embedded_metadata(path: Path) -> dict[str, str]:
+    """The file's metadata_props (edgetl writes its labels and preprocessing there), {} when it has none."""
+    return dict(_session(path).get_modelmeta().custom_metadata_map)
+
+
+def io_details(path: Path) -> dict:
+    """The dtypes of the file's (first) input and output tensor as onnxruntime opens it: `input_dtype`,
+    `output_dtype` (numpy names), and `input_quantization`/`output_quantization`, always None (an ONNX graph's
+    quantization parameters live in its QuantizeLinear nodes, not on its input and output tensors)."""
+    session = _session(path)
     return {"input_dtype": _onnx_dtype(session.get_inputs()[0].type), "input_quantization": None,
             "output_dtype": _onnx_dtype(session.get_outputs()[0].type), "output_quantization": None}

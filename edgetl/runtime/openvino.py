@@ -79,6 +79,19 @@ def load(path: Path, threads: int = 1) -> OpenVinoRunner:
     return OpenVinoRunner(path, threads)
 
 
+def embedded_metadata(path: Path) -> dict[str, str]:
+    """The model's rt_info under "edgetl" (edgetl writes its labels and preprocessing there), {} when it has none."""
+    from edgetl.artifact import EMBEDDED_FIELDS
+
+    ov = require_runtime(FORMATS["openvino"])
+    try:
+        model = ov.Core().read_model(str(path))
+        return {key: model.get_rt_info(["edgetl", key]).astype(str)
+                for key in (*EMBEDDED_FIELDS, "precision", "quantization") if model.has_rt_info(["edgetl", key])}
+    except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own for bad files
+        raise ModelFileError(f"{path} could not be loaded by OpenVINO: {first_line(exc)}.") from None
+
+
 def io_details(path: Path) -> dict:
     """The element types of the (first) input and output of the model compiled for the CPU, as numpy names
     (`input_dtype`, `output_dtype`); `input_quantization`/`output_quantization` are None (OpenVINO IR tensors

@@ -89,6 +89,26 @@ def _tensor_details(details: dict) -> tuple[str, dict | None]:
     return dtype.name, {"scale": float(scale), "zero_point": int(zero_point)} if quantized else None
 
 
+def embedded_metadata(path: Path) -> dict[str, str]:
+    """The file's 'edgetl' metadata entry (its labels and preprocessing), {} when it has none or when the flatbuffer
+    reader of ai-edge-litert is not installed (tflite-runtime has none)."""
+    try:
+        from ai_edge_litert.tools import flatbuffer_utils
+    except ImportError:
+        return {}
+    import json
+
+    try:
+        model = flatbuffer_utils.read_model(str(path))
+        for entry in model.metadata or []:
+            name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+            if name == "edgetl":
+                return json.loads(bytes(model.buffers[entry.buffer].data).decode())
+    except Exception as exc:  # a truncated or foreign flatbuffer
+        raise ModelFileError(f"{path} could not be read as a TFLite flatbuffer: {first_line(exc)}.") from None
+    return {}
+
+
 def io_details(path: Path) -> dict:
     """The (first) input and output tensor of the file as the TFLite interpreter reports them: `input_dtype`,
     `output_dtype` (numpy names) and `input_quantization`/`output_quantization` ({"scale", "zero_point"} of an
