@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import traceback
@@ -11,26 +10,10 @@ from pathlib import Path
 import click
 
 from edgetl import __version__
-from edgetl.errors import EdgetlError
+from edgetl.cli_bench import bench
+from edgetl.cli_common import devices_from, handle_errors, output_files, stdout_console
 from edgetl.formats import FORMATS, PRECISIONS
 from edgetl.limits import MAX_THREADS
-
-
-def _handle_errors(command):
-    """Turn typed errors into one clear paragraph and the error's exit code."""
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except EdgetlError as exc:
-            click.echo(f"edgetl: {exc.kind}: {exc}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("edgetl: interrupted. Completed stages are kept; run the same command again to resume.",
-                       err=True)
-            sys.exit(130)
-    return wrapper
-
 
 # `edgetl build` and `edgetl check` take the same overrides.
 _set_option = click.option(
@@ -81,14 +64,14 @@ def build(recipe: Path, out: Path | None, quiet: bool, nproc: int, nnodes: int, 
         if node_rank == 0:
             from edgetl.recipe import load_recipe
 
-            _handle_errors(load_recipe)(recipe, overrides)  # a typo is reported before any process starts
+            handle_errors(load_recipe)(recipe, overrides)  # a typo is reported before any process starts
         args = [str(recipe), *(["--out", str(out)] if out else []), *(["--quiet"] if quiet else []),
                 *(arg for o in overrides for arg in ("--set", o))]
-        code = _handle_errors(distributed.launch)(args, where)
+        code = handle_errors(distributed.launch)(args, where)
         if node_rank > 0 and code == 0:
             click.echo(f"node {node_rank} of {nnodes}: done; node 0 wrote the run directory.")
         sys.exit(code)
-    _handle_errors(_build)(recipe, out, quiet, overrides)
+    handle_errors(_build)(recipe, out, quiet, overrides)
 
 
 def _build(recipe: Path, out: Path | None, quiet: bool, overrides: tuple[str, ...] = ()) -> None:
@@ -118,9 +101,9 @@ def _distributed_rank(recipe: Path, out: Path | None, quiet: bool, overrides: tu
         return
     code = 1
     try:
-        _handle_errors(_build)(recipe, out, quiet, overrides)
+        handle_errors(_build)(recipe, out, quiet, overrides)
         code = 0
-    except SystemExit as exc:  # _handle_errors printed the message; the launcher exits with the code
+    except SystemExit as exc:  # handle_errors printed the message; the launcher exits with the code
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # a bug: its traceback, as without --nproc (finish exits at once, which would hide it)
         traceback.print_exc()
@@ -139,7 +122,7 @@ def _distributed_rank(recipe: Path, out: Path | None, quiet: bool, overrides: tu
 @click.option("--out", "-o", type=click.Path(path_type=Path, dir_okay=False), default=Path("recipe.yaml"),
               show_default=True, help="The recipe file to write (never overwritten without --force).")
 @click.option("--force", is_flag=True, help="Overwrite --out.")
-@_handle_errors
+@handle_errors
 def init(data_dir: Path, target: str | None, devices: str | None, threads: int, out: Path, force: bool) -> None:
     """Write a commented recipe for DATA_DIR (flat <class>/ folders, or train/ val/ test/) that builds as is; its
     training schedule is taken from the number of images and classes."""
@@ -153,7 +136,7 @@ def init(data_dir: Path, target: str | None, devices: str | None, threads: int, 
 @main.command()
 @click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
 @_set_option
-@_handle_errors
+@handle_errors
 def check(recipe: Path, overrides: tuple[str, ...]) -> None:
     """Validate RECIPE, decode every image of its dataset and load its weights, without training."""
     from edgetl.pipeline import create_recipe_model, resolve_data_root, scan_recipe_dataset
@@ -187,167 +170,6 @@ def _check_target(recipe) -> None:
                + "".join(f"; not {f}: {reason}" for f, reason in why.items() if reason) + ".")
 
 
-def _percent(value: str) -> float:
-    text = value.strip()
-    try:
-        number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a percentage like 10% or 0.1") from None
-    if not 0 <= number < 10:
-        raise click.BadParameter(f"{value!r} is out of range")
-    return number
-
-
-def _threads(values: tuple[str, ...]) -> tuple[int, ...]:
-    try:
-        threads = tuple(int(v) for value in values for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{','.join(values)!r}: give thread counts like 1,2,4") from None
-    if not threads or min(threads) < 1 or max(threads) > MAX_THREADS:
-        raise click.BadParameter(f"thread counts must be whole numbers from 1 to {MAX_THREADS}")
-    return threads
-
-
-def _output_files(**paths: Path | None) -> None:
-    """Refuse an output file whose folder does not exist (before any work; a typo should not create folders)."""
-    from edgetl.fsutil import parent_must_exist
-
-    for option, path in paths.items():
-        if path is not None:
-            parent_must_exist(path, f"--{option.replace('_', '-')}")
-
-
-@main.command()
-@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--threads", "-t", multiple=True, default=("1",), show_default=True,
-              help="Intra-op threads; a list (1,2,4 or repeated) gives one row per value.")
-@click.option("--batch", "-b", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size.")
-@click.option("--warmup", default="auto", show_default=True,
-              help="Warm-up calls before timing: a count, or 'auto' (until two windows of 10 calls agree within 3%).")
-@click.option("--runs", "-n", type=click.IntRange(min=1), help="Timed runs per row (instead of --time).")
-@click.option("--time", "time_s", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="Seconds of timed runs per row (at least 50 runs), when --runs is not given.")
-@click.option("--repeats", "-r", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Interleaved rounds over all models; the gate compares the rounds' medians.")
-@click.option("--images", multiple=True, type=click.Path(path_type=Path, exists=True),
-              help="Real input images (files or folders), preprocessed like the model's model.json says; "
-                   "default: random inputs.")
-@click.option("--no-cold-start", is_flag=True, help="Skip the fresh-process probe (cold start and peak RSS).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write rows as JSON.")
-@click.option("--csv", "csv_path", type=click.Path(path_type=Path, dir_okay=False), help="Write rows as CSV.")
-@click.option("--markdown", "markdown_path", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write the table as Markdown.")
-@click.option("--save-baseline", type=click.Path(path_type=Path, dir_okay=False),
-              help="Save these results as a latency baseline file.")
-@click.option("--baseline", type=click.Path(path_type=Path),
-              help="Compare against a baseline: a --save-baseline .json file, or the old model file(s) / run directory "
-                   "(measured now, in the same rounds); exit 1 on a significant regression.")
-@click.option("--max-regression", default="10%", show_default=True,
-              help="Slowdown the gate tolerates (10% or 0.1).")
-@click.option("--confidence", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True,
-              help="Confidence the gate needs before it calls a slowdown a regression.")
-@click.option("--no-confirm", is_flag=True,
-              help="Fail on the first measurement; by default a regression is measured again and must show twice.")
-@click.option("--device", "-d", multiple=True,
-              help="Measure on ssh://[user@]host[:port] instead of here (repeatable; see `edgetl deploy`).")
-@click.option("--devices", "devices_file", type=click.Path(path_type=Path, dir_okay=False),
-              help="A devices.yaml: measure on every device listed, concurrently.")
-@click.option("--install", is_flag=True, help="With --device: pip-install the runtime on the device when missing.")
-@click.option("--python", default="python3", show_default=True, help="With --device: the Python on the device.")
-@click.option("--ssh-config", type=click.Path(path_type=Path, dir_okay=False),
-              help="With --device: an ssh_config file instead of ~/.ssh/config.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress; print only the table and the gate's verdict.")
-@_handle_errors
-def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup: str, runs: int | None,
-          time_s: float, repeats: int, images: tuple[Path, ...], no_cold_start: bool, json_path: Path | None,
-          csv_path: Path | None, markdown_path: Path | None, save_baseline: Path | None, baseline: Path | None,
-          max_regression: str, confidence: float, device: tuple[str, ...], devices_file: Path | None, install: bool,
-          python: str, ssh_config: Path | None, quiet: bool, no_confirm: bool = False) -> None:
-    """Measure the latency of MODELS (.onnx, .xml, .tflite files or edgetl run directories).
-
-    \b
-    Exit codes: 0 ok (or no significant regression), 1 regression against --baseline, 2 bad usage or baseline.
-    """
-    from edgetl.bench.baseline import bench_against, is_baseline_file, load_baseline
-    from edgetl.bench.baseline import save_baseline as save
-    from edgetl.bench.gate import fewest_rounds
-    from edgetl.bench.measure import BenchOptions, benchmark, find_models
-    from edgetl.bench.output import print_table, write_outputs
-    from edgetl.bench.verdict import gate_verdict
-    from edgetl.progress import Reporter
-
-    if warmup != "auto" and not warmup.isdigit():
-        raise click.BadParameter(f"{warmup!r}: give a count or 'auto'", param_hint="--warmup")
-    tolerance = _percent(max_regression)
-    _output_files(json=json_path, csv=csv_path, markdown=markdown_path, save_baseline=save_baseline)
-    reference = None
-    if baseline:  # a bad baseline fails before minutes of measuring
-        reference = load_baseline(baseline) if is_baseline_file(baseline) else find_models([baseline])
-    fewest = fewest_rounds(confidence)  # paired rounds: a sign test over fewer can never be significant
-    if reference is not None and repeats < fewest:
-        raise click.BadParameter(f"the regression gate needs at least {fewest} repeats at {confidence:.0%} confidence "
-                                 f"(with {repeats}, even {repeats} slower rounds out of {repeats} are not significant)",
-                                 param_hint="--repeats")
-    options = BenchOptions(threads=_threads(threads), batch=batch, warmup="auto" if warmup == "auto" else int(warmup),
-                           runs=runs, time_s=time_s, repeats=repeats, images=images, cold_start=not no_cold_start,
-                           reference=save_baseline is not None)
-    reporter = Reporter(enabled=not quiet)
-    if device or devices_file:
-        if baseline or save_baseline:
-            raise click.UsageError("--baseline/--save-baseline are for local measurements; save the device's rows "
-                                   "with --json.")
-        _bench_on_devices(find_models(list(models)), _devices(device, devices_file, python, ssh_config), options,
-                          runs or 50, install, json_path, csv_path, markdown_path)
-        return
-    comparisons = []
-    if reference is None:
-        rows = benchmark(find_models(list(models)), options, reporter)
-    else:
-        gated = bench_against(find_models(list(models)), reference if isinstance(reference, dict) else baseline,
-                              options, tolerance, confidence, reporter, confirm=not no_confirm)
-        rows, comparisons, reference = gated.rows, gated.comparisons, gated.baseline
-        for comparison in comparisons:
-            comparison.row["gate"] = comparison.as_dict()
-    print_table(rows, _stdout_console())
-    write_outputs(rows, json_path, csv_path, markdown_path)
-    if save_baseline:
-        save(save_baseline, rows)
-        click.echo(f"baseline saved: {save_baseline}")
-    if reference is None:
-        return
-    verdict = gate_verdict(reference, comparisons, tolerance, confidence)
-    for line, to_stderr in verdict.lines:
-        click.echo(line, err=to_stderr)
-    regressions = verdict.regressions
-    if regressions:
-        click.echo(f"edgetl: {regressions} latency regression(s) beyond +{tolerance:.0%} against {baseline}", err=True)
-        sys.exit(1)
-
-
-def _bench_on_devices(models, devices, options, runs: int, install: bool, json_path, csv_path, markdown_path) -> None:
-    from edgetl.bench.output import print_table, write_outputs
-    from edgetl.bench.remote import bench_on_devices
-
-    warmup = 5 if options.warmup == "auto" else int(options.warmup)
-    answers = bench_on_devices(models, devices, options.threads, options.batch, runs, warmup, install)
-    rows = [row for answer in answers if not answer["error"] for row in answer["rows"]]
-    if rows:
-        print_table(rows, _stdout_console(), title="edgetl bench (on devices)")
-    write_outputs(rows, json_path, csv_path, markdown_path)
-    failed = [answer for answer in answers if answer["error"]]
-    for answer in failed:
-        click.echo(f"{answer['device']}: device error: {answer['error']}", err=True)
-    if failed:
-        sys.exit(1)
-
-
-def _stdout_console():
-    from rich.console import Console
-
-    # A pipe or CI log has no width: rich would squeeze the 16 columns into 80 characters.
-    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-
-
 _FORMAT_HELP = f"Artifact format ({', '.join(FORMATS)}); default: the build's chosen artifact's."
 _PRECISION_HELP = f"Artifact precision ({', '.join(PRECISIONS)}); default: the build's chosen artifact's."
 
@@ -360,7 +182,7 @@ _PRECISION_HELP = f"Artifact precision ({', '.join(PRECISIONS)}); default: the b
               help="Bundle folder to write: new, empty, or an earlier bundle (replaced once the new one is complete); "
                    "default: RUN_DIR/bundle.")
 @click.option("--zip", "zip_file", is_flag=True, help="Also write OUT.zip.")
-@_handle_errors
+@handle_errors
 def bundle(run_dir: Path, fmt: str | None, precision: str | None, out: Path | None, zip_file: bool) -> None:
     """Write a deploy bundle of one artifact of RUN_DIR (by default the one the build chose for its target): the
     model, model.json, a torch-free runner (`python -m edgetl_runner predict|bench|info`) and the device's
@@ -372,15 +194,6 @@ def bundle(run_dir: Path, fmt: str | None, precision: str | None, out: Path | No
     click.echo(f"bundle of {made.artifact} ({how}): {made.folder}"
                + (f" and {made.zip_file}" if made.zip_file else ""))
     click.echo("on the device: pip install -r requirements.txt && python -m edgetl_runner predict IMAGE")
-
-
-def _devices(device: tuple[str, ...], devices_file: Path | None, python: str, ssh_config: Path | None):
-    from edgetl.bench.remote import Device, load_devices
-
-    found = [Device.parse(url, python, ssh_config) for url in device]
-    if devices_file:
-        found += load_devices(devices_file, ssh_config)
-    return found
 
 
 @main.command()
@@ -399,7 +212,7 @@ def _devices(device: tuple[str, ...], devices_file: Path | None, python: str, ss
 @click.option("--python", default="python3", show_default=True, help="The Python to use on the device.")
 @click.option("--ssh-config", type=click.Path(path_type=Path, dir_okay=False), help="An ssh_config file to use.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write results as JSON.")
-@_handle_errors
+@handle_errors
 def deploy(run_dir: Path, device: tuple[str, ...], devices_file: Path | None, fmt: str | None, precision: str | None,
            dest: str | None, images: tuple[Path, ...], runs: int, threads: int, install: bool, python: str,
            ssh_config: Path | None, json_path: Path | None) -> None:
@@ -408,8 +221,8 @@ def deploy(run_dir: Path, device: tuple[str, ...], devices_file: Path | None, fm
     from edgetl.bench.remote import deploy_to_devices
     from edgetl.fsutil import write_json
 
-    _output_files(json=json_path)
-    targets = _devices(device, devices_file, python, ssh_config)
+    output_files(json=json_path)
+    targets = devices_from(device, devices_file, python, ssh_config)
     if not targets:
         raise click.UsageError("give --device ssh://... or --devices devices.yaml")
     from edgetl.bundle import pick_artifact
@@ -448,7 +261,7 @@ def deploy(run_dir: Path, device: tuple[str, ...], devices_file: Path | None, fm
               help="Write one row per image as JSON ('-': stdout instead of the text lines).")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
               help="Write one row per image as CSV ('-': stdout instead of the text lines).")
-@_handle_errors
+@handle_errors
 def predict(model: Path, images: tuple[Path, ...], top_k: int, threads: int | None, json_path: Path | None,
             csv_path: Path | None) -> None:
     """Classify IMAGES (files, or folders searched for images) with MODEL: a model file, its export folder, a
@@ -457,7 +270,7 @@ def predict(model: Path, images: tuple[Path, ...], top_k: int, threads: int | No
     from edgetl.classifier import classify_files, image_files, load
     from edgetl.fsutil import write_json
 
-    _output_files(**{k: v for k, v in (("json", json_path), ("csv", csv_path)) if v and str(v) != "-"})
+    output_files(**{k: v for k, v in (("json", json_path), ("csv", csv_path)) if v and str(v) != "-"})
     paths = image_files(images)
     classifier = load(model, threads)
     click.echo(f"classifying {len(paths)} image{'s' if len(paths) != 1 else ''} with {classifier.path} "
@@ -510,7 +323,7 @@ def _write_predictions_csv(path: Path, rows: list[dict], top_k: int) -> None:
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
-@_handle_errors
+@handle_errors
 def report(run_dir: Path) -> None:
     """Remake RUN_DIR's report.md, report.html (self-contained, opens offline) and report/*.png from its
     summary.json and training histories."""
@@ -525,7 +338,7 @@ def report(run_dir: Path) -> None:
 @click.argument("run_a", type=click.Path(path_type=Path, file_okay=False))
 @click.argument("run_b", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the comparison.")
-@_handle_errors
+@handle_errors
 def compare(run_a: Path, run_b: Path, json_path: Path | None) -> None:
     """What changed from RUN_A to RUN_B: the model, and each artifact's accuracy, p50 latency and size."""
     from rich.table import Table
@@ -533,9 +346,9 @@ def compare(run_a: Path, run_b: Path, json_path: Path | None) -> None:
     from edgetl.fsutil import write_json
     from edgetl.report import compare_runs
 
-    _output_files(json=json_path)
+    output_files(json=json_path)
     result = compare_runs(run_a, run_b)
-    console = _stdout_console()
+    console = stdout_console()
     console.print(f"A: {run_a}\nB: {run_b}" + ("\nthe recipe changed" if result["recipe_changed"] else
                                                "\nsame recipe"))
     for key, (before, after) in result["model"].items():
@@ -559,6 +372,8 @@ def compare(run_a: Path, run_b: Path, json_path: Path | None) -> None:
     if json_path:
         write_json(json_path, result)
 
+
+main.add_command(bench)
 
 if __name__ == "__main__":
     main()

@@ -47,40 +47,48 @@ def predict(bundle: Path, images: list[str], top_k: int, threads: int) -> list[d
     return list(classify_files(classifier, image_files(images), top_k))
 
 
-def bench(bundle: Path, threads: int, batch: int, runs: int, warmup: int, rounds: int = 1) -> dict:
+def bench(bundle: Path, threads: int, batch: int, runs: int, warmup: int, rounds: int = 1,
+          others: tuple = ()) -> list[dict]:
     """Cold start, then latency statistics of `rounds` × `runs` synchronous calls (each round warmed up again), as
-    one JSON-able row plus the device; `trial_p50_ms` is each round's median."""
+    one JSON-able row per model plus the device; `trial_p50_ms` is each round's median. `others`: more model folders
+    (a model file and its model.json), timed in the same alternating rounds as the bundle's model."""
     import numpy as np
-
-    started = time.perf_counter_ns()
-    from edgetl_runner.bench.harness import LatencyPlan, time_runs
+    from edgetl_runner.bench.harness import LatencyPlan, interleaved_trials
     from edgetl_runner.bench.probe import peak_rss_mb
     from edgetl_runner.bench.stats import summarize
     from edgetl_runner.runtime import load_runner
 
-    meta = _metadata(bundle)
-    runner = load_runner(_model_path(bundle, meta), threads=threads)
-    loaded = time.perf_counter_ns()
-    shape = [batch if i == 0 or d is None else d for i, d in enumerate(runner.input_shape)]
-    inputs = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    first_start = time.perf_counter_ns()
-    runner.run(inputs)
-    first = time.perf_counter_ns()
+    folders = [bundle, *others]
+    loaded, metas = [], []
+    for folder in folders:
+        started = time.perf_counter_ns()
+        meta = _metadata(folder)
+        runner = load_runner(_model_path(folder, meta), threads=threads)
+        done = time.perf_counter_ns()
+        shape = [batch if i == 0 or d is None else d for i, d in enumerate(runner.input_shape)]
+        inputs = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        first_start = time.perf_counter_ns()
+        runner.run(inputs)
+        first = time.perf_counter_ns()
+        loaded.append((runner, inputs, (done - started) / 1e6, (first - first_start) / 1e6))
+        metas.append(meta)
     plan = LatencyPlan(warmup=warmup, min_runs=runs, min_time_s=0.0, max_runs=runs)
-    trials = [time_runs(runner, inputs, plan) for _ in range(max(1, rounds))]
-    samples = np.concatenate(trials)
-    stats = summarize(samples)
-    return {"model": meta.file, "name": meta.name, "format": meta.format, "precision": meta.precision,
-            "threads": threads, "batch": batch,
-            **{f"{k}_ms": v for k, v in stats.items()},
-            "throughput_ips": round(batch * 1000.0 / stats["mean"], 2),
-            "cold_start_ms": round((loaded - started + first - first_start) / 1e6, 3),
-            "load_ms": round((loaded - started) / 1e6, 3), "first_inference_ms": round((first - first_start) / 1e6, 3),
-            "peak_rss_mb": peak_rss_mb(),
-            "size_bytes": sum(p.stat().st_size for p in bundle.iterdir() if p.is_file() and p.stem == "model"
-                              and p.suffix != ".json"),
-            "runs": int(samples.size), "repeats": len(trials), "warmup_runs": warmup, "input": "random",
-            "trial_p50_ms": [round(float(np.median(t)), 4) for t in trials], "device": device_info()}
+    trials = interleaved_trials([r for r, *_ in loaded], [x for _, x, *_ in loaded], plan, max(1, rounds))
+    rows, device = [], device_info()
+    for folder, meta, (_, _, load_ms, first_ms), model_trials in zip(folders, metas, loaded, trials):
+        samples = np.concatenate(model_trials)
+        stats = summarize(samples)
+        rows.append({"model": meta.file, "name": meta.name, "format": meta.format, "precision": meta.precision,
+                     "threads": threads, "batch": batch,
+                     **{f"{k}_ms": v for k, v in stats.items()},
+                     "throughput_ips": round(batch * 1000.0 / stats["mean"], 2),
+                     "cold_start_ms": round(load_ms + first_ms, 3), "load_ms": round(load_ms, 3),
+                     "first_inference_ms": round(first_ms, 3), "peak_rss_mb": peak_rss_mb(),
+                     "size_bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file() and p.stem == "model"
+                                       and p.suffix != ".json"),
+                     "runs": int(samples.size), "repeats": len(model_trials), "warmup_runs": warmup, "input": "random",
+                     "trial_p50_ms": [round(float(np.median(t)), 4) for t in model_trials], "device": device})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--runs", "-n", type=int, default=50)
     b.add_argument("--warmup", type=int, default=5)
     b.add_argument("--rounds", type=int, default=1, help="rounds of --runs calls, each warmed up again")
+    b.add_argument("--with", dest="others", type=Path, action="append", default=[],
+                   help="another model folder (model file + model.json) timed in the same alternating rounds; the "
+                        "output is then a JSON list of rows")
     commands.add_parser("info", help="print the device, runtimes and model as JSON")
     args = parser.parse_args(argv)
     from edgetl_runner.errors import EdgetlError
@@ -117,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             if any(result["error"] for result in results):
                 return 1
         elif args.command == "bench":
-            print(json.dumps(bench(args.bundle, args.threads, args.batch, args.runs, args.warmup, args.rounds)))
+            rows = bench(args.bundle, args.threads, args.batch, args.runs, args.warmup, args.rounds, tuple(args.others))
+            print(json.dumps(rows if args.others else rows[0]))
         else:
             print(json.dumps({"model": _metadata(args.bundle).to_json(), "device": device_info()}))
     except EdgetlError as exc:

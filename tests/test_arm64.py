@@ -355,3 +355,60 @@ def test_a_build_measures_on_its_target_device_and_chooses_for_it(device, tiny_d
     # a format the recipe requires on the device, which it does not have
     code, out = run_cli("build", path, "--out", run, "--quiet", "--set", "target.formats=[openvino]")
     assert code == 1 and "target.formats" in out and "openvino" in out and "not installed" in out, out
+
+
+def _wide_onnx(folder: Path, size: int) -> Path:
+    """The tiny CNN of the run fixture at `size`×`size` input, as an ONNX file with its model.json: a model that does
+    the same work per pixel, so 4× the pixels is a real, large slowdown."""
+    import torch
+
+    from edgetl.artifact import write_model_json
+    from edgetl.export import ExportRequest
+    from edgetl.export.onnx import export_fp32
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU6(), torch.nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        torch.nn.ReLU6(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, len(LABELS))).eval()
+    prep = {**PREP, "resize": size, "crop": size}
+    metadata = {"edgetl_version": "test", "labels": json.dumps(LABELS), "preprocessing": json.dumps(prep),
+                "layout": "NCHW", "input_shape": json.dumps([None, 3, size, size]), "backbone": "tiny",
+                "recipe_sha256": "0" * 64}
+    example = np.zeros((1, 3, size, size), np.float32)
+    result = export_fp32(model, ExportRequest(folder, "fp32", example, metadata))
+    write_model_json(result, "onnx_fp32", "onnx", "fp32", metadata)
+    return result.path
+
+
+def test_the_latency_gate_runs_on_the_device(device, tmp_path):
+    """--save-baseline and --baseline with --device: the device's rows saved (its machine, paths relative to the
+    baseline file, sha256), the same model against its own baseline passes, and a model doing 4x the work fails."""
+    small = _wide_onnx(tmp_path / "models" / "small", 32)
+    large = _wide_onnx(tmp_path / "models" / "large", 64)
+    where = ["--device", device["url"], "--ssh-config", str(device["config"]), "--runs", "20", "--repeats", "6",
+             "--warmup", "3"]
+    base = tmp_path / "gate" / "baseline.json"
+    base.parent.mkdir()
+    saved = CliRunner().invoke(main, ["bench", str(small), *where, "--save-baseline", str(base)])
+    assert saved.exit_code == 0, saved.output
+    baseline = json.loads(base.read_text())
+    assert baseline["machine"]["machine"] == "aarch64" and baseline["device"] == device["url"]
+    (row,) = baseline["rows"]
+    assert row["model"] == "../models/small/model.onnx" and len(row["trial_p50_ms"]) == 6
+    from edgetl.fsutil import sha256_file
+
+    assert row["model_sha256"] == sha256_file(small)
+    same = CliRunner().invoke(main, ["bench", str(small), *where, "--baseline", str(base), "--json",
+                                     str(tmp_path / "same.json")])
+    assert same.exit_code == 0, same.output
+    (gated,) = json.loads((tmp_path / "same.json").read_text())
+    assert gated["gate"]["mode"] == "interleaved" and gated["gate"]["status"] != "regression", gated["gate"]
+    assert gated["device_info"]["machine"] == "aarch64"
+    slower = CliRunner().invoke(main, ["bench", str(large), *where, "--baseline", str(base), "--json",
+                                       str(tmp_path / "slow.json")])
+    assert slower.exit_code == 1, slower.output
+    (gated,) = json.loads((tmp_path / "slow.json").read_text())
+    assert gated["gate"]["status"] == "regression" and gated["gate"]["ratio"] > 1.5, gated["gate"]
+    assert "not the baseline's model file (sha256" in slower.output and "REGRESSION" in slower.output
+    several = CliRunner().invoke(main, ["bench", str(small), *where, "--device", device["url"], "--baseline", str(base)])
+    assert several.exit_code == 2 and "gate on one device; 2 were given" in several.output

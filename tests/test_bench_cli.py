@@ -327,6 +327,26 @@ def test_too_few_repeats_for_the_gate_is_a_usage_error(models, tmp_path):
         assert_no_regression(paths["onnx"], paths["onnx"], confidence=0.99, repeats=6)
 
 
+def test_a_baseline_stores_model_paths_relative_to_itself_and_moves_with_them(models, tmp_path):
+    _, paths = models
+    first = tmp_path / "first"
+    (first / "models").mkdir(parents=True)
+    shutil.copy(paths["onnx"], first / "models" / "m.onnx")
+    saved = CliRunner().invoke(main, ["bench", str(first / "models" / "m.onnx"), *QUICK, "--no-cold-start",
+                                      "--save-baseline", str(first / "base.json")])
+    assert saved.exit_code == 0, saved.output
+    row = json.loads((first / "base.json").read_text())["rows"][0]
+    assert row["model"] == "models/m.onnx" and len(row["model_sha256"]) == 64
+    moved = shutil.move(first, tmp_path / "moved")  # a checkout elsewhere, a CI artifact unpacked
+    out = tmp_path / "rows.json"
+    result = CliRunner().invoke(main, ["bench", str(paths["onnx"]), *QUICK, "--no-cold-start", "--baseline",
+                                       str(Path(moved) / "base.json"), "--max-regression", "200%", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    gate = json.loads(out.read_text())[0]["gate"]
+    assert gate["mode"] == "interleaved", gate  # found where the baseline says, relative to itself
+    assert "not the baseline's model file" not in result.output  # the very same bytes: the same sha256
+
+
 def test_a_saved_baseline_from_another_machine_state_is_not_judged(models, onnx_baseline, tmp_path):
     """As if the baseline had been saved while the machine ran eight times as fast (its model trials and its
     reference looks both divided by 8) and its model file were gone: every round now is in another machine state, so
@@ -350,6 +370,9 @@ def test_a_saved_baseline_from_another_machine_state_is_not_judged(models, onnx_
     assert gate["status"] == "not_judged" and gate["machine_state"]["reference_ratio"] > 2.5  # 8 / 1.44 = 5.6 at worst
     assert gate["machine_state"]["compared"].startswith("not judged") and gate["machine_state"]["rounds"] == 5 * 4
     assert "NOT_JUDGED" in result.output and "NOT JUDGED: only 0 of 20 rounds" in result.output
+    strict = CliRunner().invoke(main, ["bench", str(paths["onnx"]), *QUICK, "--no-cold-start", "--baseline",
+                                       str(base), "--fail-on-not-judged"])  # the opt-in: a row not judged fails
+    assert strict.exit_code == 1 and "1 row(s) not judged against" in strict.output, strict.output
     # Gating against it and saving a fresh baseline in the same call: the new baseline has the looks again, and an
     # older baseline without any looks does not switch them off.
     for row_ in data["rows"]:
@@ -419,8 +442,13 @@ def test_a_model_missing_from_the_baseline_is_said_not_checked(models, onnx_base
     assert "onnx_fp32 @ 1 thread(s), batch 1: " in result.output
 
 
-def test_device_and_baseline_together_are_a_usage_error_before_any_connection(models, onnx_baseline):
+def test_the_device_gate_takes_one_device_and_names_an_unreachable_one(models, onnx_baseline):
     _, paths = models
-    result = CliRunner().invoke(main, ["bench", str(paths["onnx"]), "--device", "ssh://nobody@127.0.0.1:1",
-                                       "--baseline", str(onnx_baseline)])
-    assert result.exit_code == 2 and "--baseline/--save-baseline are for local measurements" in result.output
+    two = CliRunner().invoke(main, ["bench", str(paths["onnx"]), "--device", "ssh://nobody@127.0.0.1:1", "--device",
+                                    "ssh://nobody@127.0.0.1:2", "--baseline", str(onnx_baseline)])
+    assert two.exit_code == 2 and "gate on one device; 2 were given" in two.output  # before any connection
+    down = CliRunner().invoke(main, ["bench", str(paths["onnx"]), "--device", "ssh://nobody@127.0.0.1:1",
+                                     "--baseline", str(onnx_baseline)])
+    assert down.exit_code == 1 and "device error: ssh://nobody@127.0.0.1:1: ssh failed: ssh: connect to host " \
+        "127.0.0.1 port 1: Connection refused" in down.output, down.output
+    assert "Traceback" not in down.output

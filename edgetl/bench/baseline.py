@@ -4,6 +4,7 @@ later benchmark against them with the noise-aware gate. Torch-free."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,11 +24,20 @@ SCHEMA_VERSION = 1
 MACHINE_KEYS = ("machine", "cpu", "cores", "usable_cores")
 
 
-def save_baseline(path: Path, rows: list[dict]) -> dict:
-    """Write `rows` (with their trial medians) and the environment to `path`, atomically."""
+def save_baseline(path: Path, rows: list[dict], where: dict | None = None) -> dict:
+    """Write `rows` (with their trial medians) and the environment to `path`, atomically. `where`: the device the
+    rows were measured on (its `edgetl_runner info` record: machine fields and `runtimes`; default this machine).
+    Each row's model path is stored relative to the baseline file's folder, so the baseline and its models can move
+    together (a checkout, a CI artifact); `model_sha256` says which file it was."""
+    folder = os.path.abspath(Path(path).parent)
+    stored = [{**row, "model": os.path.relpath(os.path.abspath(row["model"]), folder)} if row.get("model") else row
+              for row in rows]
+    machine = {k: v for k, v in where.items() if k != "runtimes"} if where else machine_info()
     baseline = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "edgetl_version": __version__,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
-                "runtimes": runtime_versions(), "rows": rows}
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine,
+                "runtimes": where.get("runtimes", {}) if where else runtime_versions(), "rows": stored}
+    if where:
+        baseline["device"] = rows[0].get("device")
     write_json(Path(path), baseline)
     return baseline
 
@@ -51,6 +61,9 @@ def load_baseline(path: Path) -> dict:
     rows = data.get("rows")
     if not isinstance(rows, list) or not rows:
         raise BaselineError(f"{path}: field 'rows' must be a non-empty list of benchmark rows.")
+    for row in rows:  # model paths are relative to the baseline's folder (older baselines hold absolute ones)
+        if isinstance(row, dict) and isinstance(row.get("model"), str) and not os.path.isabs(row["model"]):
+            row["model"] = os.path.normpath(os.path.join(path.parent, row["model"]))
     for number, row in enumerate(rows):
         trials = row.get("trial_p50_ms") if isinstance(row, dict) else None
         if not isinstance(trials, list) or not trials or not all(isinstance(t, int | float) and t > 0 for t in trials):
@@ -112,14 +125,15 @@ class Comparison:
             else "all rounds: the machine cannot have caused the verdict"
 
 
-def environment_warnings(baseline: dict) -> list[str]:
-    """What differs between the baseline's machine and runtimes and this one's."""
+def environment_warnings(baseline: dict, where: dict | None = None) -> list[str]:
+    """What differs between the baseline's machine and runtimes and this one's (`where`: a device's `edgetl_runner
+    info` record instead, when the rows were measured there)."""
     warnings = []
-    here, there = machine_info(), baseline.get("machine", {})
+    here, there = where or machine_info(), baseline.get("machine", {})
     for key in MACHINE_KEYS:
         if there.get(key) != here.get(key):
             warnings.append(f"{key} differs: baseline {there.get(key)!r}, here {here.get(key)!r}")
-    mine, theirs = runtime_versions(), baseline.get("runtimes", {})
+    mine, theirs = (where.get("runtimes", {}) if where else runtime_versions()), baseline.get("runtimes", {})
     for package, version in mine.items():
         if theirs.get(package) != version and (version or theirs.get(package)):
             warnings.append(f"{package} differs: baseline {theirs.get(package)}, here {version}")
@@ -155,10 +169,12 @@ def live_references(baseline: dict) -> list[ModelRef]:
     return list(references.values())
 
 
-def baseline_from_rows(rows: list[dict], source: Path) -> dict:
-    """An in-memory baseline made of freshly measured rows of reference models (`--baseline OLD_MODEL`)."""
-    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "source": str(source), "machine": machine_info(),
-            "runtimes": runtime_versions(), "rows": rows}
+def baseline_from_rows(rows: list[dict], source: Path, where: dict | None = None) -> dict:
+    """An in-memory baseline made of freshly measured rows of reference models (`--baseline OLD_MODEL`), measured
+    here or on the device `where` describes."""
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "source": str(source),
+            "machine": {k: v for k, v in where.items() if k != "runtimes"} if where else machine_info(),
+            "runtimes": where.get("runtimes", {}) if where else runtime_versions(), "rows": rows}
 
 
 def compare(baseline: dict, rows: list[dict], tolerance: float, confidence: float = 0.95,
@@ -169,6 +185,10 @@ def compare(baseline: dict, rows: list[dict], tolerance: float, confidence: floa
     comparisons = []
     for row in rows:
         match, notes = _match(row, baseline["rows"], single)
+        theirs, mine = (match or {}).get("model_sha256"), row.get("model_sha256")
+        if theirs and mine and theirs != mine:
+            notes = [*notes, f"not the baseline's model file (sha256 {theirs[:12]}… there, {mine[:12]}… here): the "
+                             "gate compares the latency of two different files"]
         live = next((r for r in live_rows if match and r["model"] == match.get("model")
                      and (r["threads"], r["batch"]) == (match["threads"], match["batch"])), None)
         reference = live or match

@@ -365,3 +365,31 @@ def bench_on_target(models: list, device: Device, threads: int, rounds: int, run
             rows.append({**row, "model": str(model.path), "name": model.name, "device": device.url,
                          "device_info": info})
     return rows, missing
+
+
+def bench_interleaved_on_device(models: list, device: Device, threads: int, rounds: int, runs: int, warmup: int,
+                                install: bool, batch: int = 1) -> list[dict]:
+    """Every model (edgetl.bench.measure.ModelRef) timed on one device in the same alternating rounds, in one
+    process there (what the latency gate needs: a change of the device's speed hits every model alike). Rows as
+    `edgetl bench --device` makes them, with `model_sha256` and each round's median in `trial_p50_ms`, in the order
+    of `models`."""
+    import tempfile
+
+    from edgetl.bundle import bundle_model_file
+
+    with tempfile.TemporaryDirectory(prefix="edgetl-gate-bench-") as scratch:
+        bundle = bundle_model_file(models[0].path, Path(scratch) / "bundle", models[0].name, models[0].precision)
+        others = [f"m{i}" for i in range(1, len(models))]
+        for folder, model in zip(others, models[1:], strict=True):
+            bundle_model_file(model.path, bundle / folder, model.name, model.precision)
+        command = ["bench", "--threads", str(threads), "--batch", str(batch), "--runs", str(runs), "--warmup",
+                   str(warmup), "--rounds", str(rounds), *[a for folder in others for a in ("--with", folder)]]
+        for fmt in sorted({m.format for m in models} - {models[0].format}):  # every runtime the rounds need
+            run_bundle(device, bundle, fmt, [], None, install)
+        (answer,) = run_bundle(device, bundle, models[0].format, [command], None, install)
+    rows = []
+    for model, row in zip(models, answer if others else [answer], strict=True):
+        info = row.pop("device")
+        rows.append({**row, "model": str(model.path), "model_sha256": model.sha256(), "name": model.name,
+                     "role": model.role, "device": device.url, "device_info": info})
+    return rows

@@ -18,17 +18,25 @@ class Verdict:
     regressions: int = 0
 
 
-def gate_verdict(reference, comparisons: list, tolerance: float, confidence: float) -> Verdict:
-    """The verdict of `comparisons` against `reference` (a baseline, or the models given as --baseline)."""
+def gate_verdict(reference, comparisons: list, tolerance: float, confidence: float, where: dict | None = None
+                 ) -> Verdict:
+    """The verdict of `comparisons` against `reference` (a baseline, or the models given as --baseline); `where`:
+    the device's `edgetl_runner info` record when the rows were measured on a device."""
     verdict = Verdict()
 
     def say(line: str, err: bool = False) -> None:
         verdict.lines.append((line, err))
 
-    for warning in environment_warnings(reference):
+    for warning in environment_warnings(reference, where):
         say(f"warning: {warning} (the comparison may not be like for like)", err=True)
-    if any(c.mode == "saved" and c.baseline_row and not c.baseline_row.get("reference_trial_p50_ms")
-           for c in comparisons):
+    saved = any(c.mode == "saved" and c.baseline_row and not c.baseline_row.get("reference_trial_p50_ms")
+                for c in comparisons)
+    if saved and where:
+        say("note: compared against the baseline's saved trials on the device (its model file is not where it was, "
+            "or has changed); a device's machine state is not tracked, so a change of its speed since then counts "
+            "as a change of the model. Keep the baseline's model file beside it, or pass the old model or run "
+            "directory as --baseline, so it is re-measured in the same rounds.", err=True)
+    elif saved:
         say("note: compared against the baseline's saved trials (its model file is not where it was, or has "
             "changed), and the baseline holds no machine-state reference (saved by an older edgetl): a change "
             "of machine speed since then counts as a change of the model. Save the baseline again, keep the "
