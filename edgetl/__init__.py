@@ -16,8 +16,15 @@ if TYPE_CHECKING:
 
 def build(recipe: str | Path | Recipe, out: str | Path | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
     """Run a whole recipe (cached per stage) and return the summary written to <run dir>/summary.json."""
-    from edgetl.api import build as _build
+    try:
+        from edgetl.api import build as _build
+    except ModuleNotFoundError as exc:
+        from edgetl.errors import training_stack_missing
 
+        missing = training_stack_missing(exc, "edgetl.build")
+        if missing is None:
+            raise
+        raise missing from None
     return _build(recipe, out=out, reporter=reporter)
 
 

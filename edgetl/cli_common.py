@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from edgetl.errors import EdgetlError
+from edgetl.errors import EdgetlError, training_stack_missing
 from edgetl.limits import MAX_THREADS
 
 
@@ -22,6 +22,12 @@ def handle_errors(command):
         except EdgetlError as exc:
             click.echo(f"edgetl: {exc.kind}: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except ModuleNotFoundError as exc:  # the light install asked to train: name the extra, no traceback
+            missing = training_stack_missing(exc, f"`edgetl {command.__name__.lstrip('_')}`")
+            if missing is None:
+                raise
+            click.echo(f"edgetl: {missing.kind}: {missing}", err=True)
+            sys.exit(missing.exit_code)
         except KeyboardInterrupt:
             click.echo("edgetl: interrupted. Completed stages are kept; run the same command again to resume.",
                        err=True)

