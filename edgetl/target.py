@@ -197,7 +197,14 @@ def choose(artifacts: list[dict], right: dict[str, np.ndarray], latency: dict[st
                          + (f"and not significantly less accurate than the most accurate, {best['name']}"
                             if chosen is not best else "(none of them is significantly more accurate)")
                          + (f"; the smallest file of the {len(tied)} that tie on latency" if len(tied) > 1 else ""))
+    # the runner-up: what the rule would choose without the chosen one (the fastest of the rest not significantly
+    # less accurate), and the paired test of the two on val
+    rest = [r for r in accurate if r is not chosen]
+    runner_up = min(rest, key=lambda r: (r["p50_ms"], r["size_bytes"]), default=None)
+    versus = (Paired.of(right[chosen["name"]], right[runner_up["name"]]).record("chosen", "runner_up")
+              if chosen is not None and runner_up is not None else None)
     return {"chosen": chosen["name"] if chosen else None, "most_accurate": best["name"] if best else None,
+            "runner_up": runner_up["name"] if runner_up else None, "chosen_vs_runner_up": versus,
             "rule": RULE, "budget": {k: v for k, v in budget.items() if v is not None},
             "artifacts": list(rows.values())}
 

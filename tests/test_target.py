@@ -52,6 +52,11 @@ def test_the_rule_takes_the_fastest_of_the_accurate_and_a_tie_goes_to_the_smalle
     assert choice["chosen"] == "onnx_int8" and rows["onnx_int8"]["status"] == "chosen"
     assert "smallest file of the 2 that tie" in rows["onnx_int8"]["why"]
     assert rows["tflite_fp32"]["status"] == "lost" and "ties on latency with onnx_int8" in rows["tflite_fp32"]["why"]
+    # the runner-up is what the rule would take without onnx_int8: tflite_fp32; the chosen file gets 0 images right
+    # that it misses and misses 2 it gets right: McNemar p = 0.5, no significant difference
+    assert choice["runner_up"] == "tflite_fp32"
+    assert choice["chosen_vs_runner_up"] == {"chosen_only": 0, "runner_up_only": 2, "p_value": 0.5,
+                                             "verdict": "no significant difference"}
 
 
 def test_latencies_apart_go_to_the_fastest_and_budgets_are_checked_on_the_target():
