@@ -63,7 +63,7 @@ def light_install(scratch: Path, model_dir: Path) -> dict:
     return {"venv_mb": folder_mb(venv), "pip_install_s": round(install_s, 1),
             "packages": sorted(p["name"] for p in packages), "has_torch": any(p["name"] == "torch" for p in packages),
             "predict_one_image_cold_s": round(cold, 3), "predict_100_images_s": round(folder, 3),
-            "predict_per_image_ms": round((folder - cold) / 99 * 1000, 1), "model": str(model_dir.name)}
+            "predict_per_image_ms": round((folder - cold) / 99 * 1000, 1), "model": str(model_dir)}
 
 
 def device_gate(scratch: Path, trials: int) -> dict:
@@ -106,6 +106,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--skip-device", action="store_true", help="only the light install")
+    parser.add_argument("--model", type=Path, help="the export folder `edgetl predict` runs on the light install "
+                                                   "(default: a tiny CNN's ONNX int8)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ship.json")
     args = parser.parse_args()
     from device_fixtures import tiny_run
@@ -114,7 +116,7 @@ def main() -> None:
         scratch = Path(scratch_dir)
         run_dir = tiny_run(scratch / "run")
         print("the light install", flush=True)
-        light = light_install(scratch, run_dir / "export" / "onnx_int8")
+        light = light_install(scratch, args.model or run_dir / "export" / "onnx_int8")
         gate = None if args.skip_device else device_gate(scratch, args.trials)
     targets = [{"figure": "light install: no torch", "measured": "no torch" if not light["has_torch"] else "torch",
                 "target": "no torch", "met": not light["has_torch"]},

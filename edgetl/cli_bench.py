@@ -148,7 +148,7 @@ def _bench_on_devices(models, devices, options, runs: int, install: bool, json_p
 
     warmup = 5 if options.warmup == "auto" else int(options.warmup)
     answers = bench_on_devices(models, devices, options.threads, options.batch, runs, warmup, install)
-    rows = [row for answer in answers if not answer["error"] for row in answer["rows"]]
+    rows = [row for answer in answers for row in answer.get("rows", [])]  # a failed device's rows before it failed
     if rows:
         print_table(rows, stdout_console(), title="edgetl bench (on devices)")
     write_outputs(rows, json_path, csv_path, markdown_path)

@@ -275,8 +275,8 @@ def for_each_device(devices: list[Device], work) -> list[dict]:
     def guarded(device: Device) -> dict:
         try:
             return {"device": device.name, "error": None, **work(device)}
-        except DeviceError as exc:
-            return {"device": device.name, "error": str(exc)}
+        except DeviceError as exc:  # what the device answered before it failed is kept (`partial`, when work gave it)
+            return {"device": device.name, "error": str(exc), **getattr(exc, "partial", {})}
 
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(devices)))) as pool:
         return list(pool.map(guarded, devices))
@@ -325,7 +325,12 @@ def bench_on_devices(models: list, devices: list[Device], threads: tuple[int, ..
             for model, bundle in zip(models, bundles, strict=True):
                 commands = [["bench", "--threads", str(t), "--batch", str(batch), "--runs", str(runs), "--warmup",
                              str(warmup)] for t in threads]
-                for row in run_bundle(device, bundle, model.format, commands, None, install):
+                try:
+                    answers = run_bundle(device, bundle, model.format, commands, None, install)
+                except DeviceError as exc:  # a device that drops (or lacks a runtime) mid-way: the rows so far stay
+                    exc.partial = {"rows": rows}
+                    raise
+                for row in answers:
                     info = row.pop("device")
                     rows.append({**row, "model": str(model.path), "name": model.name, "device": device.url,
                                  "device_info": info})
