@@ -173,6 +173,9 @@ def test_runner_on_the_oldest_and_newest_python_and_numpy(run_dir, images, tmp_p
         expected = load_runner(run_dir / "export" / f"{fmt}_int8" / f"model{suffix}").run(
             preprocess_files([str(p) for p in images], Preprocessing.from_json(PREP)))
         np.testing.assert_allclose([p["logits"] for p in json.loads(out.stdout)], expected, atol=1e-5)
+        timed = subprocess.run([str(interpreter), "-m", "edgetl_runner", "bench", "--runs", "3", "--rounds", "2",
+                                "--warmup", "1"], cwd=bundle, capture_output=True, text=True, timeout=120)
+        assert timed.returncode == 0 and len(json.loads(timed.stdout)["trial_p50_ms"]) == 2, timed.stderr[-500:]
         info = json.loads(subprocess.run([str(interpreter), "-m", "edgetl_runner", "info"], cwd=bundle,
                                          capture_output=True, text=True, timeout=60, check=True).stdout)
         assert info["device"]["python"].startswith(version + ".")

@@ -57,9 +57,11 @@ def interleaved_trials(runners: list[Runner], batches: list[np.ndarray], plan: L
     """Each runner timed in `repeats` alternating rounds (runner 0, 1, …, then again), so a change of machine load
     during the measurement hits them alike: per runner, one array of latencies (ms) per round. `look(i)`, when
     given, is called just before and just after runner i's every round (the machine-state reference)."""
+    if len(runners) != len(batches):
+        raise ValueError(f"{len(runners)} runners but {len(batches)} batches")
     trials: list[list[np.ndarray]] = [[] for _ in runners]
     for _ in range(repeats):
-        for i, (runner, batch) in enumerate(zip(runners, batches, strict=True)):
+        for i, (runner, batch) in enumerate(zip(runners, batches)):  # no strict=: the bundle runs it on Python 3.9
             if look:
                 look(i)
             trials[i].append(time_runs(runner, batch, plan, update))
