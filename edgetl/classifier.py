@@ -166,7 +166,8 @@ def image_files(inputs: Sequence[str | Path]) -> list[Path]:
     found: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            inside = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            inside = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                            and not any(part.startswith(".") for part in p.relative_to(item).parts))  # ._x.jpg
             if not inside:
                 raise DataError(f"{item} holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
             found.extend(inside)

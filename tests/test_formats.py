@@ -154,6 +154,11 @@ def test_tflite_nchw_layout_and_dynamic_range_int8(tiny):
 
     nchw = export(tiny, "tflite", "fp32", layout="nchw")
     assert list(Interpreter(model_path=str(nchw.path)).get_input_details()[0]["shape"]) == [1, 3, 32, 32]
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    entries = [m.name.decode() if isinstance(m.name, bytes) else m.name
+               for m in flatbuffer_utils.read_model(str(nchw.path)).metadata]
+    assert "edgetl" in entries and "TFLITE_METADATA" not in entries  # its readers expect NHWC images
     np.testing.assert_allclose(load_runner(nchw.path).run(tiny["inputs"]), tiny["reference"], atol=1e-4)
     dynamic = export(tiny, "tflite", "int8", int8="dynamic")
     assert dynamic.details["int8"] == "dynamic"

@@ -27,7 +27,13 @@ def photos(tmp_path_factory):
     """A folder of 6 JPEGs in two subfolders, and a corrupt .png among them."""
     root = make_image_folder(tmp_path_factory.mktemp("photos"), {"red": 3, "blue": 3}, size=40, seed=4)
     (root / "blue" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (root / "blue" / "._red_000.jpg").write_bytes(b"\0\5\26\7 AppleDouble")  # hidden: not an image to classify
     return root
+
+
+def jpgs(root):
+    """The photos' JPEGs a user would call images (not the hidden AppleDouble file)."""
+    return sorted(p for p in root.rglob("*.jpg") if not p.name.startswith("."))
 
 
 def expected_logits(run_dir, artifact: str, paths) -> np.ndarray:
@@ -40,7 +46,7 @@ def expected_logits(run_dir, artifact: str, paths) -> np.ndarray:
 
 
 def test_predict_a_folder_keeps_going_past_a_bad_image_and_writes_json_and_csv(run_dir, photos, tmp_path):
-    good = sorted(p for p in photos.rglob("*.jpg"))
+    good = jpgs(photos)
     code, output = run_cli("predict", run_dir / "export" / "onnx_int8", photos, "-k", "2", "--threads", "1",
                            "--json", tmp_path / "p.json", "--csv", tmp_path / "p.csv")
     assert code == 1, output  # documented: an image could not be read, the others were classified
@@ -71,7 +77,7 @@ def test_predict_a_run_directory_uses_its_chosen_artifact_and_stdout_json(run_di
     summary = json.loads((run / "summary.json").read_text())
     summary["chosen"] = "openvino_fp32"
     (run / "summary.json").write_text(json.dumps(summary))
-    image = sorted(photos.rglob("*.jpg"))[0]
+    image = jpgs(photos)[0]
     code, output = run_cli("predict", run, image, "--json", "-")
     assert code == 0, output
     assert "openvino_fp32/model.xml (3 labels" in output
@@ -84,7 +90,7 @@ def test_load_takes_a_path_a_pil_image_and_a_camera_frame_alike(run_dir, photos)
 
     classifier = edgetl.load(run_dir / "export" / "tflite_int8" / "model.json", threads=1)
     assert classifier.labels == tuple(LABELS) and classifier.path.name == "model.tflite"
-    path = sorted(photos.rglob("*.jpg"))[0]
+    path = jpgs(photos)[0]
     from_path = classifier.predict(path, top_k=3)
     image = Image.open(path)
     frame = np.asarray(image.convert("RGB"))
@@ -112,7 +118,7 @@ def test_a_model_file_alone_is_read_from_its_embedded_metadata(run_dir, photos, 
         shutil.copy(run_dir / "export" / artifact / name, tmp_path / name)
     classifier = edgetl.load(tmp_path / MODEL_FILES[artifact][0], threads=1)
     assert classifier.labels == tuple(LABELS) and classifier.preprocessing.crop == PREP["crop"]
-    path = sorted(photos.rglob("*.jpg"))[1]
+    path = jpgs(photos)[1]
     np.testing.assert_allclose(classifier.predict(path).logits, expected_logits(run_dir, artifact, [path])[0],
                                atol=1e-4)
 
@@ -162,6 +168,6 @@ def test_the_bundle_runner_classifies_a_folder_and_reports_a_bad_image(run_dir, 
     out = device_run(tmp_path / "b", "predict", "--json", "--threads", "1", photos)
     assert out.returncode == 1 and "broken.png" in out.stderr  # no torch, no edgetl on "the device"
     rows = json.loads(out.stdout)
-    good = sorted(photos.rglob("*.jpg"))
+    good = jpgs(photos)
     assert [r["label"] for r in rows if not r["error"]] == [LABELS[i] for i in
                                                             expected_logits(run_dir, "onnx_int8", good).argmax(1)]

@@ -105,8 +105,9 @@ def model_metadata(labels: list[str], preprocessing: dict, name: str, descriptio
 
 
 def wanted(metadata: dict[str, str]) -> bool:
-    """Whether edgetl's metadata says enough (labels and preprocessing) to write the standard metadata."""
-    return "labels" in metadata and "preprocessing" in metadata
+    """Whether edgetl's metadata says enough (labels and preprocessing) to write the standard metadata, for a file
+    whose input is an NHWC image (the readers expect one; an `export.tflite.layout: nchw` file gets none)."""
+    return "labels" in metadata and "preprocessing" in metadata and metadata.get("layout", "NHWC").upper() == "NHWC"
 
 
 def from_edgetl(metadata: dict[str, str]) -> tuple[bytes, bytes]:
