@@ -15,6 +15,7 @@ from pathlib import Path
 
 from edgetl.bench.baseline import (
     GateRun,
+    _key,
     baseline_from_rows,
     compare,
     is_baseline_file,
@@ -63,11 +64,10 @@ def bench_against_on_device(models: list[ModelRef], baseline: Path, device: Devi
         again = measure_on_device([m for m in models if str(m.path) in suspects]
                                   + [r for r in references if str(r.path) in wanted],
                                   device, options, runs, warmup, install, reporter)
-        second = {(c.row["model"], c.row["threads"], c.row["batch"]): c for c in
-                  compare(reference, [r for r in again if r["role"] == "model"], tolerance, confidence,
-                          [r for r in again if r["role"] == "baseline"])}
-        comparisons = [replace(second[(c.row["model"], c.row["threads"], c.row["batch"])], first=c.decision)
-                       if c.status == "regression" else c for c in comparisons]
-        rows = [next((c.row for c in comparisons if c.row["model"] == r["model"] and c.row["threads"] == r["threads"]),
-                     r) for r in rows]
+        second = {_key(c.row): c for c in compare(reference, [r for r in again if r["role"] == "model"], tolerance,
+                                                  confidence, [r for r in again if r["role"] == "baseline"])}
+        comparisons = [replace(second[_key(c.row)], first=c.decision) if c.status == "regression" else c
+                       for c in comparisons]
+        remeasured = {_key(c.row): c.row for c in comparisons}
+        rows = [remeasured.get(_key(r), r) for r in rows]  # the rows shown are the ones the verdict rests on
     return GateRun(rows, comparisons, reference), where
