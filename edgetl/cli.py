@@ -270,6 +270,9 @@ def predict(model: Path, images: tuple[Path, ...], top_k: int, threads: int | No
     from edgetl.classifier import classify_files, image_files, load
     from edgetl.fsutil import write_json
 
+    if str(json_path) == str(csv_path) == "-":
+        raise click.UsageError("--json - and --csv - both write to stdout, where the two would be mixed; send one of "
+                               "them to a file.")
     output_files(**{k: v for k, v in (("json", json_path), ("csv", csv_path)) if v and str(v) != "-"})
     paths = image_files(images)
     classifier = load(model, threads)

@@ -35,6 +35,7 @@ class Format:
     # The machines (platform.machine(), arm64/AMD64 read as aarch64/x86_64) its runtime installs on from PyPI: the
     # formats a target allows by default.
     architectures: tuple[str, ...] = ("x86_64", "aarch64")
+    extra: str | None = None  # the edgetl extra that installs the runtime (none: the base install has it)
 
     @property
     def packages(self) -> tuple[str, ...]:
@@ -53,10 +54,11 @@ FORMATS: dict[str, Format] = {
                "onnxruntime", ("onnxruntime",), "onnxruntime>=1.17", reference_file="reference.onnx"),
         Format("openvino", ".xml", ("fp32", "fp16", "int8"), "edgetl.export.openvino", "openvino, nncf",
                "edgetl.runtime.openvino", "openvino", ("openvino",), "openvino>=2024.0", (".bin",),
-               converts_from="onnx", reference_file="reference.onnx"),
+               converts_from="onnx", reference_file="reference.onnx", extra="openvino"),
         Format("tflite", ".tflite", ("fp32", "fp16", "int8"), "edgetl.export.tflite", "litert-torch, ai-edge-quantizer",
                "edgetl.runtime.tflite", "ai-edge-litert", ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"),
-               "ai-edge-litert>=1.0", reference_file="reference.tflite", runtime_alternatives=("tflite-runtime",)),
+               "ai-edge-litert>=1.0", reference_file="reference.tflite", runtime_alternatives=("tflite-runtime",),
+               extra="tflite"),
     ]
 }
 PRECISIONS = ("fp32", "fp16", "int8")

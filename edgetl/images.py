@@ -30,8 +30,10 @@ def load_rgb(path: str | Path, advice: str = " Fix or replace the file, or remov
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """A decoded Pillow image in RGB (transparency flattened onto white, high bit depths scaled), as files are."""
+    """A Pillow image in RGB (transparency flattened onto white, high bit depths scaled), as files are, held to the
+    same pixel and aspect limits (an image opened but not yet decoded is checked before it is decoded)."""
     try:
+        _check_pixel_limit(image)
         return _to_rgb(image)
     except _BadImageError as exc:
         raise DataError(f"Cannot use the {image.mode} image: {exc}.") from None

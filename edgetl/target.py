@@ -197,8 +197,8 @@ def choose(artifacts: list[dict], right: dict[str, np.ndarray], latency: dict[st
                          + (f"and not significantly less accurate than the most accurate, {best['name']}"
                             if chosen is not best else "(none of them is significantly more accurate)")
                          + (f"; the smallest file of the {len(tied)} that tie on latency" if len(tied) > 1 else ""))
-    # the runner-up: what the rule would choose without the chosen one (the fastest of the rest not significantly
-    # less accurate), and the paired test of the two on val
+    # the runner-up: the fastest p50 (then the smaller file) of the other artifacts the rule kept (within budget, not
+    # significantly less accurate than the most accurate), and the paired test of the two on val
     rest = [r for r in accurate if r is not chosen]
     runner_up = min(rest, key=lambda r: (r["p50_ms"], r["size_bytes"]), default=None)
     versus = (Paired.of(right[chosen["name"]], right[runner_up["name"]]).record("chosen", "runner_up")

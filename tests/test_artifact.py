@@ -184,6 +184,33 @@ def test_a_format_whose_runtime_has_no_io_details_records_null(monkeypatch, tmp_
         ("input_dtype", "input_quantization", "output_dtype", "output_quantization"))
 
 
+def test_tflite_metadata_is_read_without_any_flatbuffer_package(run_dir, tmp_path):
+    """A device with only tflite-runtime reads a bare .tflite file's labels too: edgetl's own reader, checked against
+    ai-edge-litert's flatbuffer tools, with those tools (and flatbuffers) made unimportable."""
+    import subprocess
+    import sys
+
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    path = run_dir / "export" / "tflite_int8" / "model.tflite"
+    model = flatbuffer_utils.read_model(str(path))
+    entry = next(e for e in model.metadata if e.name == b"edgetl")
+    expected = json.loads(bytes(model.buffers[entry.buffer].data).decode())
+    blocked = ("import sys, json; sys.modules.update({m: None for m in ('ai_edge_litert', 'ai_edge_litert.tools', "
+               "'flatbuffers', 'tflite_runtime')}); from edgetl.runtime.tflite import embedded_metadata; "
+               f"print(json.dumps(embedded_metadata({str(path)!r})))")
+    result = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout) == expected and expected["labels"]
+    from edgetl.runtime.tflite import embedded_metadata
+
+    data = path.read_bytes()
+    for name, content in (("cut.tflite", data[:len(data) // 3]), ("foreign.tflite", b"PK\x03\x04" + data[4:])):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ModelFileError, match=f"{name} could not be read as a TFLite flatbuffer: it is truncated"):
+            embedded_metadata(tmp_path / name)
+
+
 def test_embedded_metadata_decodes_from_the_files(run_dir):
     """The copy inside the file (what edgetl reads back today: the TFLite entry; and ONNX metadata_props) decodes to
     the same labels, preprocessing and layout as model.json."""

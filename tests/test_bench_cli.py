@@ -452,3 +452,15 @@ def test_the_device_gate_takes_one_device_and_names_an_unreachable_one(models, o
     assert down.exit_code == 1 and "device error: ssh://nobody@127.0.0.1:1: ssh failed: ssh: connect to host " \
         "127.0.0.1 port 1: Connection refused" in down.output, down.output
     assert "Traceback" not in down.output
+
+
+def test_options_a_device_cannot_honour_are_refused_not_ignored(models, tmp_path):
+    _, paths = models
+    image_dir = make_image_folder(tmp_path / "imgs", {"x": 2}, size=40)
+    for extra, message in [(["--time", "2"], "--time does not apply with --device/--devices: a device runs a fixed "
+                                             "number of calls: use --runs"),
+                           (["--images", image_dir], "--images does not apply"),
+                           (["--no-cold-start"], "--no-cold-start does not apply")]:
+        result = CliRunner().invoke(main, ["bench", str(paths["onnx"]), "--device", "ssh://nobody@127.0.0.1:1",
+                                           *map(str, extra)])
+        assert result.exit_code == 2 and message in result.output, (extra, result.output)  # before any connection

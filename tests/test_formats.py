@@ -179,7 +179,8 @@ def test_tflite_runs_with_the_fallback_runtime_when_the_first_is_missing(tiny, m
 def test_a_missing_runtime_names_the_package_to_install(tiny, monkeypatch):
     monkeypatch.setitem(formats.FORMATS, "openvino", dataclasses.replace(
         formats.FORMATS["openvino"], runtime_imports=("edgetl_no_such_runtime",)))
-    with pytest.raises(RuntimeMissingError, match=r"needs the Python package 'openvino'.*pip install openvino"):
+    with pytest.raises(RuntimeMissingError, match=r"needs the Python package 'openvino'.*pip install openvino` "
+                       r"\(or edgetl with it: `pip install 'edgetl\[openvino\]'`\)"):
         load_runner(export(tiny, "openvino", "fp32").path)
 
 

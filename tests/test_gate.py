@@ -183,3 +183,27 @@ def test_an_inconclusive_slowdown_on_a_slower_machine_is_not_judged():
     # The same trials on a machine as fast as the baseline's: judged (inconclusive, not "not judged").
     same_speed = compare({"rows": [base]}, [{**row, "reference_trial_p50_ms": [[10.0, 10.0]] * 5}], 0.10)[0]
     assert verdict(same_speed) == "inconclusive"
+
+
+def test_the_verdict_says_when_saved_trials_cannot_track_the_machine_state():
+    from edgetl.bench.baseline import compare, machine_info
+    from edgetl.bench.verdict import gate_verdict
+
+    rng = np.random.default_rng(0)
+    with_looks = machine_rows(rng, [True] * 10, 2.0)  # a baseline saved with the machine-state reference
+    baseline = {"rows": [with_looks], "machine": machine_info()}
+    comparisons = compare(baseline, [machine_rows(rng, [True] * 10, 2.0)], 0.10)
+
+    def notes(where=None) -> list[str]:
+        return [line for line, _ in gate_verdict(baseline, comparisons, 0.10, 0.95, where).lines
+                if line.startswith("note:")]
+
+    assert notes() == []  # here, the looks track the state: nothing to qualify
+    device = {"machine": "aarch64", "runtimes": {}}
+    said = notes(device)  # on a device no state is tracked, whatever the baseline rows hold
+    assert len(said) == 1 and "a device's machine state is not tracked" in said[0]
+    older = {"rows": [{k: v for k, v in with_looks.items() if k != "reference_trial_p50_ms"}],
+             "machine": machine_info()}
+    said = [line for line, _ in gate_verdict(older, compare(older, [machine_rows(rng, [True] * 10, 2.0)], 0.10), 0.10,
+                                             0.95).lines if line.startswith("note:")]
+    assert len(said) == 1 and "holds no machine-state reference" in said[0]

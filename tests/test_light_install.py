@@ -70,6 +70,10 @@ def test_predict_and_the_gate_run_on_the_light_install(light, run_dir, tmp_path)
     api = run(light, "python", "-c", f"import edgetl, sys; print(edgetl.load({str(model)!r}).predict("
                                      f"{rows[0]['image']!r}).label); print('torch' in sys.modules)")
     assert api.stdout.split() == [rows[0]["label"], "False"], api.stderr
+    for fmt, name in (("openvino", "model.xml"), ("tflite", "model.tflite")):  # runtimes the light install lacks
+        missing = run(light, "edgetl", "predict", run_dir / "export" / f"{fmt}_fp32" / name, images)
+        assert missing.returncode == 1 and "Traceback" not in missing.stderr, missing.stderr
+        assert "missing runtime" in missing.stderr and f"pip install 'edgetl[{fmt}]'" in missing.stderr
     quick = ["--runs", "10", "--repeats", "5", "--warmup", "2", "--no-cold-start"]
     saved = run(light, "edgetl", "bench", model, *quick, "--save-baseline", tmp_path / "base.json")
     assert saved.returncode == 0, saved.stderr

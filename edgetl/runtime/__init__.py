@@ -53,7 +53,8 @@ def require_runtime(fmt: Format):
             problems.append(f"{name}: {exc}")
     raise RuntimeMissingError(f"Running {fmt.name} models needs the Python package '{fmt.runtime_package}', "
                               f"which is not importable here ({'; '.join(problems)}). Install it with "
-                              f"`pip install {fmt.runtime_package}`.")
+                              f"`pip install {fmt.runtime_package}`"
+                              + (f" (or edgetl with it: `pip install 'edgetl[{fmt.extra}]'`)." if fmt.extra else "."))
 
 
 def load_runner(path: str | Path, threads: int = 1) -> Runner:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -89,23 +90,74 @@ def _tensor_details(details: dict) -> tuple[str, dict | None]:
     return dtype.name, {"scale": float(scale), "zero_point": int(zero_point)} if quantized else None
 
 
+class _Flatbuffer:
+    """Just enough of the FlatBuffers wire format to read tables, vectors and strings by field number (the TFLite
+    schema's `Model.metadata` and `Model.buffers`), with no flatbuffer package: a device that has only tflite-runtime
+    reads a bare .tflite file's labels too."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def u32(self, at: int) -> int:
+        return struct.unpack_from("<I", self.data, at)[0]
+
+    def field(self, table: int, index: int) -> int | None:
+        """The position of field `index` of the table at `table`, None when the field is absent."""
+        vtable = table - struct.unpack_from("<i", self.data, table)[0]
+        size = struct.unpack_from("<H", self.data, vtable)[0]
+        if 4 + 2 * index >= size:
+            return None
+        offset = struct.unpack_from("<H", self.data, vtable + 4 + 2 * index)[0]
+        return table + offset if offset else None
+
+    def ref(self, table: int, index: int) -> int | None:
+        """Where the table, vector or string that field `index` points to starts."""
+        at = self.field(table, index)
+        return None if at is None else at + self.u32(at)
+
+    def tables(self, table: int, index: int) -> list[int]:
+        vector = self.ref(table, index)
+        if vector is None:
+            return []
+        return [at + self.u32(at) for at in range(vector + 4, vector + 4 + 4 * self.u32(vector), 4)]
+
+    def bytes(self, table: int, index: int) -> bytes:
+        at = self.ref(table, index)
+        return b"" if at is None else self.data[at + 4:at + 4 + self.u32(at)]
+
+
+_MODEL_BUFFERS, _MODEL_METADATA = 4, 6  # the TFLite schema's field numbers (Model), then Metadata and Buffer's own
+_METADATA_NAME, _METADATA_BUFFER = 0, 1
+_BUFFER_DATA, _BUFFER_OFFSET, _BUFFER_SIZE = 0, 1, 2
+
+
 def embedded_metadata(path: Path) -> dict[str, str]:
-    """The file's 'edgetl' metadata entry (its labels and preprocessing), {} when it has none or when the flatbuffer
-    reader of ai-edge-litert is not installed (tflite-runtime has none)."""
-    try:
-        from ai_edge_litert.tools import flatbuffer_utils
-    except ImportError:
-        return {}
+    """The file's 'edgetl' metadata entry (its labels and preprocessing), {} when it has none. Read from the
+    flatbuffer directly, so it needs neither ai-edge-litert nor tflite-runtime."""
     import json
 
     try:
-        model = flatbuffer_utils.read_model(str(path))
-        for entry in model.metadata or []:
-            name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
-            if name == "edgetl":
-                return json.loads(bytes(model.buffers[entry.buffer].data).decode())
-    except Exception as exc:  # a truncated or foreign flatbuffer
-        raise ModelFileError(f"{path} could not be read as a TFLite flatbuffer: {first_line(exc)}.") from None
+        data = Path(path).read_bytes()
+        if data[4:8] != b"TFL3":  # the schema's file identifier
+            raise ValueError("no TFL3 identifier")
+        buffer = _Flatbuffer(data)
+        model = buffer.u32(0)
+        for entry in buffer.tables(model, _MODEL_METADATA):
+            if buffer.bytes(entry, _METADATA_NAME) != b"edgetl":
+                continue
+            at = buffer.field(entry, _METADATA_BUFFER)
+            stored = buffer.tables(model, _MODEL_BUFFERS)[buffer.u32(at) if at is not None else 0]
+            content = buffer.bytes(stored, _BUFFER_DATA)
+            offset_at, size_at = buffer.field(stored, _BUFFER_OFFSET), buffer.field(stored, _BUFFER_SIZE)
+            if not content and offset_at is not None and size_at is not None:  # a > 2 GB file keeps data outside
+                offset, size = struct.unpack_from("<Q", data, offset_at)[0], struct.unpack_from("<Q", data, size_at)[0]
+                content = data[offset:offset + size]
+            return json.loads(content.decode())
+    except OSError as exc:
+        raise ModelFileError(f"{path} could not be read: {first_line(exc)}.") from None
+    except (struct.error, IndexError, UnicodeDecodeError, ValueError):  # truncated or foreign bytes
+        raise ModelFileError(f"{path} could not be read as a TFLite flatbuffer: it is truncated, damaged or another "
+                             "kind of file.") from None
     return {}
 
 
