@@ -95,7 +95,7 @@ def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup
     where = None  # the device the gate measures on (its edgetl_runner info record), None: here
     comparisons = []
     if device or devices_file:
-        _device_options(time_s, images, no_cold_start)
+        _device_options(images, no_cold_start)
         targets = devices_from(device, devices_file, python, ssh_config)
         if not (baseline or save_baseline):
             _bench_on_devices(find_models(list(models)), targets, options, runs or 50, install, json_path, csv_path,
@@ -143,9 +143,9 @@ def bench(models: tuple[Path, ...], threads: tuple[str, ...], batch: int, warmup
         sys.exit(1)
 
 
-def _device_options(time_s: float, images: tuple[Path, ...], no_cold_start: bool) -> None:
+def _device_options(images: tuple[Path, ...], no_cold_start: bool) -> None:
     """Refuse what a device's runner cannot do, rather than ignore it: it times `--runs` calls (default 50) on random
-    input, with no fresh-process probe."""
+    input, with no fresh-process probe. `--time` counts as given only when the user gave it (it has a default)."""
     given = click.get_current_context().get_parameter_source("time_s") is not click.core.ParameterSource.DEFAULT
     for used, option, why in ((given, "--time", "a device runs a fixed number of calls: use --runs"),
                               (bool(images), "--images", "a device times random input of the model's shape"),

@@ -85,7 +85,7 @@ def test_predict_a_run_directory_uses_its_chosen_artifact_and_stdout_json(run_di
     np.testing.assert_allclose(rows[0]["logits"], expected_logits(run, "openvino_fp32", [image])[0], atol=1e-4)
 
 
-def test_load_takes_a_path_a_pil_image_and_a_camera_frame_alike(run_dir, photos, tmp_path):
+def test_load_takes_a_path_a_pil_image_and_a_camera_frame_alike(run_dir, photos, tmp_path, monkeypatch):
     import edgetl
 
     classifier = edgetl.load(run_dir / "export" / "tflite_int8" / "model.json", threads=1)
@@ -111,18 +111,12 @@ def test_load_takes_a_path_a_pil_image_and_a_camera_frame_alike(run_dir, photos,
     # In-memory images meet the limits a file does: a 1×10000 strip, and a bomb opened but not yet decoded.
     with pytest.raises(DataError, match=r"Cannot use the RGB image: 1x10000 pixels is more than"):
         classifier.predict(np.zeros((10000, 1, 3), np.uint8))
-    from PIL import Image as PILImage
-
     Image.new("RGB", (3000, 3000)).save(tmp_path / "bomb.png")
-    limit = PILImage.MAX_IMAGE_PIXELS
-    PILImage.MAX_IMAGE_PIXELS = 5_000_000  # Pillow only warns below twice its limit; edgetl refuses over it
-    try:
-        with pytest.warns(PILImage.DecompressionBombWarning):
-            opened = Image.open(tmp_path / "bomb.png")
-        with pytest.raises(DataError, match=r"Cannot use the RGB image: decompression bomb refused: 3000x3000"):
-            classifier.predict(opened)
-    finally:
-        PILImage.MAX_IMAGE_PIXELS = limit
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000_000)  # Pillow only warns below twice it; edgetl refuses
+    with pytest.warns(Image.DecompressionBombWarning):
+        opened = Image.open(tmp_path / "bomb.png")
+    with pytest.raises(DataError, match=r"Cannot use the RGB image: decompression bomb refused: 3000x3000"):
+        classifier.predict(opened)
 
 
 @pytest.mark.parametrize("artifact", list(MODEL_FILES))

@@ -13,8 +13,7 @@ from edgetl.errors import ExportError, StorageError, first_line
 from edgetl.export import ExportRequest, ExportResult, silenced
 from edgetl.fsutil import atomic_path
 from edgetl.progress import SILENT, Reporter
-
-METADATA_NAME = "edgetl"  # the TFLite metadata entry holding the artifact's metadata as JSON
+from edgetl.runtime.tflite import METADATA_NAME, embedded_metadata
 
 
 def with_metadata(content: bytes, metadata: dict[str, str]) -> bytes:
@@ -46,8 +45,6 @@ def with_metadata(content: bytes, metadata: dict[str, str]) -> bytes:
 
 def read_metadata(path: Path) -> dict[str, str]:
     """The 'edgetl' metadata entry of a .tflite file written by edgetl ({} when absent)."""
-    from edgetl.runtime.tflite import embedded_metadata
-
     return embedded_metadata(path)
 
 

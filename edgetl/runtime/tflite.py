@@ -126,6 +126,7 @@ class _Flatbuffer:
         return b"" if at is None else self.data[at + 4:at + 4 + self.u32(at)]
 
 
+METADATA_NAME = "edgetl"  # the TFLite metadata entry edgetl writes its metadata into, as JSON (edgetl.export.tflite)
 _MODEL_BUFFERS, _MODEL_METADATA = 4, 6  # the TFLite schema's field numbers (Model), then Metadata and Buffer's own
 _METADATA_NAME, _METADATA_BUFFER = 0, 1
 _BUFFER_DATA, _BUFFER_OFFSET, _BUFFER_SIZE = 0, 1, 2
@@ -143,7 +144,7 @@ def embedded_metadata(path: Path) -> dict[str, str]:
         buffer = _Flatbuffer(data)
         model = buffer.u32(0)
         for entry in buffer.tables(model, _MODEL_METADATA):
-            if buffer.bytes(entry, _METADATA_NAME) != b"edgetl":
+            if buffer.bytes(entry, _METADATA_NAME) != METADATA_NAME.encode():
                 continue
             at = buffer.field(entry, _METADATA_BUFFER)
             stored = buffer.tables(model, _MODEL_BUFFERS)[buffer.u32(at) if at is not None else 0]
