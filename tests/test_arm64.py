@@ -314,12 +314,13 @@ def test_a_search_measures_its_latency_budget_on_the_device(device, tiny_dataset
     assert search["measured_on"]["device"] == device["url"] and search["measured_on"]["machine"] == "aarch64", search
     chosen = search["candidates"][0]
     assert chosen["status"] == "chosen" and chosen["trained"] and chosen["latency_ms_p90"] > 0
-    # 1 µs cannot be met there: rejected from the untrained measurement, with the device in the reason
+    # 1 µs cannot be met there: rejected from the untrained measurement, with the device in the reason (the same run
+    # directory: the untrained sub-run is reused, and measured on the device again)
     recipe["search"]["budget"]["latency_ms_p90"] = 0.001
     path.write_text(yaml.safe_dump(recipe))
-    code, out = run_cli("build", path, "--out", tmp_path / "none", "--quiet")
+    code, out = run_cli("build", path, "--out", tmp_path / "run", "--quiet")
     assert code == 1 and "meets search.budget" in out, out
-    reason = json.loads((tmp_path / "none" / "search.json").read_text())["candidates"][0]["reason"]
+    reason = json.loads((tmp_path / "run" / "search.json").read_text())["candidates"][0]["reason"]
     assert f"ms > budget 0.001 ms on {device['url']}" in reason and "untrained" in reason, reason
 
 

@@ -82,6 +82,27 @@ def test_fp32_export_matches_torch_at_several_batch_sizes(tiny):
         np.testing.assert_allclose(out, tiny["reference"][:batch], atol=1e-5)
 
 
+def test_relu6_is_exported_as_clip_0_6_and_the_model_keeps_its_relu6(tiny):
+    """The exporter traces a copy whose ReLU6 modules are torch.clamp (the same Clip node, exported faster): inputs
+    large enough to saturate both ends give torch's outputs, and the user's model is not changed."""
+    from onnx import numpy_helper
+
+    model = onnx.load(tiny["fp32"].path)
+    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    constants |= {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
+                  if n.op_type == "Constant"}
+    clips = [n for n in model.graph.node if n.op_type == "Clip"]
+    assert len(clips) == 2 and all((float(constants[n.input[1]]), float(constants[n.input[2]])) == (0.0, 6.0)
+                                   for n in clips)
+    assert sum(isinstance(m, torch.nn.ReLU6) for m in tiny["model"].modules()) == 2
+    loud = tiny["inputs"][:4] * 20
+    with torch.no_grad():
+        reference = tiny["model"](torch.from_numpy(loud)).numpy()
+        saturated = tiny["model"].features[:3](torch.from_numpy(loud))
+    assert (saturated == 6).any() and (saturated == 0).any()
+    np.testing.assert_allclose(load_runner(tiny["fp32"].path, threads=1).run(loud), reference, atol=1e-4)
+
+
 def test_fp32_export_uses_dynamo_opset_18_and_passes_the_checker(tiny):
     assert tiny["fp32"].details["exporter"] == "dynamo"
     assert tiny["fp32"].details["opset"] == 18

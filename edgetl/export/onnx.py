@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import copy
 import hashlib
 import logging
 import re
@@ -23,9 +24,31 @@ from edgetl.progress import SILENT, Reporter
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
+class _Clip6(torch.nn.Module):
+    """ReLU6 as torch.clamp: the same ONNX Clip(0, 6) node. The dynamo exporter decomposes an (in-place) ReLU6 with a
+    symbolic batch size through torch's Python reference of hardtanh, about a third of a second per module on a
+    2-core x86 CPU (EfficientNet-Lite0 and MobileNetV2 have 33-35 of them); clamp has a direct ONNX translation.
+    litert-torch's conversion goes the same way, and fuses both into its convolutions alike."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x, 0.0, 6.0)
+
+
+def relu6_as_clip(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` itself when it has no ReLU6, else a copy whose ReLU6 modules are `_Clip6` (the model is not changed)."""
+    if not any(isinstance(m, torch.nn.ReLU6) for m in model.modules()):
+        return model
+    model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.ReLU6):
+                setattr(parent, name, _Clip6())
+    return model
+
+
 def _export_dynamo(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
     batch = torch.export.Dim("batch", min=1, max=1024)
-    torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, opset_version=opset,
+    torch.onnx.export(relu6_as_clip(model), (example,), str(path), dynamo=True, external_data=False, opset_version=opset,
                       input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                       dynamic_shapes={"x": {0: batch}}, optimize=True, verbose=False)
 
