@@ -85,10 +85,14 @@ def test_a_build_killed_at_every_point_resumes_and_ends_like_an_uninterrupted_on
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "edgetl.cli", "build", str(path), "--out", str(run)]
     trained_before = 0  # epochs done when the previous build was stopped during training
+    exported_before = False  # the previous build was stopped in export, after its ONNX fp32 file was written
     for what, marker, sig, unfinished in KILL_POINTS:
         code, output = _interrupt(cmd, marker, sig)
         if trained_before:  # it went on from the checkpoint, not from the start
             assert f"resuming training after epoch {trained_before}" in output, f"{what}\n{output[-3000:]}"
+        if exported_before:  # ... and from the files the export had finished
+            assert "onnx_fp32: finished before the build was stopped, reused" in output, f"{what}\n{output[-3000:]}"
+        exported_before = unfinished == "export"
         checkpoint = run / ".train.partial" / "checkpoint.pt"  # the epoch it holds (a kill can land a bit late)
         trained_before = int(torch.load(checkpoint, weights_only=True)["state"]["epoch"]) \
             if unfinished == "train" and checkpoint.is_file() else 0
@@ -148,3 +152,38 @@ def test_a_full_disk_is_one_clear_error_and_nothing_half_written(tmp_path, strai
         assert not (disk / "run" / stage / "stage.json").exists()
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_failed_export_keeps_its_finished_files_and_the_next_build_reuses_only_the_intact_ones(
+        tmp_path, straight, monkeypatch):
+    """OpenVINO failing after the ONNX files were made: the build fails, the ONNX files wait in the export stage's
+    resume folder, and the next build reuses them, except one whose bytes changed meanwhile (made again)."""
+    import io
+
+    from rich.console import Console
+
+    from edgetl.errors import ExportError
+    from edgetl.export import openvino
+
+    run = tmp_path / "run"
+    for stage in ("data", "inputs", "train"):
+        shutil.copytree(straight["run"] / stage, run / stage)
+
+    def broken(*args, **kwargs):
+        raise ExportError("OpenVINO is broken in this test")
+
+    monkeypatch.setattr(openvino, "export", broken)
+    with pytest.raises(ExportError, match="broken in this test"):
+        build(straight["recipe"], out=run, reporter=Reporter(enabled=False))
+    kept = run / ".export.partial" / "resume"
+    assert sorted(p.name for p in kept.iterdir()) == ["onnx_fp32", "onnx_int8"]
+    assert not (run / "export" / "stage.json").exists()
+    monkeypatch.undo()
+    int8 = kept / "onnx_int8" / "model.onnx"
+    int8.write_bytes(int8.read_bytes() + b"\0")  # no longer the file done.json describes
+    said = io.StringIO()
+    summary = build(straight["recipe"], out=run, reporter=Reporter(console=Console(file=said, width=200)))
+    assert "onnx_fp32: finished before the build was stopped, reused" in said.getvalue(), said.getvalue()
+    assert "onnx_int8: finished before" not in said.getvalue()
+    assert not (run / ".export.partial").exists() and not (run / "export" / "resume").exists()
+    assert _comparable(summary) == _comparable(straight["summary"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.export import ExportRequest, ExportResult
-from edgetl.fsutil import sha256_file, sha256_json
+from edgetl.fsutil import sha256_file, sha256_json, write_json
 from edgetl.pipeline.context import BuildContext, Stage
 from edgetl.pipeline.models import load_trained
 from edgetl.recipe import section_dict
@@ -43,11 +43,18 @@ def key(ctx: BuildContext) -> dict:
     return inputs
 
 
+RESUME = "resume"  # in the stage's partial folder: the files a killed export had finished, kept for the next run
+
+
 class _Exports:
-    """The files of one export stage: requests, int8 within the budget, and what was produced."""
+    """The files of one export stage: requests, int8 within the budget, and what was produced.
+
+    Each file made is also hard-linked into `resume/<name>/` with a `done.json` that holds the stage key, so a build
+    killed mid-export (an export is tens of seconds a file) makes again only the files it had not finished."""
 
     def __init__(self, ctx: BuildContext, folder: Path):
         self.ctx, self.folder = ctx, folder
+        self.key = sha256_json(key(ctx))
         self.model = load_trained(ctx.path(ctx.model_stage, "model"))
         self.example = np.asarray(ctx.load("inputs", "val", mmap=True)[:2])
         self.calibration = np.asarray(ctx.load("inputs", "calibration", mmap=True))
@@ -56,6 +63,30 @@ class _Exports:
         self.metadata = _metadata(ctx)
         self.fp32: dict[str, ExportResult] = {}  # format -> its fp32 file (the source of its fp16 and int8)
         self.produced: list[tuple[str, str, str, ExportResult]] = []  # (name, format, precision, result)
+
+    def made(self, name: str, make) -> ExportResult:
+        """`make()`'s result, or the same file kept in resume/ by a killed run of this stage with the same key."""
+        from edgetl.fsutil import changed_files
+        from edgetl.pipeline.rundir import read_marker
+
+        kept, target = self.folder / RESUME / name, self.folder / name
+        done = read_marker(kept / "done.json")
+        if done and done.get("key") == self.key and isinstance(done.get("files"), dict) \
+                and not changed_files(kept, done["files"]):
+            shutil.rmtree(target, ignore_errors=True)
+            _link_tree(kept, target, skip="done.json")
+            self.ctx.reporter.info(f"  {name}: finished before the build was stopped, reused")
+            return ExportResult(self.folder / done["path"], done["details"])
+        shutil.rmtree(kept, ignore_errors=True)
+        result = make()
+        try:
+            _link_tree(target, kept)
+            files = {p.relative_to(kept).as_posix(): sha256_file(p) for p in sorted(kept.rglob("*")) if p.is_file()}
+            write_json(kept / "done.json", {"key": self.key, "path": result.path.relative_to(self.folder).as_posix(),
+                                            "details": result.details, "files": files})
+        except (OSError, TypeError, ValueError):  # no room, or details JSON cannot hold: this file is only not resumable
+            shutil.rmtree(kept, ignore_errors=True)
+        return result
 
     def request(self, fmt: str, name: str, precision: str) -> ExportRequest:
         from edgetl.formats import FORMATS
@@ -93,12 +124,14 @@ class _Exports:
         ctx = self.ctx
         from_qat = "qat" in ctx.records and hasattr(exporter, "from_qdq")
         if from_qat:
-            result = exporter.from_qdq(ctx.path("qat", "onnx"), self.request(fmt, f"{fmt}_int8", "int8"))
+            result = self.made(f"{fmt}_int8", lambda: exporter.from_qdq(ctx.path("qat", "onnx"),
+                                                                          self.request(fmt, f"{fmt}_int8", "int8")))
             result = ExportResult(result.path, {**result.details, **ctx.records["qat"]["export"]})
             self.produced.append((f"{fmt}_int8", fmt, "int8", result))
         if not from_qat or ctx.recipe.quantize.keep_ptq:
             name = f"{fmt}_int8_ptq" if from_qat else f"{fmt}_int8"
-            self.produced.append((name, fmt, "int8", self.int8_ptq(exporter, self.request(fmt, name, "int8"))))
+            result = self.made(name, lambda: self.int8_ptq(exporter, self.request(fmt, name, "int8")))
+            self.produced.append((name, fmt, "int8", result))
 
     def format(self, fmt: str) -> None:
         """`fmt`'s fp32 file (kept only when asked for: it may be only another format's source), then its fp16
@@ -107,7 +140,8 @@ class _Exports:
 
         recipe, reporter = self.ctx.recipe, self.ctx.reporter
         exporter = importlib.import_module(FORMATS[fmt].exporter)
-        fp32 = self.fp32[fmt] = exporter.export(self.model, self.request(fmt, f"{fmt}_fp32", "fp32"), reporter)
+        fp32 = self.fp32[fmt] = self.made(f"{fmt}_fp32", lambda: exporter.export(
+            self.model, self.request(fmt, f"{fmt}_fp32", "fp32"), reporter))
         how = ", ".join(f"{k} {v}" for k, v in fp32.details.items() if k in ("exporter", "converter", "layout"))
         reporter.info(f"  {fmt} fp32 written ({how})")
         if fmt not in recipe.export.formats:
@@ -116,8 +150,8 @@ class _Exports:
         if "fp32" in wanted:
             self.produced.append((f"{fmt}_fp32", fmt, "fp32", fp32))
         if "fp16" in wanted:
-            self.produced.append((f"{fmt}_fp16", fmt, "fp16",
-                                  exporter.export(self.model, self.request(fmt, f"{fmt}_fp16", "fp16"), reporter)))
+            self.produced.append((f"{fmt}_fp16", fmt, "fp16", self.made(f"{fmt}_fp16", lambda: exporter.export(
+                self.model, self.request(fmt, f"{fmt}_fp16", "fp16"), reporter))))
         if "int8" in wanted:
             self.int8(fmt, exporter)
 
@@ -133,6 +167,18 @@ class _Exports:
                 "size_bytes": sum(f.stat().st_size for f in files[:-1]), "sha256": sha256_file(result.path),
                 **({"quantization": result.details["quantization"]} if precision == "int8" else {}),
                 "files": run.files_record(*files), "export": result.details}
+
+
+def _link_tree(src: Path, dst: Path, skip: str = "") -> None:
+    """`src`'s files under `dst`, hard-linked (copied where links cannot be made)."""
+    for path in sorted(src.rglob("*")):
+        if path.is_file() and path.name != skip:
+            target = dst / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, target)
+            except OSError:
+                shutil.copy2(path, target)
 
 
 def _order(formats: list[str]) -> list[str]:
@@ -161,6 +207,7 @@ def work(ctx: BuildContext, folder: Path) -> dict:
     for fmt in formats:  # fp32 files made only as the source of other files
         if "fp32" not in ctx.recipe.export.precisions or fmt not in ctx.recipe.export.formats:
             shutil.rmtree(folder / f"{fmt}_fp32")
+    shutil.rmtree(folder / RESUME, ignore_errors=True)
     records = [exports.record(produced) for produced in exports.produced]
     return {"artifacts": records, "files": {k: v for r in records for k, v in r["files"].items()}}
 
@@ -180,4 +227,4 @@ def summarize(ctx: BuildContext, summary: dict) -> None:
     summary["artifacts"] = entries
 
 
-STAGE = Stage("export", work, key, summarize=summarize)
+STAGE = Stage("export", work, key, summarize=summarize, keep=(RESUME,))
