@@ -36,12 +36,15 @@ class _Clip6(torch.nn.Module):
 
 def relu6_as_clip(model: torch.nn.Module) -> torch.nn.Module:
     """`model` itself when it has no ReLU6, else a copy whose ReLU6 modules are `_Clip6` (the model is not changed)."""
-    if not any(isinstance(m, torch.nn.ReLU6) for m in model.modules()):
+    if not any(type(m) is torch.nn.ReLU6 for m in model.modules()):  # a subclass may have its own forward
         return model
-    model = copy.deepcopy(model)
+    try:
+        model = copy.deepcopy(model)
+    except Exception:  # a model that cannot be copied is exported as it is (only more slowly)
+        return model
     for parent in list(model.modules()):
         for name, child in parent.named_children():
-            if isinstance(child, torch.nn.ReLU6):
+            if type(child) is torch.nn.ReLU6:
                 setattr(parent, name, _Clip6())
     return model
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetl import __version__
+from edgetl.errors import StorageError
 from edgetl.export import ExportRequest, ExportResult
 from edgetl.fsutil import sha256_file, sha256_json, write_json
 from edgetl.pipeline.context import BuildContext, Stage
@@ -54,13 +56,14 @@ class _Exports:
 
     def __init__(self, ctx: BuildContext, folder: Path):
         self.ctx, self.folder = ctx, folder
-        self.key = sha256_json(key(ctx))
+        self.metadata = _metadata(ctx)
+        # what a kept file depends on beyond the stage key: the recipe hash embedded in it and the toolchain
+        self.key = sha256_json({"stage": key(ctx), "metadata": self.metadata, "versions": _toolchain()})
         self.model = load_trained(ctx.path(ctx.model_stage, "model"))
         self.example = np.asarray(ctx.load("inputs", "val", mmap=True)[:2])
         self.calibration = np.asarray(ctx.load("inputs", "calibration", mmap=True))
         self.validation = (ctx.load("inputs", "val", mmap=True), ctx.load("inputs", "val_labels")) \
             if _validated(ctx) else None
-        self.metadata = _metadata(ctx)
         self.fp32: dict[str, ExportResult] = {}  # format -> its fp32 file (the source of its fp16 and int8)
         self.produced: list[tuple[str, str, str, ExportResult]] = []  # (name, format, precision, result)
 
@@ -72,6 +75,7 @@ class _Exports:
         kept, target = self.folder / RESUME / name, self.folder / name
         done = read_marker(kept / "done.json")
         if done and done.get("key") == self.key and isinstance(done.get("files"), dict) \
+                and isinstance(done.get("path"), str) and isinstance(done.get("details"), dict) \
                 and not changed_files(kept, done["files"]):
             shutil.rmtree(target, ignore_errors=True)
             _link_tree(kept, target, skip="done.json")
@@ -84,7 +88,7 @@ class _Exports:
             files = {p.relative_to(kept).as_posix(): sha256_file(p) for p in sorted(kept.rglob("*")) if p.is_file()}
             write_json(kept / "done.json", {"key": self.key, "path": result.path.relative_to(self.folder).as_posix(),
                                             "details": result.details, "files": files})
-        except (OSError, TypeError, ValueError):  # no room, or details JSON cannot hold: this file is only not resumable
+        except (OSError, StorageError, TypeError, ValueError):  # no room, or details JSON cannot hold: only not resumable
             shutil.rmtree(kept, ignore_errors=True)
         return result
 
@@ -167,6 +171,20 @@ class _Exports:
                 "size_bytes": sum(f.stat().st_size for f in files[:-1]), "sha256": sha256_file(result.path),
                 **({"quantization": result.details["quantization"]} if precision == "int8" else {}),
                 "files": run.files_record(*files), "export": result.details}
+
+
+def _toolchain() -> dict[str, str | None]:
+    """edgetl's and the exporters' versions: a file kept by a killed run is not reused after an upgrade."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions: dict[str, str | None] = {"edgetl": __version__}
+    for package in ("torch", "onnxscript", "onnx", "onnxruntime", "openvino", "nncf", "litert-torch",
+                    "ai-edge-quantizer"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return versions
 
 
 def _link_tree(src: Path, dst: Path, skip: str = "") -> None:
