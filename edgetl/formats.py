@@ -50,7 +50,7 @@ class Format:
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in [
-        Format("onnx", ".onnx", ("fp32", "fp16", "int8"), "edgetl.export.onnx", "onnx", "edgetl.runtime.onnx",
+        Format("onnx", ".onnx", ("fp32", "fp16", "int8"), "edgetl.export.onnx", "onnx, onnxscript", "edgetl.runtime.onnx",
                "onnxruntime", ("onnxruntime",), "onnxruntime>=1.17", reference_file="reference.onnx"),
         Format("openvino", ".xml", ("fp32", "fp16", "int8"), "edgetl.export.openvino", "openvino, nncf",
                "edgetl.runtime.openvino", "openvino", ("openvino",), "openvino>=2024.0", (".bin",),

@@ -8,13 +8,20 @@ from edgetl.pipeline.context import BuildContext
 from edgetl.pipeline.rundir import RunDir
 
 
-def environment() -> dict:
-    """The machine and the versions of every package the build used (the format table's, torch's, onnx's)."""
-    from edgetl.bench.environment import machine_info, package_version
+def package_versions() -> dict[str, str | None]:
+    """The versions of every package a build uses (torch's, torchvision's and the format table's; None: absent)."""
+    from edgetl.bench.environment import package_version
     from edgetl.formats import FORMATS
 
     packages = ("torch", "torchvision", *(p for f in FORMATS.values() for p in f.packages))
-    return {**machine_info(), **{name: package_version(name) for name in dict.fromkeys(packages)}}
+    return {name: package_version(name) for name in dict.fromkeys(packages)}
+
+
+def environment() -> dict:
+    """The machine and the versions of every package the build used."""
+    from edgetl.bench.environment import machine_info
+
+    return {**machine_info(), **package_versions()}
 
 
 def summary(ctx: BuildContext, stages, status: str) -> dict:

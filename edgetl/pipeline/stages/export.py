@@ -17,6 +17,7 @@ from edgetl.export import ExportRequest, ExportResult
 from edgetl.fsutil import sha256_file, sha256_json, write_json
 from edgetl.pipeline.context import BuildContext, Stage
 from edgetl.pipeline.models import load_trained
+from edgetl.pipeline.summary import package_versions
 from edgetl.recipe import section_dict
 
 
@@ -58,7 +59,8 @@ class _Exports:
         self.ctx, self.folder = ctx, folder
         self.metadata = _metadata(ctx)
         # what a kept file depends on beyond the stage key: the recipe hash embedded in it and the toolchain
-        self.key = sha256_json({"stage": key(ctx), "metadata": self.metadata, "versions": _toolchain()})
+        self.key = sha256_json({"stage": key(ctx), "metadata": self.metadata,
+                                "versions": {"edgetl": __version__, **package_versions()}})
         self.model = load_trained(ctx.path(ctx.model_stage, "model"))
         self.example = np.asarray(ctx.load("inputs", "val", mmap=True)[:2])
         self.calibration = np.asarray(ctx.load("inputs", "calibration", mmap=True))
@@ -75,18 +77,18 @@ class _Exports:
         kept, target = self.folder / RESUME / name, self.folder / name
         done = read_marker(kept / "done.json")
         if done and done.get("key") == self.key and isinstance(done.get("files"), dict) \
-                and isinstance(done.get("path"), str) and isinstance(done.get("details"), dict) \
+                and done.get("file") in done["files"] and isinstance(done.get("details"), dict) \
                 and not changed_files(kept, done["files"]):
             shutil.rmtree(target, ignore_errors=True)
             _link_tree(kept, target, skip="done.json")
             self.ctx.reporter.info(f"  {name}: finished before the build was stopped, reused")
-            return ExportResult(self.folder / done["path"], done["details"])
+            return ExportResult(target / done["file"], done["details"])
         shutil.rmtree(kept, ignore_errors=True)
         result = make()
         try:
             _link_tree(target, kept)
             files = {p.relative_to(kept).as_posix(): sha256_file(p) for p in sorted(kept.rglob("*")) if p.is_file()}
-            write_json(kept / "done.json", {"key": self.key, "path": result.path.relative_to(self.folder).as_posix(),
+            write_json(kept / "done.json", {"key": self.key, "file": result.path.relative_to(target).as_posix(),
                                             "details": result.details, "files": files})
         except (OSError, StorageError, TypeError, ValueError):  # no room, or details JSON cannot hold: only not resumable
             shutil.rmtree(kept, ignore_errors=True)
@@ -173,30 +175,17 @@ class _Exports:
                 "files": run.files_record(*files), "export": result.details}
 
 
-def _toolchain() -> dict[str, str | None]:
-    """edgetl's and the exporters' versions: a file kept by a killed run is not reused after an upgrade."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions: dict[str, str | None] = {"edgetl": __version__}
-    for package in ("torch", "onnxscript", "onnx", "onnxruntime", "openvino", "nncf", "litert-torch",
-                    "ai-edge-quantizer"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    return versions
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a filesystem without hard links
+        shutil.copy2(src, dst)
 
 
 def _link_tree(src: Path, dst: Path, skip: str = "") -> None:
     """`src`'s files under `dst`, hard-linked (copied where links cannot be made)."""
-    for path in sorted(src.rglob("*")):
-        if path.is_file() and path.name != skip:
-            target = dst / path.relative_to(src)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(path, target)
-            except OSError:
-                shutil.copy2(path, target)
+    shutil.copytree(src, dst, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(skip) if skip else None,
+                    dirs_exist_ok=True)
 
 
 def _order(formats: list[str]) -> list[str]:
