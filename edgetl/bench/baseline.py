@@ -268,38 +268,71 @@ def bench_against(models: list[ModelRef], baseline: Path | dict, options: BenchO
     from edgetl.progress import SILENT
 
     reporter = reporter or SILENT
-    if isinstance(baseline, dict) or is_baseline_file(baseline):
-        reference = baseline if isinstance(baseline, dict) else load_baseline(baseline)
-        references = live_references(reference)
+    reference, references = resolve_baseline(baseline)
+    if reference is not None:
         live_paths = {str(r.path) for r in references}
         # The machine-state reference is timed when a saved-mode row can use it (or a new baseline is being saved).
         options = replace(options, reference=options.reference or any(
             r.get("reference_trial_p50_ms") and str(r.get("model")) not in live_paths for r in reference["rows"]))
-    else:
-        reference, references = None, [replace(m, role="baseline") for m in find_models([baseline])]
-    measured = benchmark(models + references, options, reporter)
-    rows = [r for r in measured if r["role"] == "model"]
-    live = [r for r in measured if r["role"] == "baseline"]
+    probed: dict[tuple, dict] = {}
+
+    def measure(subset: list[ModelRef], first: bool) -> tuple[list[dict], list[dict]]:
+        rows, live = split_roles(benchmark(subset, options if first else replace(options, cold_start=False),
+                                           reporter))
+        if first:
+            probed.update({_key(r): r for r in rows})
+        else:  # the cold start was measured once, the first time
+            rows = [{**r, **{k: probed[_key(r)].get(k) for k in PROBED}} for r in rows]
+        return rows, live
+
+    def judge(subset: list[ModelRef], rows: list[dict], live: list[dict], reference: dict):
+        return _until_comparable(subset, rows, live, reference, options, tolerance, confidence, reporter)
+
+    return gate(models, references, reference, Path(baseline) if reference is None else None, measure, judge,
+                reporter, "" if confirm else None)
+
+
+def resolve_baseline(baseline: Path | dict) -> tuple[dict | None, list[ModelRef]]:
+    """A baseline file or dict → (its contents, its model files still there and unchanged, to be re-measured);
+    old model files or a run directory → (None, those models, to be measured as the baseline)."""
+    if isinstance(baseline, dict) or is_baseline_file(baseline):
+        reference = baseline if isinstance(baseline, dict) else load_baseline(baseline)
+        return reference, live_references(reference)
+    return None, [replace(m, role="baseline") for m in find_models([baseline])]
+
+
+def split_roles(measured: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Measured rows → (the models' rows, the live baseline models' rows)."""
+    return [r for r in measured if r["role"] == "model"], [r for r in measured if r["role"] == "baseline"]
+
+
+def gate(models: list[ModelRef], references: list[ModelRef], reference: dict | None, measured_as_baseline: Path | None,
+         measure, judge, reporter, confirm_where: str | None) -> GateRun:
+    """The gate's one flow, wherever the models run: measure the models with the live baseline models in the same
+    rounds, make the baseline from those rows when old models were given (`measured_as_baseline`), judge, and (unless
+    `confirm_where` is None) measure a suspected regression again, with its live baseline model, so that only a
+    regression found both times counts: a burst of load rarely lasts through both, a real slowdown always does.
+
+    `measure(subset, first)` → (model rows, live baseline rows); `judge(subset, rows, live, reference)` → (rows,
+    comparisons). The rows returned are the ones the verdict rests on."""
+    rows, live = measure(models + references, True)
     if reference is None:
-        reference = baseline_from_rows(live, Path(baseline))
-    rows, comparisons = _until_comparable(models, rows, live, reference, options, tolerance, confidence, reporter)
+        # a device's rows carry the device's `edgetl_runner info`: the baseline records where it was measured
+        reference = baseline_from_rows(live, measured_as_baseline, rows[0].get("device_info") if rows else None)
+    rows, comparisons = judge(models, rows, live, reference)
     suspects = {c.row["model"] for c in comparisons if c.status == "regression"}
-    if confirm and suspects:
-        reporter.info(f"{len(suspects)} model(s) measured slower than allowed: measuring again to confirm")
+    if confirm_where is not None and suspects:
+        reporter.info(f"{len(suspects)} model(s) measured slower than allowed{confirm_where}: measuring again to "
+                      "confirm")
+        wanted = {c.baseline_row.get("model") for c in comparisons if c.row["model"] in suspects}
         again = [m for m in models if str(m.path) in suspects]
-        suspect_baselines = {c.baseline_row.get("model") for c in comparisons if c.row["model"] in suspects}
-        measured = benchmark(again + [r for r in references if str(r.path) in suspect_baselines],
-                             replace(options, cold_start=False), reporter)
-        first_rows = {_key(r): r for r in rows}
-        again_rows = [{**r, **{k: first_rows[_key(r)].get(k) for k in PROBED}} for r in measured
-                      if r["role"] == "model"]  # the cold start was measured once, the first time
-        again_rows, again_comparisons = _until_comparable(again, again_rows, [r for r in measured if r["role"] == "baseline"],
-                                                          reference, options, tolerance, confidence, reporter)
+        again_rows, again_live = measure(again + [r for r in references if str(r.path) in wanted], False)
+        again_rows, again_comparisons = judge(again, again_rows, again_live, reference)
         second = {_key(c.row): c for c in again_comparisons}
         comparisons = [replace(second[_key(c.row)], first=c.decision) if c.status == "regression" else c
                        for c in comparisons]
         remeasured = {_key(r): r for r in again_rows}
-        rows = [remeasured.get(_key(r), r) for r in rows]  # the rows shown are the ones the verdict rests on
+        rows = [remeasured.get(_key(r), r) for r in rows]
     return GateRun(rows, comparisons, reference)
 
 

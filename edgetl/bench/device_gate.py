@@ -10,19 +10,10 @@ tracked (no reference model is timed there), so against saved trials a slower de
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
-from edgetl.bench.baseline import (
-    GateRun,
-    _key,
-    baseline_from_rows,
-    compare,
-    is_baseline_file,
-    live_references,
-    load_baseline,
-)
-from edgetl.bench.measure import BenchOptions, ModelRef, find_models
+from edgetl.bench.baseline import GateRun, compare, gate, resolve_baseline, split_roles
+from edgetl.bench.measure import BenchOptions, ModelRef
 from edgetl.bench.remote import Device, bench_interleaved_on_device
 from edgetl.progress import SILENT, Reporter
 
@@ -44,30 +35,14 @@ def bench_against_on_device(models: list[ModelRef], baseline: Path, device: Devi
                             reporter: Reporter = SILENT, confirm: bool = True) -> tuple[GateRun, dict]:
     """`models` measured on `device` and held against `baseline` (a baseline file, or old model files / a run
     directory measured now beside them); also returns the device's `edgetl_runner info` record."""
-    if is_baseline_file(baseline):
-        reference = load_baseline(baseline)
-        references = live_references(reference)
-    else:
-        reference, references = None, [replace(m, role="baseline") for m in find_models([baseline])]
-    measured = measure_on_device(models + references, device, options, runs, warmup, install, reporter)
-    where = measured[0]["device_info"]
-    rows = [r for r in measured if r["role"] == "model"]
-    live = [r for r in measured if r["role"] == "baseline"]
-    if reference is None:
-        reference = baseline_from_rows(live, Path(baseline), where)
-    comparisons = compare(reference, rows, tolerance, confidence, live)
-    suspects = {c.row["model"] for c in comparisons if c.status == "regression"}
-    if confirm and suspects:
-        reporter.info(f"{len(suspects)} model(s) measured slower than allowed on {device.name}: measuring again "
-                      "to confirm")
-        wanted = {c.baseline_row.get("model") for c in comparisons if c.row["model"] in suspects}
-        again = measure_on_device([m for m in models if str(m.path) in suspects]
-                                  + [r for r in references if str(r.path) in wanted],
-                                  device, options, runs, warmup, install, reporter)
-        second = {_key(c.row): c for c in compare(reference, [r for r in again if r["role"] == "model"], tolerance,
-                                                  confidence, [r for r in again if r["role"] == "baseline"])}
-        comparisons = [replace(second[_key(c.row)], first=c.decision) if c.status == "regression" else c
-                       for c in comparisons]
-        remeasured = {_key(c.row): c.row for c in comparisons}
-        rows = [remeasured.get(_key(r), r) for r in rows]  # the rows shown are the ones the verdict rests on
-    return GateRun(rows, comparisons, reference), where
+
+    def measure(subset: list[ModelRef], first: bool) -> tuple[list[dict], list[dict]]:
+        return split_roles(measure_on_device(subset, device, options, runs, warmup, install, reporter))
+
+    def judge(subset: list[ModelRef], rows: list[dict], live: list[dict], reference: dict):
+        return rows, compare(reference, rows, tolerance, confidence, live)
+
+    reference, references = resolve_baseline(baseline)
+    run = gate(models, references, reference, Path(baseline) if reference is None else None, measure, judge, reporter,
+               f" on {device.name}" if confirm else None)
+    return run, run.rows[0]["device_info"]

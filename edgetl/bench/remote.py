@@ -308,6 +308,20 @@ def deploy_to_devices(run_dir: Path, devices: list[Device], fmt: str, precision:
         return for_each_device(devices, work)
 
 
+def _bench_command(threads: int, runs: int, warmup: int, batch: int = 1, rounds: int | None = None,
+                   others: list[str] = ()) -> list[str]:
+    """The bundle runner's `bench` command line."""
+    return ["bench", "--threads", str(threads), "--batch", str(batch), "--runs", str(runs), "--warmup", str(warmup),
+            *(["--rounds", str(rounds)] if rounds else []), *[a for folder in others for a in ("--with", folder)]]
+
+
+def _device_row(row: dict, model, device: Device, **extra) -> dict:
+    """A runner's answer as an `edgetl bench --device` row: the model's own path and name, the device's URL, and
+    what the runner said of the device as `device_info`."""
+    info = row.pop("device")
+    return {**row, "model": str(model.path), **extra, "name": model.name, "device": device.url, "device_info": info}
+
+
 def bench_on_devices(models: list, devices: list[Device], threads: tuple[int, ...], batch: int, runs: int,
                      warmup: int, install: bool) -> list[dict]:
     """`edgetl bench --device`: every model (edgetl.bench.measure.ModelRef) on every device; rows as `edgetl bench`
@@ -323,17 +337,13 @@ def bench_on_devices(models: list, devices: list[Device], threads: tuple[int, ..
         def work(device: Device) -> dict:
             rows = []
             for model, bundle in zip(models, bundles, strict=True):
-                commands = [["bench", "--threads", str(t), "--batch", str(batch), "--runs", str(runs), "--warmup",
-                             str(warmup)] for t in threads]
+                commands = [_bench_command(t, runs, warmup, batch) for t in threads]
                 try:
                     answers = run_bundle(device, bundle, model.format, commands, None, install)
                 except DeviceError as exc:  # a device that drops (or lacks a runtime) mid-way: the rows so far stay
                     exc.partial = {"rows": rows}
                     raise
-                for row in answers:
-                    info = row.pop("device")
-                    rows.append({**row, "model": str(model.path), "name": model.name, "device": device.url,
-                                 "device_info": info})
+                rows += [_device_row(row, model, device) for row in answers]
             return {"rows": rows}
 
         return for_each_device(devices, work)
@@ -353,10 +363,9 @@ def bench_on_target(models: list, device: Device, threads: int, rounds: int, run
     with tempfile.TemporaryDirectory(prefix="edgetl-target-bench-") as scratch:
         for i, model in enumerate(models):
             bundle = bundle_model_file(model.path, Path(scratch) / f"model{i}", model.name, model.precision)
-            command = ["bench", "--threads", str(threads), "--runs", str(runs), "--warmup", str(warmup),
-                       "--rounds", str(rounds)]
             try:
-                (row,) = run_bundle(device, bundle, model.format, [command], None, install)
+                (row,) = run_bundle(device, bundle, model.format, [_bench_command(threads, runs, warmup, rounds=rounds)],
+                                    None, install)
             except DeviceRuntimeError:
                 from edgetl.formats import FORMATS
 
@@ -366,9 +375,7 @@ def bench_on_target(models: list, device: Device, threads: int, rounds: int, run
             finally:
                 if update:
                     update(1)
-            info = row.pop("device")
-            rows.append({**row, "model": str(model.path), "name": model.name, "device": device.url,
-                         "device_info": info})
+            rows.append(_device_row(row, model, device))
     return rows, missing
 
 
@@ -387,14 +394,9 @@ def bench_interleaved_on_device(models: list, device: Device, threads: int, roun
         others = [f"m{i}" for i in range(1, len(models))]
         for folder, model in zip(others, models[1:], strict=True):
             bundle_model_file(model.path, bundle / folder, model.name, model.precision)
-        command = ["bench", "--threads", str(threads), "--batch", str(batch), "--runs", str(runs), "--warmup",
-                   str(warmup), "--rounds", str(rounds), *[a for folder in others for a in ("--with", folder)]]
+        command = _bench_command(threads, runs, warmup, batch, rounds, others)
         for fmt in sorted({m.format for m in models} - {models[0].format}):  # every runtime the rounds need
             run_bundle(device, bundle, fmt, [], None, install)
         (answer,) = run_bundle(device, bundle, models[0].format, [command], None, install)
-    rows = []
-    for model, row in zip(models, answer if others else [answer], strict=True):
-        info = row.pop("device")
-        rows.append({**row, "model": str(model.path), "model_sha256": model.sha256(), "name": model.name,
-                     "role": model.role, "device": device.url, "device_info": info})
-    return rows
+    return [_device_row(row, model, device, model_sha256=model.sha256(), role=model.role)
+            for model, row in zip(models, answer if others else [answer], strict=True)]
