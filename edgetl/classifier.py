@@ -64,14 +64,17 @@ def _rgb(image: ImageLike) -> Image.Image:
 class Classifier:
     """An exported model loaded with its own runtime, with its labels and preprocessing."""
 
-    def __init__(self, model_file: Path, info: ArtifactInfo, threads: int | None = None) -> None:
+    def __init__(self, model_file: Path, info: ArtifactInfo | None = None, threads: int | None = None) -> None:
+        """`info`: the file's model.json; None reads the metadata embedded in the file (from the loaded runtime's
+        own copy of it where the runtime exposes it, so the file is not opened twice)."""
         from edgetl.runtime import load_runner
 
-        self.path, self.info = Path(model_file), info
-        self.labels: tuple[str, ...] = tuple(info.labels or ())
-        self.preprocessing = Preprocessing.from_json(info.preprocessing)
+        self.path = Path(model_file)
         self.threads = threads or os.cpu_count() or 1
         self._runner = load_runner(self.path, threads=self.threads)
+        self.info = info or _embedded_info(self.path, getattr(self._runner, "embedded_metadata", None))
+        self.labels: tuple[str, ...] = tuple(self.info.labels or ())
+        self.preprocessing = Preprocessing.from_json(self.info.preprocessing)
 
     @property
     def name(self) -> str:
@@ -100,18 +103,26 @@ class Classifier:
         return Prediction(top[0][0], top[0][1], top[0][2], top, tuple(round(float(v), 6) for v in logits))
 
 
-def _info_for_file(path: Path) -> ArtifactInfo:
-    """The model.json beside a model file when it describes that file, else the file's embedded metadata."""
+def _info_beside(path: Path) -> ArtifactInfo | None:
+    """The model.json beside a model file when it describes that file."""
     beside = path.parent / "model.json"
     if beside.is_file():
         info = read_model_json(beside, required=PREDICT_FIELDS)
         if info.file == path.name:
             return info
+    return None
+
+
+def _embedded_info(path: Path, read=None) -> ArtifactInfo:
+    """The metadata edgetl embedded in a model file: `read()` (the loaded runner's reader), else its format's."""
     import importlib
 
     fmt = format_for_file(path)
-    reader = getattr(importlib.import_module(fmt.runtime), "embedded_metadata", None)
-    embedded = reader(path) if reader else {}
+    if read is None:
+        reader = getattr(importlib.import_module(fmt.runtime), "embedded_metadata", None)
+        embedded = reader(path) if reader else {}
+    else:
+        embedded = read()
     if not embedded:
         raise ModelFileError(f"{path} has no model.json beside it and no edgetl metadata inside it, so its labels and "
                              "preprocessing are unknown. Classify a file edgetl exported (its export folder, a deploy "
@@ -134,9 +145,10 @@ def _run_artifact(run_dir: Path) -> Path:
     return run_dir / (artifact.get("model_json") or Path(artifact["path"]).with_name("model.json"))
 
 
-def locate(path: str | Path) -> tuple[Path, ArtifactInfo]:
-    """(model file, its metadata) of what `path` names: a model file, a model.json, a folder holding a model.json
-    (an export folder or a deploy bundle), or a run directory (its chosen artifact)."""
+def locate(path: str | Path) -> tuple[Path, ArtifactInfo | None]:
+    """(model file, its model.json) of what `path` names: a model file, a model.json, a folder holding a model.json
+    (an export folder or a deploy bundle), or a run directory (its chosen artifact). None: a bare model file, whose
+    metadata is the one embedded in it (read when it is loaded)."""
     path = Path(path)
     if path.is_dir():
         if (path / "model.json").is_file():
@@ -151,7 +163,7 @@ def locate(path: str | Path) -> tuple[Path, ArtifactInfo]:
     if path.suffix == ".json":
         info = read_model_json(path, required=PREDICT_FIELDS)
         return path.parent / info.file, info
-    return path, _info_for_file(path)
+    return path, _info_beside(path)
 
 
 def load(path: str | Path, threads: int | None = None) -> Classifier:

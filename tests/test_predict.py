@@ -120,12 +120,19 @@ def test_load_takes_a_path_a_pil_image_and_a_camera_frame_alike(run_dir, photos,
 
 
 @pytest.mark.parametrize("artifact", list(MODEL_FILES))
-def test_a_model_file_alone_is_read_from_its_embedded_metadata(run_dir, photos, tmp_path, artifact):
+def test_a_model_file_alone_is_read_from_its_embedded_metadata(run_dir, photos, tmp_path, artifact, monkeypatch):
+    import onnxruntime
+
     import edgetl
 
     for name in MODEL_FILES[artifact]:  # the model file(s) without the model.json beside them
         shutil.copy(run_dir / "export" / artifact / name, tmp_path / name)
+    sessions = []
+    real = onnxruntime.InferenceSession
+    monkeypatch.setattr(onnxruntime, "InferenceSession", lambda *a, **k: sessions.append(a[0]) or real(*a, **k))
     classifier = edgetl.load(tmp_path / MODEL_FILES[artifact][0], threads=1)
+    # an ONNX file's metadata comes from the session that runs it: the file is not opened (and optimized) twice
+    assert sessions == ([str(tmp_path / "model.onnx")] if artifact.startswith("onnx") else [])
     assert classifier.labels == tuple(LABELS) and classifier.preprocessing.crop == PREP["crop"]
     path = jpgs(photos)[1]
     np.testing.assert_allclose(classifier.predict(path).logits, expected_logits(run_dir, artifact, [path])[0],

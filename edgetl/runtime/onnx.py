@@ -43,6 +43,10 @@ class OnnxRunner:
         self.input_shape = tuple(d if isinstance(d, int) else None for d in model_input.shape)
         self.output_name = self.session.get_outputs()[0].name
 
+    def embedded_metadata(self) -> dict[str, str]:
+        """The file's metadata_props, from this session (module-level `embedded_metadata` opens the file itself)."""
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits for a float32 batch."""
         try:
