@@ -128,3 +128,26 @@ def test_the_probes_peak_rss_is_its_own_not_its_large_parents():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     assert 5 < float(result.stdout) < 200, result.stdout  # a bare Python with edgetl.bench.probe imported
     del ballast
+
+
+def test_default_threads_are_the_usable_cores_or_omp_num_threads(monkeypatch):
+    """A runtime opened without a thread count (verify, predict, the device runner) uses the cores this process may
+    run on, or the cap a shared machine or CI job sets with OMP_NUM_THREADS."""
+    import os
+
+    from edgetl.bench.environment import default_threads, machine_info, usable_cores
+
+    assert usable_cores() == len(os.sched_getaffinity(0)) == machine_info()["usable_cores"]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads() == 3
+    for unset in ("", "0", "four", "-2"):  # not a positive count: ignored
+        monkeypatch.setenv("OMP_NUM_THREADS", unset)
+        assert default_threads() == usable_cores()
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert default_threads() == usable_cores()
+    allowed = os.sched_getaffinity(0)
+    try:  # a process held to one core (taskset, a container's cpuset) is given one thread
+        os.sched_setaffinity(0, {min(allowed)})
+        assert usable_cores() == default_threads() == 1
+    finally:
+        os.sched_setaffinity(0, allowed)

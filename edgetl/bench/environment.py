@@ -32,6 +32,22 @@ def cpu_model() -> str:
     return os.uname().machine
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or `taskset`'s cpuset), else all."""
+    try:
+        return len(os.sched_getaffinity(0)) or os.cpu_count() or 1
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS)
+        return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """The thread count of a runtime edgetl opens when none was asked for (the verify stage, `predict`, the device
+    runner): OMP_NUM_THREADS when it is set to a positive number (how a shared machine or a CI job caps the
+    threads of every numeric library, torch's included), else every usable core."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else usable_cores()
+
+
 def machine_info() -> dict:
     """Python, OS, CPU model, core count and machine type.
 
@@ -41,10 +57,7 @@ def machine_info() -> dict:
     uname = os.uname()
     libc = "".join(platform.libc_ver())  # reads the interpreter binary, no subprocess
     system = "-".join(v for v in (uname.sysname, uname.release, uname.machine) if v) + (f"-with-{libc}" if libc else "")
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count()
+    usable = usable_cores()
     return {"python": platform.python_version(), "platform": system, "machine": uname.machine, "cpu": cpu_model(),
             "cores": os.cpu_count(), "usable_cores": usable}
 
