@@ -95,21 +95,34 @@ def _prune_copy(model: nn.Module, example: torch.Tensor, head: str, plan: PruneP
 
 
 def prune_step(model: nn.Module, example: torch.Tensor, head: str, plan: PrunePlan, target: int) -> nn.Module:
-    """The least-pruned copy of `model` whose MACs are at most `target` (bisection over the channel ratio)."""
+    """The least-pruned copy of `model` whose MACs are at most `target`: a search over the channel ratio, whose MACs
+    fall as it grows. Each guess interpolates the square roots of the MACs at the bracket's ends (kept inside its
+    middle 80 %, so the bracket always shrinks); the search stops when a copy lands within `MACS_TOLERANCE` below
+    `target` or the bracket is `RATIO_TOLERANCE` wide. (Plain bisection to that width took 9 pruned copies a step, this 3-5.)"""
     low, high = 0.0, plan.max_layer_ratio
-    best = _prune_copy(model, example, head, plan, high)
-    if count_macs_params(best, example)[0] > target:
-        raise PruneError(f"cannot reach {target:,} MACs: removing {plan.max_layer_ratio:.0%} of every prunable layer's "
-                         f"channels leaves {count_macs_params(best, example)[0]:,}. Raise prune.target_macs or "
-                         "prune.max_layer_ratio.")
-    while high - low > 0.004:
-        middle = (low + high) / 2
+    macs_low = count_macs_params(model, example)[0]  # ratio 0 is the model itself
+    best, macs_high = None, macs_low * (1 - high) ** 2  # the MACs at the largest ratio, estimated until measured
+    while high - low > RATIO_TOLERANCE and (best is None or macs_high < (1 - MACS_TOLERANCE) * target):
+        # a conv's MACs fall with the square of its kept channels: interpolate the square roots
+        share = ((macs_low ** 0.5 - target ** 0.5) / (macs_low ** 0.5 - macs_high ** 0.5) if macs_low > macs_high
+                 else 0.5)
+        middle = low + min(max(share, 0.1), 0.9) * (high - low)
         candidate = _prune_copy(model, example, head, plan, middle)
-        if count_macs_params(candidate, example)[0] <= target:
-            high, best = middle, candidate
+        macs = count_macs_params(candidate, example)[0]
+        if macs <= target:
+            high, best, macs_high = middle, candidate, macs
         else:
-            low = middle
+            low, macs_low = middle, macs
+    if best is None:  # every guess kept too much: the largest ratio, if even that is enough
+        best = _prune_copy(model, example, head, plan, plan.max_layer_ratio)
+        if (macs := count_macs_params(best, example)[0]) > target:
+            raise PruneError(f"cannot reach {target:,} MACs: removing {plan.max_layer_ratio:.0%} of every prunable "
+                             f"layer's channels leaves {macs:,}. Raise prune.target_macs or prune.max_layer_ratio.")
     return best
+
+
+RATIO_TOLERANCE = 0.004  # of the channel ratio
+MACS_TOLERANCE = 0.005  # of the target: a copy this close below it is the step's result
 
 
 def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 32) -> None:
