@@ -257,7 +257,7 @@ def deploy(run_dir: Path, device: tuple[str, ...], devices_file: Path | None, fm
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top-k", "-k", type=click.IntRange(min=1), default=3, show_default=True, help="Labels per image.")
 @click.option("--threads", "-t", type=click.IntRange(1, MAX_THREADS),
-              help="Runtime threads (default: every usable core, or OMP_NUM_THREADS).")
+              help="Runtime threads (default: every usable core).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
               help="Write one row per image as JSON ('-': stdout instead of the text lines).")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),

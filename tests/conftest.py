@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-# Two xdist workers share the machine's cores: each worker's torch (and every runtime edgetl opens without a thread
-# count: edgetl.bench.environment.default_threads) keeps to one thread unless a test asks for more, instead of each
-# spinning one thread per core against the other (measured: the whole suite 22:54 → 19:03 min, CPU 41 → 30.5 min).
+# Two xdist workers share the machine's cores: each worker's torch keeps to one thread unless a test asks for more,
+# instead of each spinning one thread per core against the other (measured: the whole suite 22:54 → 19:03 min, CPU
+# 41 → 30.5 min; the runtimes edgetl opens keep every core: capping them too took 21:38 min, CPU unchanged).
 # Set before any test module imports torch; subprocesses (the CLI, distributed ranks) inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Under CI=true a missing tool or data set fails the test that needs it instead of skipping it: .ci/run installs the

@@ -130,20 +130,15 @@ def test_the_probes_peak_rss_is_its_own_not_its_large_parents():
     del ballast
 
 
-def test_default_threads_are_the_usable_cores_or_omp_num_threads(monkeypatch):
+def test_default_threads_are_the_usable_cores(monkeypatch):
     """A runtime opened without a thread count (verify, predict, the device runner) uses the cores this process may
-    run on, or the cap a shared machine or CI job sets with OMP_NUM_THREADS."""
+    run on (OMP_NUM_THREADS, which the tests set for torch, is not theirs)."""
     import os
 
     from edgetl.bench.environment import default_threads, machine_info, usable_cores
 
     assert usable_cores() == len(os.sched_getaffinity(0)) == machine_info()["usable_cores"]
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert default_threads() == 3
-    for unset in ("", "0", "four", "-2"):  # not a positive count: ignored
-        monkeypatch.setenv("OMP_NUM_THREADS", unset)
-        assert default_threads() == usable_cores()
-    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert default_threads() == usable_cores()
     allowed = os.sched_getaffinity(0)
     try:  # a process held to one core (taskset, a container's cpuset) is given one thread
