@@ -398,7 +398,9 @@ def test_the_latency_gate_runs_on_the_device(device, tmp_path):
     baseline file, sha256), the same model against its own baseline passes, and a model doing 4x the work fails."""
     small = _wide_onnx(tmp_path / "models" / "small", 32)
     large = _wide_onnx(tmp_path / "models" / "large", 64)
-    where = ["--device", device["url"], "--ssh-config", str(device["config"]), "--runs", "10", "--repeats", "5",
+    # 9 rounds, not the fewest (5): with 5, one round distorted by load on the emulating host pulled a 3.7x slower
+    # model's interval down to x1.07 (inconclusive, not a regression) in a CI run; the rounds are milliseconds each
+    where = ["--device", device["url"], "--ssh-config", str(device["config"]), "--runs", "10", "--repeats", "9",
              "--warmup", "2"]
     base = tmp_path / "gate" / "baseline.json"
     base.parent.mkdir()
@@ -407,7 +409,7 @@ def test_the_latency_gate_runs_on_the_device(device, tmp_path):
     baseline = json.loads(base.read_text())
     assert baseline["machine"]["machine"] == "aarch64" and baseline["device"] == device["url"]
     (row,) = baseline["rows"]
-    assert row["model"] == "../models/small/model.onnx" and len(row["trial_p50_ms"]) == 5
+    assert row["model"] == "../models/small/model.onnx" and len(row["trial_p50_ms"]) == 9
     from edgetl.fsutil import sha256_file
 
     assert row["model_sha256"] == sha256_file(small)
