@@ -185,5 +185,6 @@ def test_a_failed_export_keeps_its_finished_files_and_the_next_build_reuses_only
     summary = build(straight["recipe"], out=run, reporter=Reporter(console=Console(file=said, width=200)))
     assert "onnx_fp32: finished before the build was stopped, reused" in said.getvalue(), said.getvalue()
     assert "onnx_int8: finished before" not in said.getvalue()
+    assert "onnx fp32 written" not in said.getvalue()  # reused, not written again
     assert not (run / ".export.partial").exists() and not (run / "export" / "resume").exists()
     assert _comparable(summary) == _comparable(straight["summary"])

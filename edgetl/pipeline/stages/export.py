@@ -69,6 +69,7 @@ class _Exports:
             if _validated(ctx) else None
         self.fp32: dict[str, ExportResult] = {}  # format -> its fp32 file (the source of its fp16 and int8)
         self.produced: list[tuple[str, str, str, ExportResult]] = []  # (name, format, precision, result)
+        self.reused: set[str] = set()  # the names `made` took from resume/ instead of making them
 
     def made(self, name: str, make) -> ExportResult:
         """`make()`'s result, or the same file kept in resume/ by a killed run of this stage with the same key."""
@@ -83,6 +84,7 @@ class _Exports:
             shutil.rmtree(target, ignore_errors=True)
             _link_tree(kept, target, skip="done.json")
             self.ctx.reporter.info(f"  {name}: finished before the build was stopped, reused")
+            self.reused.add(name)
             return ExportResult(target / done["file"], done["details"])
         shutil.rmtree(kept, ignore_errors=True)
         result = make()
@@ -150,7 +152,8 @@ class _Exports:
         fp32 = self.fp32[fmt] = self.made(f"{fmt}_fp32", lambda: exporter.export(
             self.model, self.request(fmt, f"{fmt}_fp32", "fp32"), reporter))
         how = ", ".join(f"{k} {v}" for k, v in fp32.details.items() if k in ("exporter", "converter", "layout"))
-        reporter.info(f"  {fmt} fp32 written ({how})")
+        if f"{fmt}_fp32" not in self.reused:  # a reused file said so in `made`
+            reporter.info(f"  {fmt} fp32 written ({how})")
         if fmt not in recipe.export.formats:
             return
         wanted = recipe.export.precisions
