@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from edgetl.artifact import PREDICT_FIELDS, ArtifactInfo, decode_embedded, read_model_json
-from edgetl.bench.environment import default_threads
+from edgetl.bench.environment import usable_cores
 from edgetl.errors import DataError, EdgetlError, ModelFileError
 from edgetl.formats import format_for_file
 from edgetl.images import load_rgb, to_rgb
@@ -71,7 +71,7 @@ class Classifier:
         from edgetl.runtime import load_runner
 
         self.path = Path(model_file)
-        self.threads = threads or default_threads()
+        self.threads = threads or usable_cores()
         self._runner = load_runner(self.path, threads=self.threads)
         self.info = info or _embedded_info(self.path, getattr(self._runner, "embedded_metadata", None))
         self.labels: tuple[str, ...] = tuple(self.info.labels or ())

@@ -91,7 +91,7 @@ def bench(bundle: Path, threads: int, batch: int, runs: int, warmup: int, rounds
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edgetl_runner.bench.environment import default_threads
+    from edgetl_runner.bench.environment import usable_cores
 
     parser = argparse.ArgumentParser(prog="python -m edgetl_runner", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=BUNDLE, help="the bundle folder (default: this one)")
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "when an image cannot be read (the others are still classified)")
     p.add_argument("images", nargs="+")
     p.add_argument("--top-k", "-k", type=int, default=3)
-    p.add_argument("--threads", "-t", type=int, default=default_threads())
+    p.add_argument("--threads", "-t", type=int, default=usable_cores())
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     b = commands.add_parser("bench", help="print latency statistics as JSON")
     b.add_argument("--threads", "-t", type=int, default=1)

@@ -288,8 +288,7 @@ def bench_against(models: list[ModelRef], baseline: Path | dict, options: BenchO
     def judge(subset: list[ModelRef], rows: list[dict], live: list[dict], reference: dict):
         return _until_comparable(subset, rows, live, reference, options, tolerance, confidence, reporter)
 
-    return gate(models, references, reference, Path(baseline) if reference is None else None, measure, judge,
-                reporter, "" if confirm else None)
+    return gate(models, baseline, references, reference, measure, judge, reporter, confirm)
 
 
 def resolve_baseline(baseline: Path | dict) -> tuple[dict | None, list[ModelRef]]:
@@ -306,24 +305,24 @@ def split_roles(measured: list[dict]) -> tuple[list[dict], list[dict]]:
     return [r for r in measured if r["role"] == "model"], [r for r in measured if r["role"] == "baseline"]
 
 
-def gate(models: list[ModelRef], references: list[ModelRef], reference: dict | None, measured_as_baseline: Path | None,
-         measure, judge, reporter, confirm_where: str | None) -> GateRun:
+def gate(models: list[ModelRef], baseline: Path | dict, references: list[ModelRef], reference: dict | None,
+         measure, judge, reporter, confirm: bool, where: str = "") -> GateRun:
     """The gate's one flow, wherever the models run: measure the models with the live baseline models in the same
-    rounds, make the baseline from those rows when old models were given (`measured_as_baseline`), judge, and (unless
-    `confirm_where` is None) measure a suspected regression again, with its live baseline model, so that only a
+    rounds, make the baseline from those rows when old models were given (`reference` None: `baseline` names them),
+    judge, and (with `confirm`) measure a suspected regression again, with its live baseline model, so that only a
     regression found both times counts: a burst of load rarely lasts through both, a real slowdown always does.
+    `references`, `reference`: resolve_baseline(baseline); `where`: said after "slower than allowed".
 
     `measure(subset, first)` → (model rows, live baseline rows); `judge(subset, rows, live, reference)` → (rows,
     comparisons). The rows returned are the ones the verdict rests on."""
     rows, live = measure(models + references, True)
     if reference is None:
         # a device's rows carry the device's `edgetl_runner info`: the baseline records where it was measured
-        reference = baseline_from_rows(live, measured_as_baseline, rows[0].get("device_info") if rows else None)
+        reference = baseline_from_rows(live, Path(baseline), rows[0].get("device_info") if rows else None)
     rows, comparisons = judge(models, rows, live, reference)
     suspects = {c.row["model"] for c in comparisons if c.status == "regression"}
-    if confirm_where is not None and suspects:
-        reporter.info(f"{len(suspects)} model(s) measured slower than allowed{confirm_where}: measuring again to "
-                      "confirm")
+    if confirm and suspects:
+        reporter.info(f"{len(suspects)} model(s) measured slower than allowed{where}: measuring again to confirm")
         wanted = {c.baseline_row.get("model") for c in comparisons if c.row["model"] in suspects}
         again = [m for m in models if str(m.path) in suspects]
         again_rows, again_live = measure(again + [r for r in references if str(r.path) in wanted], False)

@@ -43,6 +43,5 @@ def bench_against_on_device(models: list[ModelRef], baseline: Path, device: Devi
         return rows, compare(reference, rows, tolerance, confidence, live)
 
     reference, references = resolve_baseline(baseline)
-    run = gate(models, references, reference, Path(baseline) if reference is None else None, measure, judge, reporter,
-               f" on {device.name}" if confirm else None)
+    run = gate(models, baseline, references, reference, measure, judge, reporter, confirm, f" on {device.name}")
     return run, run.rows[0]["device_info"]

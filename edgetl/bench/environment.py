@@ -33,18 +33,14 @@ def cpu_model() -> str:
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity: a container's or `taskset`'s cpuset), else all."""
+    """The cores this process may run on (its CPU affinity: a container's or `taskset`'s cpuset), else all: the
+    thread count of a runtime edgetl opens when none was asked for (the verify stage, `predict`, the device runner).
+    OMP_NUM_THREADS, which caps torch, is not read: a suite run with it capping these runtimes too took 21:38 min
+    against 19:03 without, the same CPU time, its second core idle more often."""
     try:
         return len(os.sched_getaffinity(0)) or os.cpu_count() or 1
     except (AttributeError, OSError):  # no sched_getaffinity (macOS)
         return os.cpu_count() or 1
-
-
-def default_threads() -> int:
-    """The thread count of a runtime edgetl opens when none was asked for (the verify stage, `predict`, the device
-    runner): every usable core. (OMP_NUM_THREADS caps torch's threads, not these runtimes': a suite run with it
-    capping them too took 21:38 min against 19:03 without, the same CPU time, its second core idle more often.)"""
-    return usable_cores()
 
 
 def machine_info() -> dict:

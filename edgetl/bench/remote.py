@@ -309,7 +309,7 @@ def deploy_to_devices(run_dir: Path, devices: list[Device], fmt: str, precision:
 
 
 def _bench_command(threads: int, runs: int, warmup: int, batch: int = 1, rounds: int | None = None,
-                   others: list[str] = ()) -> list[str]:
+                   others: tuple[str, ...] | list[str] = ()) -> list[str]:
     """The bundle runner's `bench` command line."""
     return ["bench", "--threads", str(threads), "--batch", str(batch), "--runs", str(runs), "--warmup", str(warmup),
             *(["--rounds", str(rounds)] if rounds else []), *[a for folder in others for a in ("--with", folder)]]

@@ -94,11 +94,16 @@ def _prune_copy(model: nn.Module, example: torch.Tensor, head: str, plan: PruneP
     return pruned
 
 
+RATIO_TOLERANCE = 0.004  # of the channel ratio
+MACS_TOLERANCE = 0.005  # of the target: a copy this close below it is the step's result
+
+
 def prune_step(model: nn.Module, example: torch.Tensor, head: str, plan: PrunePlan, target: int) -> nn.Module:
     """The least-pruned copy of `model` whose MACs are at most `target`: a search over the channel ratio, whose MACs
     fall as it grows. Each guess interpolates the square roots of the MACs at the bracket's ends (kept inside its
     middle 80 %, so the bracket always shrinks); the search stops when a copy lands within `MACS_TOLERANCE` below
-    `target` or the bracket is `RATIO_TOLERANCE` wide. (Plain bisection to that width took 9 pruned copies a step, this 3-5.)"""
+    `target` or the bracket is `RATIO_TOLERANCE` wide. (Plain bisection to that width took 9 pruned copies a step;
+    this takes 3-5.)"""
     low, high = 0.0, plan.max_layer_ratio
     macs_low = count_macs_params(model, example)[0]  # ratio 0 is the model itself
     best, macs_high = None, macs_low * (1 - high) ** 2  # the MACs at the largest ratio, estimated until measured
@@ -119,10 +124,6 @@ def prune_step(model: nn.Module, example: torch.Tensor, head: str, plan: PrunePl
             raise PruneError(f"cannot reach {target:,} MACs: removing {plan.max_layer_ratio:.0%} of every prunable "
                              f"layer's channels leaves {macs:,}. Raise prune.target_macs or prune.max_layer_ratio.")
     return best
-
-
-RATIO_TOLERANCE = 0.004  # of the channel ratio
-MACS_TOLERANCE = 0.005  # of the target: a copy this close below it is the step's result
 
 
 def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 32) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl import __version__
-from edgetl.bench.environment import default_threads
+from edgetl.bench.environment import usable_cores
 from edgetl.errors import StorageError
 from edgetl.export import ExportRequest, ExportResult
 from edgetl.fsutil import sha256_file, sha256_json, write_json
@@ -121,7 +121,7 @@ class _Exports:
         val, labels = self.validation
 
         def accuracy(path: Path) -> float:
-            return top1_accuracy(runner_logits(load_runner(path, threads=default_threads()), val), labels)
+            return top1_accuracy(runner_logits(load_runner(path, threads=usable_cores()), val), labels)
 
         reference = top1_accuracy(ctx.load(ctx.model_stage, "val_logits"), labels)
         return quantize_within_budget(exporter, self.model, request, accuracy, reference, verify.max_accuracy_drop_pp,

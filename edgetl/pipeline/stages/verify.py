@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.bench.environment import default_threads
+from edgetl.bench.environment import usable_cores
 from edgetl.errors import AccuracyBudgetError, ExportError, ModelFileError, ParityError
 from edgetl.fsutil import atomic_path
 from edgetl.pipeline.context import BuildContext, Stage
@@ -31,7 +31,7 @@ def _logits(ctx: BuildContext, artifact: dict, split: str = "val") -> np.ndarray
 
     images = ctx.load("inputs", split, mmap=True)
     try:
-        runner = load_runner(ctx.root / artifact["path"], threads=default_threads())
+        runner = load_runner(ctx.root / artifact["path"], threads=usable_cores())
         with ctx.reporter.task(f"evaluating {artifact['name']} on {len(images)} {split} images",
                                len(images)) as update:
             return runner_logits(runner, images, update=update)
