@@ -29,7 +29,7 @@ def main() -> None:
 
     \b
     Exit codes: 0 ok, 2 bad recipe/data/weights/model file, an output folder edgetl may not write or a malformed
-    device address, 1 other failures, 130 interrupted.
+    device address, 1 other failures, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM.
     Offline lookup: $TORCH_HOME/hub/checkpoints for weights, $EDGETL_CACHE/datasets for datasets.
     """
 

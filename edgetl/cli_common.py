@@ -4,7 +4,9 @@ output-file check and the device list."""
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -13,10 +15,27 @@ from edgetl.errors import EdgetlError, training_stack_missing
 from edgetl.limits import MAX_THREADS
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cancelled CI job, `timeout`, `docker stop`): the command stops as on Ctrl-C, so its temporary files
+    are removed and a build's summary says it was stopped, instead of the process vanishing mid-write."""
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated("stopped by SIGTERM")
+
+
+def stop_cleanly_on_sigterm() -> None:
+    """Raise `Terminated` on SIGTERM, unless something (the distributed launcher's rank 0) handles it already."""
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated)
+
+
 def handle_errors(command):
     """Turn typed errors into one clear paragraph and the error's exit code."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        stop_cleanly_on_sigterm()
         try:
             return command(*args, **kwargs)
         except EdgetlError as exc:
@@ -28,10 +47,11 @@ def handle_errors(command):
                 raise
             click.echo(f"edgetl: {missing.kind}: {missing}", err=True)
             sys.exit(missing.exit_code)
-        except KeyboardInterrupt:
-            click.echo("edgetl: interrupted. Completed stages are kept; run the same command again to resume.",
+        except KeyboardInterrupt as exc:
+            stopped = "stopped (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            click.echo(f"edgetl: {stopped}. Completed stages are kept; run the same command again to resume.",
                        err=True)
-            sys.exit(130)
+            sys.exit(143 if isinstance(exc, Terminated) else 130)
     return wrapper
 
 

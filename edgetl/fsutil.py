@@ -40,6 +40,34 @@ def _storage_error(path: Path, exc: OSError) -> StorageError:
                         "choose another output folder (--out) and run again.")
 
 
+_TEMP_PREFIX = "edgetl-"
+
+
+def process_temp_folder(purpose: str) -> Path:
+    """A private temporary folder for this process, `edgetl-<purpose>-<pid>-…`, removed when it exits; one left by
+    a process killed outright (SIGKILL, a power cut) is removed by `remove_orphaned_temp_folders`."""
+    import atexit
+
+    remove_orphaned_temp_folders()
+    folder = Path(tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{purpose}-{os.getpid()}-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def remove_orphaned_temp_folders() -> None:
+    """Remove the temporary folders of edgetl processes that no longer run (a folder is named after its process)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_TEMP_PREFIX}*-*-*"):
+        pid = folder.name.split("-")[2]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # a live process of another user
+            continue
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success it is renamed onto `path`, on failure removed."""

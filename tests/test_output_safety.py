@@ -317,3 +317,26 @@ def test_report_keeps_the_old_report_when_the_summary_is_malformed(run):
     assert code == 2 and "artifacts[0].val_accuracy" in out, out
     assert {**_tree(run / "report"), "md": (run / "report.md").read_bytes(),
             "html": (run / "report.html").read_bytes()} == plots
+
+
+def test_temporary_folders_of_killed_processes_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from edgetl.fsutil import process_temp_folder, remove_orphaned_temp_folders
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"edgetl-onnx-{int(gone.stdout)}-abc"  # a process killed outright left it
+    live = tmp_path / f"edgetl-onnx-{os.getppid()}-abc"  # another process still running
+    other = tmp_path / "edgetl-quant-k3j_x"  # a with-block's folder (it removes itself): its name has no process
+    for folder in (dead, live, other):
+        folder.mkdir()
+        (folder / "m.onnx").write_bytes(b"x")
+    mine = process_temp_folder("onnx")
+    assert mine.parent == tmp_path and mine.name.startswith(f"edgetl-onnx-{os.getpid()}-")
+    assert not dead.exists() and live.is_dir() and mine.is_dir() and other.is_dir()
+    remove_orphaned_temp_folders()
+    assert mine.is_dir() and live.is_dir()

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from edgetl.progress import Reporter
 KILL_POINTS = [
     ("Ctrl-C during training", "epoch 1:", signal.SIGINT, "train"),
     ("SIGKILL during training", "epoch 2:", signal.SIGKILL, "train"),
-    ("SIGKILL during int8 calibration", "onnx fp32 written", signal.SIGKILL, "export"),
+    ("SIGTERM during int8 calibration", "onnx fp32 written", signal.SIGTERM, "export"),
     ("SIGKILL during export", "openvino fp32 written", signal.SIGKILL, "export"),
     ("SIGKILL during verify", "onnx_int8: val acc", signal.SIGKILL, "verify"),
     ("SIGKILL during bench", "] bench", signal.SIGKILL, "bench"),
@@ -54,7 +55,7 @@ def straight(tmp_path_factory) -> dict:
     return {"recipe": path, "run": base / "straight", "summary": summary}
 
 
-def _interrupt(cmd: list[str], marker: str, sig: signal.Signals) -> tuple[int, str]:
+def _interrupt(cmd: list[str], marker: str, sig: signal.Signals) -> tuple[int, str, int]:
     """Run a build in its own process group and signal the whole group (as a terminal's Ctrl-C does) right after
     `marker` appears in its output."""
     # SIGINT at its default, as in a terminal: a CI job started in the background may have it ignored, and an
@@ -68,7 +69,7 @@ def _interrupt(cmd: list[str], marker: str, sig: signal.Signals) -> tuple[int, s
             os.killpg(proc.pid, sig)
             break
     rest, _ = proc.communicate(timeout=120)
-    return proc.returncode, "".join(seen) + rest
+    return proc.returncode, "".join(seen) + rest, proc.pid
 
 
 def _comparable(summary: dict) -> dict:
@@ -86,8 +87,10 @@ def test_a_build_killed_at_every_point_resumes_and_ends_like_an_uninterrupted_on
     cmd = [sys.executable, "-m", "edgetl.cli", "build", str(path), "--out", str(run)]
     trained_before = 0  # epochs done when the previous build was stopped during training
     exported_before = False  # the previous build was stopped in export, after its ONNX fp32 file was written
+    stopped = []  # the builds' process ids
     for what, marker, sig, unfinished in KILL_POINTS:
-        code, output = _interrupt(cmd, marker, sig)
+        code, output, pid = _interrupt(cmd, marker, sig)
+        stopped.append(pid)
         if trained_before:  # it went on from the checkpoint, not from the start
             assert f"resuming training after epoch {trained_before}" in output, f"{what}\n{output[-3000:]}"
         if exported_before:  # ... and from the files the export had finished
@@ -100,14 +103,24 @@ def test_a_build_killed_at_every_point_resumes_and_ends_like_an_uninterrupted_on
         assert "Traceback" not in output, f"{what}\n{output[-3000:]}"
         if sig == signal.SIGINT:
             assert code == 130 and "interrupted" in output, f"{what}: exit {code}\n{output[-2000:]}"
+        elif sig == signal.SIGTERM:  # stopped like Ctrl-C: its summary says so, its temporary files are gone
+            assert code == 143 and "edgetl: stopped (SIGTERM)" in output, f"{what}: exit {code}\n{output[-2000:]}"
+            summary = json.loads((run / "summary.json").read_text())
+            assert summary["status"] == "failed: interrupted" and summary["failed_stage"] == "export", summary
+            assert not list(run.rglob("*.tmp")) or all(p.parent.name == "train" for p in run.rglob("*.tmp"))
+            assert not list(Path(tempfile.gettempdir()).glob(f"edgetl-onnx-{pid}-*")), what
         else:
             assert code == -signal.SIGKILL, f"{what}: exit {code}"
         assert not (run / unfinished / "stage.json").exists(), f"{what}: {unfinished} completed before the kill"
         if unfinished == "train":
             # the epochs done so far are kept, in the stage's partial folder (the stage folder appears when it is done)
             assert (run / ".train.partial" / "checkpoint.pt").is_file(), what
+    # A build killed outright while it held ONNX exports to reuse leaves their folder (here the folder the last
+    # killed build would have left, had it exported): the next build removes it, since that process is gone.
+    (Path(tempfile.gettempdir()) / f"edgetl-onnx-{stopped[-1]}-left").mkdir()
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not [f for pid in stopped for f in Path(tempfile.gettempdir()).glob(f"edgetl-onnx-{pid}-*")]
     assert "data: unchanged, reused" in result.stderr and "verify: unchanged, reused" in result.stderr
     resumed = json.loads((run / "summary.json").read_text())
     history = json.loads((run / "train" / "history.json").read_text())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import copy
 import hashlib
 import logging
@@ -18,7 +17,7 @@ import torch
 
 from edgetl.errors import ExportError, StorageError
 from edgetl.export import ExportRequest, ExportResult
-from edgetl.fsutil import atomic_path
+from edgetl.fsutil import atomic_path, process_temp_folder
 from edgetl.progress import SILENT, Reporter
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -96,7 +95,8 @@ class _Exported:
     """The last few ONNX fp32 exports of this process, by what determines them (see `fingerprint`): a build that
     exports the same model twice (the prune stage measures the pruned model's latency from ONNX, the export stage then
     writes that model's artifact) runs the exporter once. The dynamo exporter takes 15-35 s a model on a 2-core x86
-    CPU whatever the input size; a copy takes milliseconds. Files are kept in a private temporary folder."""
+    CPU whatever the input size; a copy takes milliseconds. Files are kept in a private temporary folder of the
+    process (`fsutil.process_temp_folder`)."""
 
     size = 4
 
@@ -112,14 +112,14 @@ class _Exported:
         return hit
 
     def put(self, key: str, path: Path, details: dict) -> None:
-        if self.folder is None:
-            self.folder = Path(tempfile.mkdtemp(prefix="edgetl-onnx-"))
-            atexit.register(shutil.rmtree, self.folder, True)
-        kept = self.folder / f"{key}.onnx"
         try:
+            if self.folder is None:
+                self.folder = process_temp_folder("onnx")
+            kept = self.folder / f"{key}.onnx"
             shutil.copyfile(path, kept)
         except OSError:  # a full temporary folder only costs a later export its reuse
-            kept.unlink(missing_ok=True)
+            if self.folder is not None:
+                (self.folder / f"{key}.onnx").unlink(missing_ok=True)
             return
         self.files[key] = (kept, details)
         while len(self.files) > self.size:

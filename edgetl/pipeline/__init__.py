@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgetl import __version__
 from edgetl.errors import AccuracyBudgetError, BudgetError, DeviceError, EdgetlError, StorageError
-from edgetl.fsutil import changed_files, check_apart, read_json, sha256_json, write_text
+from edgetl.fsutil import changed_files, check_apart, read_json, remove_orphaned_temp_folders, sha256_json, write_text
 from edgetl.pipeline.context import BuildContext, Stage
 from edgetl.pipeline.models import create_recipe_model, load_trained, preprocessing
 from edgetl.pipeline.rundir import Layout, RunDir
@@ -79,6 +79,7 @@ def build(recipe: str | Path | Recipe, out: str | Path | None = None, reporter: 
         resolve_target(recipe)  # a device name not in target.devices is found now, not after training (no connection)
     first_created = next((p for p in reversed([root, *root.parents]) if not p.exists()), None)
     claim_run_dir(root)
+    remove_orphaned_temp_folders()  # those of earlier builds killed outright
     reporter.info(f"edgetl {__version__}: building '{recipe.name}' into {root}")
     if body is None and recipe.search is not None:
         raise ValueError("a recipe with `search:` is built by edgetl.build (edgetl.api.build), not the pipeline")
