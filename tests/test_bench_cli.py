@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from conftest import REPO, make_image_folder
 from edgetl.bench.baseline import load_baseline
+from edgetl.bench.gate import STATE_BAND
 from edgetl.bench.measure import ROW_FIELDS, BenchOptions, benchmark, find_models
 from edgetl.cli import main
 from edgetl.errors import BaselineError
@@ -367,7 +368,9 @@ def test_a_saved_baseline_from_another_machine_state_is_not_judged(models, onnx_
                                        "--json", str(out)])
     assert result.exit_code == 0, result.output
     gate = json.loads(out.read_text())[0]["gate"]
-    assert gate["status"] == "not_judged" and gate["machine_state"]["reference_ratio"] > 2.5  # 8 / 1.44 = 5.6 at worst
+    # The looks now are slower than the (8x too fast) baseline's by more than a state's band: how much more depends on
+    # the load (measured 5.6 on an idle machine, 1.77 beside two other test workers on 2 cores).
+    assert gate["status"] == "not_judged" and gate["machine_state"]["reference_ratio"] > 1 + STATE_BAND
     assert gate["machine_state"]["compared"].startswith("not judged") and gate["machine_state"]["rounds"] == 5 * 4
     assert "NOT_JUDGED" in result.output and "NOT JUDGED: only 0 of 20 rounds" in result.output
     strict = CliRunner().invoke(main, ["bench", str(paths["onnx"]), *QUICK, "--no-cold-start", "--baseline",
